@@ -1,0 +1,16 @@
+"""Model library: the reference-compatible backbone, projection heads and weight loading."""
+
+from mvssl_dist.models.backbone import EMBEDDING_DIM, SAMPLE_RATE, SEGMENT_SAMPLES, Backbone
+from mvssl_dist.models.head import Head
+from mvssl_dist.models.loading import WeightsError, load_backbone, save_backbone
+
+__all__ = [
+    "EMBEDDING_DIM",
+    "SAMPLE_RATE",
+    "SEGMENT_SAMPLES",
+    "Backbone",
+    "Head",
+    "WeightsError",
+    "load_backbone",
+    "save_backbone",
+]

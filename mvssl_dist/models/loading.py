@@ -1,0 +1,104 @@
+"""``load_backbone``: one entry point for every place a backbone's weights can live."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from mvssl_dist.models.backbone import Backbone
+
+# Prefixes of the backbone inside the reference release files, most specific first
+# ("module.backbone." is a substring of "student.module.backbone.").
+RELEASE_PREFIXES = ("student.module.backbone.", "module.backbone.")
+BACKBONE_FORMAT = "mvssl-backbone"
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be loaded into a :class:`Backbone`; the message names file and key."""
+
+
+def backbone_state_from_release(model_state: Mapping[str, torch.Tensor]) -> tuple[dict, str]:
+    """Strip the release prefix; returns ``(backbone_state, prefix)``."""
+    for prefix in RELEASE_PREFIXES:
+        if any(k.startswith(prefix) for k in model_state):
+            state = {k[len(prefix) :]: v for k, v in model_state.items() if k.startswith(prefix)}
+            return state, prefix
+    raise WeightsError("no backbone keys (expected a 'module.backbone.' or 'student.module.backbone.' prefix)")
+
+
+def extract_backbone_state(obj: object) -> dict:
+    """Find the backbone state dict in any supported checkpoint layout."""
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"expected a dict, found {type(obj).__name__}")
+    if obj.get("format") == BACKBONE_FORMAT:
+        return dict(obj["backbone"])
+    if "backbone" in obj and isinstance(obj["backbone"], Mapping):
+        return dict(obj["backbone"])
+    if "model" in obj and isinstance(obj["model"], Mapping):
+        return backbone_state_from_release(obj["model"])[0]
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        if any(k.startswith(p) for k in obj for p in RELEASE_PREFIXES):
+            return backbone_state_from_release(obj)[0]
+        return dict(obj)
+    raise WeightsError(f"unrecognised checkpoint layout (top-level keys: {sorted(obj)[:8]})")
+
+
+def check_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Strict key and shape check whose error names the first offending key."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing:
+        raise WeightsError(f"missing backbone key '{missing[0]}' ({len(missing)} missing in all)")
+    if unexpected:
+        raise WeightsError(f"unexpected backbone key '{unexpected[0]}' ({len(unexpected)} unexpected in all)")
+    for key, value in expected.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise WeightsError(
+                f"shape mismatch for backbone key '{key}': file has {list(state[key].shape)}, "
+                f"model expects {list(value.shape)}"
+            )
+
+
+def backbone_from_state(state: Mapping[str, torch.Tensor], device: str | torch.device = "cpu") -> Backbone:
+    model = Backbone()
+    check_state(model, state)
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval()
+
+
+def load_backbone(source: str | os.PathLike, device: str | torch.device = "cpu") -> Backbone:
+    """Load a :class:`Backbone` in eval mode from ``source``.
+
+    ``source`` may be a reference release file (any of the five layouts), one of our own
+    backbone files (:func:`save_backbone`), a training checkpoint, or an MLflow
+    ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION`` URI. Loading is strict.
+    """
+    text = os.fspath(source)
+    if isinstance(text, str) and text.startswith("models:/"):
+        from mvssl_dist.tracking import download_model_weights
+
+        text = download_model_weights(text)
+    path = Path(text)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file
+        raise WeightsError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from None
+    try:
+        return backbone_from_state(extract_backbone_state(obj), device)
+    except WeightsError as err:
+        raise WeightsError(f"{path}: {err}") from None
+
+
+def save_backbone(model: Backbone, path: str | os.PathLike, **meta: object) -> Path:
+    """Write our own backbone file: ``{"format", "version", "backbone", "meta"}``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"format": BACKBONE_FORMAT, "version": 1, "backbone": state, "meta": dict(meta)}, path)
+    return path
