@@ -9,8 +9,8 @@ Files are written with PyAV's bundled encoders (mp3, flac, ogg/vorbis, opus, wav
 from __future__ import annotations
 
 import os
-from fractions import Fraction
 from dataclasses import dataclass
+from fractions import Fraction
 
 import av
 import numpy as np

@@ -17,7 +17,9 @@ def peak_normalise(audio: np.ndarray) -> np.ndarray:
     return audio / peak if peak > 0 else audio
 
 
-def cut_segments(audio: np.ndarray, segment_samples: int = SEGMENT_SAMPLES, hop_samples: int | None = None) -> np.ndarray:
+def cut_segments(
+    audio: np.ndarray, segment_samples: int = SEGMENT_SAMPLES, hop_samples: int | None = None
+) -> np.ndarray:
     """``[samples]`` -> ``[n, segment_samples]``: zero-padded so the last segment is whole.
 
     With the default hop (= segment length) this is ceil(samples / segment) segments.

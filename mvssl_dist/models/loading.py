@@ -74,10 +74,16 @@ def load_backbone(source: str | os.PathLike, device: str | torch.device = "cpu")
     """Load a :class:`Backbone` in eval mode from ``source``.
 
     ``source`` may be a reference release file (any of the five layouts), one of our own
-    backbone files (:func:`save_backbone`), a training checkpoint, or an MLflow
-    ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION`` URI. Loading is strict.
+    backbone files (:func:`save_backbone`), a training checkpoint, an MLflow
+    ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION`` URI, or ``random[:SEED]`` (an
+    untrained, seeded backbone: the baseline). Loading is strict.
     """
     text = os.fspath(source)
+    if isinstance(text, str) and (text == "random" or text.startswith("random:")):
+        # A seeded, untrained backbone: for smoke runs and as the baseline probes compare against.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(text.partition(":")[2] or 0))
+            return Backbone().to(device).eval()
     if isinstance(text, str) and text.startswith("models:/"):
         from mvssl_dist.tracking import download_model_weights
 

@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soxr
+
+from mvssl_dist.audio import AudioDecodeError, decode, decode_with_info
+from mvssl_dist.audio.synth import STYLES, encode, render
+
+# Encoder frame sizes bound how far a lossy file's length may differ from the truth.
+FRAME_AT_16K = {"mp3": 1152, "ogg": 1024, "opus": 960, "m4a": 1024}
+
+
+def truth_16k(music: np.ndarray, rate: int = 44100) -> np.ndarray:
+    return soxr.resample(music, rate, 16000, quality="VHQ")
+
+
+@pytest.mark.parametrize(
+    "name", ["music.mp3", "music.flac", "music.ogg", "music.opus", "music.wav", "music24.wav", "music.m4a"]
+)
+def test_decode_every_format(encoded_dir, music_44k, name):
+    truth = truth_16k(music_44k)
+    decoded = decode_with_info(encoded_dir / name)
+    audio = decoded.audio
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert decoded.sample_rate == 16000 and decoded.source_channels in (1, 2)
+    frame = FRAME_AT_16K.get(name.rsplit(".", 1)[1], 1)
+    assert abs(len(audio) - len(truth)) <= frame
+    n = min(len(audio), len(truth))
+    assert np.corrcoef(audio[:n], truth[:n])[0, 1] > 0.99
+
+
+def test_six_channel_96k_flac_is_mean_downmixed(tmp_path):
+    channels = np.stack([render(STYLES[i % 4], 5.0, 96000, seed=i) for i in range(6)])
+    encode(tmp_path / "surround.flac", channels, 96000)
+    decoded = decode_with_info(tmp_path / "surround.flac")
+    assert (decoded.source_channels, decoded.source_sample_rate) == (6, 96000)
+    truth = truth_16k(channels.mean(axis=0), 96000)
+    assert abs(len(decoded.audio) - len(truth)) <= 1
+    assert np.corrcoef(decoded.audio, truth[: len(decoded.audio)])[0, 1] > 0.99
+
+
+def test_bytes_file_objects_and_non_utf8_names(tmp_path, encoded_dir):
+    data = (encoded_dir / "music.flac").read_bytes()
+    reference = decode(encoded_dir / "music.flac")
+    np.testing.assert_array_equal(decode(data), reference)
+    with open(encoded_dir / "music.flac", "rb") as handle:
+        np.testing.assert_array_equal(decode(handle), reference)
+    odd = os.path.join(os.fsencode(tmp_path), b"caf\xe9 \xff.flac")
+    with open(odd, "wb") as handle:
+        handle.write(data)
+    np.testing.assert_array_equal(decode(os.fsdecode(odd)), reference)  # str with surrogate escapes
+    np.testing.assert_array_equal(decode(Path(os.fsdecode(odd))), reference)
+    with pytest.raises(AudioDecodeError) as info:  # the name in an error stays printable
+        decode(os.fsdecode(odd)[:-5] + ".missing")
+    assert "caf\\xe9 \\xff.missing" in str(info.value)
+
+
+def test_tags_are_read(tmp_path):
+    import av
+
+    path = tmp_path / "tagged.flac"
+    encode(path, render(STYLES[0], 2.0, 16000), 16000)
+    with av.open(str(tmp_path / "t.flac"), "w") as out, av.open(str(path)) as src:
+        out.metadata.update({"title": "Song", "artist": "Band", "album": "Record"})
+        stream = out.add_stream_from_template(src.streams.audio[0])
+        for packet in src.demux(src.streams.audio[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    assert decode_with_info(tmp_path / "t.flac").tags == {"title": "Song", "artist": "Band", "album": "Record"}
+
+
+def _broken(tmp_path: Path, encoded_dir: Path) -> dict[str, tuple[Path, str]]:
+    flac = (encoded_dir / "music.flac").read_bytes()
+    wav = (encoded_dir / "music.wav").read_bytes()
+    cases = {
+        "empty": (tmp_path / "empty.mp3", b"", "empty"),
+        "random": (tmp_path / "random.mp3", np.random.default_rng(0).bytes(8000), "not_audio"),
+        "text": (tmp_path / "text.wav", b"plain text, no audio here\n" * 50, "not_audio"),
+        "truncated_flac": (tmp_path / "cut.flac", flac[: len(flac) // 3], "truncated"),
+        "truncated_wav": (tmp_path / "cut.wav", wav[: len(wav) // 4], "truncated"),
+    }
+    out = {}
+    for key, (path, data, reason) in cases.items():
+        path.write_bytes(data)
+        out[key] = (path, reason)
+    (tmp_path / "x.mp3").mkdir()
+    out["directory"] = (tmp_path / "x.mp3", "unreadable")
+    out["missing"] = (tmp_path / "missing.ogg", "unreadable")
+    return out
+
+
+@pytest.mark.parametrize("case", ["empty", "random", "text", "truncated_flac", "truncated_wav", "directory", "missing"])
+def test_broken_inputs_raise_our_error_naming_the_file(tmp_path, encoded_dir, case):
+    path, reason = _broken(tmp_path, encoded_dir)[case]
+    with pytest.raises(AudioDecodeError) as info:
+        decode(path)
+    assert info.value.reason == reason
+    assert str(info.value).startswith(f"{path}: ")
+    assert "\n" not in str(info.value)
+
+
+def test_empty_bytes_and_zero_length_stream(tmp_path):
+    with pytest.raises(AudioDecodeError, match="<bytes>: empty input"):
+        decode(b"")
+    import struct
+
+    fmt = struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16)  # PCM, mono, 16 kHz, 16-bit
+    header = b"RIFF" + struct.pack("<I", 36) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt
+    (tmp_path / "zero.wav").write_bytes(header + b"data" + struct.pack("<I", 0))  # valid, no samples
+    with pytest.raises(AudioDecodeError) as info:
+        decode(tmp_path / "zero.wav")
+    assert info.value.reason == "zero_length"

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from mvssl_dist.audio import decode
+from mvssl_dist.cli import main
+from mvssl_dist.embed import cut_segments, embed_track, peak_normalise
+from mvssl_dist.models import Backbone, save_backbone
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "backbone.pt"
+    save_backbone(Backbone(), path)
+    return path
+
+
+def test_cut_segments_pads_to_whole_segments():
+    audio = np.arange(64000 * 2 + 10, dtype=np.float32)
+    segs = cut_segments(audio)
+    assert segs.shape == (3, 64000)
+    assert segs[2, 9] == audio[-1] and not segs[2, 10:].any()
+    assert cut_segments(np.ones(64000, np.float32)).shape == (1, 64000)
+    assert cut_segments(np.ones(5, np.float32)).shape == (1, 64000)
+    np.testing.assert_allclose(np.abs(peak_normalise(np.array([0.1, -0.5], np.float32))).max(), 1.0)
+
+
+def test_embed_file_matches_the_reference_recipe(tmp_path, encoded_dir, weights, capsys):
+    out = tmp_path / "e.parquet"
+    assert main(["embed-file", str(encoded_dir / "music.mp3"), "--weights", str(weights), "--out", str(out)]) == 0
+    table = pq.read_table(out).to_pylist()
+    assert len(table) == 1 and table[0]["num_segments"] == 3  # 12 s -> 3 segments of 4 s
+    # The recipe written out by hand: mono 16 kHz, peak-normalise, pad, chunk, mean.
+    audio = decode(encoded_dir / "music.mp3")
+    audio = audio / np.abs(audio).max()
+    padded = np.zeros(int(np.ceil(len(audio) / 64000)) * 64000, np.float32)
+    padded[: len(audio)] = audio
+    model = Backbone()
+    model.load_state_dict(torch.load(weights, weights_only=True)["backbone"])
+    with torch.no_grad():
+        expected = model.eval()(torch.from_numpy(padded.reshape(-1, 64000))).mean(0).numpy()
+    np.testing.assert_allclose(np.array(table[0]["embedding"]), expected, atol=1e-5)
+    assert "embedded 1 file(s), 0 failed" in capsys.readouterr().out
+
+
+def test_embed_file_bad_files_are_reported_and_the_rest_processed(tmp_path, encoded_dir, weights, capsys):
+    (tmp_path / "broken.mp3").write_bytes(b"\x00garbage" * 100)
+    out = tmp_path / "e.npy"
+    files = [str(tmp_path / "broken.mp3"), str(encoded_dir / "music.flac"), str(tmp_path / "absent.wav")]
+    assert main(["embed-file", *files, "--weights", str(weights), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2
+    assert err[0].startswith(f"mvssl: error: {tmp_path / 'broken.mp3'}: ")
+    assert "absent.wav" in err[1]
+    assert np.load(out).shape == (1, 1024)
+    model = Backbone()
+    model.load_state_dict(torch.load(weights, weights_only=True)["backbone"])
+    np.testing.assert_allclose(
+        np.load(out)[0], embed_track(model.eval(), decode(encoded_dir / "music.flac"))[0], atol=1e-5
+    )
+
+
+def test_embed_file_bad_weights_and_bad_out(tmp_path, encoded_dir, capsys):
+    (tmp_path / "w.pt").write_bytes(b"nope")
+    assert main(["embed-file", str(encoded_dir / "music.wav"), "--weights", str(tmp_path / "w.pt")]) == 1
+    assert "w.pt: not a readable torch checkpoint" in capsys.readouterr().err
+    assert main(["embed-file", "x.wav", "--weights", "w", "--out", "x.csv"]) == 2
+
+
+def test_console_script_help_and_synth(tmp_path):
+    exe = shutil.which("mvssl") or f"{sys.executable} -m mvssl_dist.cli"
+    run = subprocess.run([*exe.split(), "--help"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "embed-file" in run.stdout
+    run = subprocess.run(
+        [*exe.split(), "synth-audio", str(tmp_path), "--tracks", "2", "--seconds", "5", "--broken"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert len(list(tmp_path.glob("track*"))) == 2 and (tmp_path / "broken" / "truncated.flac").exists()

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from mvssl_dist.models import Backbone, Head, WeightsError, load_backbone, save_backbone
+from mvssl_dist.models.loading import RELEASE_PREFIXES
+
+
+def release_rows(seed_compat: Path) -> dict[str, dict[str, list[int]]]:
+    rows: dict[str, dict[str, list[int]]] = {}
+    with open(seed_compat / "release_state_dict_keys.tsv") as handle:
+        for row in csv.DictReader(handle, delimiter="\t"):
+            shape = [int(x) for x in row["shape"].strip("[]").split(",") if x.strip()]
+            rows.setdefault(row["format"], {})[row["key"]] = shape
+    return rows
+
+
+def test_parameter_count_is_the_reference_one():
+    assert sum(p.numel() for p in Backbone().parameters()) == 2_800_392
+
+
+def test_fixture_reproduces_reference_melspec_and_embedding(seed_compat):
+    model = load_backbone(seed_compat / "contrastive_backbone_only.pt")
+    assert not model.training
+    ref = torch.load(seed_compat / "reference_io.pt", weights_only=True)
+    with torch.no_grad():
+        for wave in (ref["input"], ref["input"][..., 0]):  # reference layout, then ours
+            torch.testing.assert_close(model.melspec(wave), ref["melspec_db"], atol=1e-4, rtol=0)
+            torch.testing.assert_close(model(wave), ref["embedding"], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("fmt", ["contrastive", "byol", "clustering", "barlow_twins", "feature_stats"])
+def test_backbone_keys_and_shapes_equal_release(seed_compat, fmt):
+    rows = release_rows(seed_compat)[fmt]
+    prefix = next(p for p in RELEASE_PREFIXES if any(k.startswith(p) for k in rows))
+    release = {k[len(prefix) :]: v for k, v in rows.items() if k.startswith(prefix)}
+    ours = {k: list(v.shape) for k, v in Backbone().state_dict().items()}
+    assert ours == release
+
+
+def test_load_detects_student_prefix_and_round_trips(tmp_path):
+    model = Backbone().eval()
+    state = {f"student.module.backbone.{k}": v for k, v in model.state_dict().items()}
+    state["teacher.backbone.embedding.conv1.weight"] = torch.zeros(8, 1, 3, 3)  # must be ignored
+    torch.save({"pretext": "byol", "epoch": 3, "model": state}, tmp_path / "byol.pt")
+    loaded = load_backbone(tmp_path / "byol.pt")
+    x = torch.randn(2, 64000)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+    save_backbone(loaded, tmp_path / "ours.pt", note="x")
+    with torch.no_grad():
+        torch.testing.assert_close(load_backbone(tmp_path / "ours.pt")(x), model(x))
+
+
+def test_strict_loading_names_the_key(tmp_path):
+    state = Backbone().state_dict()
+    missing = {k: v for k, v in state.items() if k != "embedding.attnpool.c_proj.bias"}
+    torch.save({"model": {f"module.backbone.{k}": v for k, v in missing.items()}}, tmp_path / "m.pt")
+    with pytest.raises(WeightsError, match=r"m\.pt: missing backbone key 'embedding\.attnpool\.c_proj\.bias'"):
+        load_backbone(tmp_path / "m.pt")
+    extra = dict(state, **{"embedding.extra.weight": torch.zeros(1)})
+    torch.save({"model": {f"module.backbone.{k}": v for k, v in extra.items()}}, tmp_path / "u.pt")
+    with pytest.raises(WeightsError, match="unexpected backbone key 'embedding.extra.weight'"):
+        load_backbone(tmp_path / "u.pt")
+    bad = dict(state, **{"embedding.conv1.weight": torch.zeros(8, 2, 3, 3)})
+    torch.save({"model": {f"module.backbone.{k}": v for k, v in bad.items()}}, tmp_path / "s.pt")
+    with pytest.raises(WeightsError, match=r"shape mismatch for backbone key 'embedding\.conv1\.weight'"):
+        load_backbone(tmp_path / "s.pt")
+
+
+def test_bad_weight_files_are_one_clear_error(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="junk.pt: not a readable torch checkpoint"):
+        load_backbone(tmp_path / "junk.pt")
+    with pytest.raises(WeightsError, match="nope.pt: no such weights file"):
+        load_backbone(tmp_path / "nope.pt")
+
+
+def test_input_layouts():
+    model = Backbone().eval()
+    x = torch.randn(3, 64000)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x[..., None]))
+        assert model(x).shape == (3, 1024)
+    with pytest.raises(ValueError, match="Backbone input must be"):
+        model(torch.randn(3, 64000, 2))
+
+
+def test_attention_pool_matches_torch_multihead_attention():
+    """Our single-query SDPA pooling equals the full MHA whose first output the reference keeps."""
+    model = Backbone().eval()
+    pool = model.embedding.attnpool
+    feats = torch.randn(2, 512, 4, 3)
+    tokens = feats.flatten(2).permute(2, 0, 1)
+    tokens = torch.cat([tokens.mean(0, keepdim=True), tokens]) + pool.positional_embedding[:, None]
+    out, _ = torch.nn.functional.multi_head_attention_forward(
+        tokens,
+        tokens,
+        tokens,
+        512,
+        8,
+        None,
+        torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
+        None,
+        None,
+        False,
+        0.0,
+        pool.c_proj.weight,
+        pool.c_proj.bias,
+        training=False,
+        need_weights=False,
+        use_separate_proj_weight=True,
+        q_proj_weight=pool.q_proj.weight,
+        k_proj_weight=pool.k_proj.weight,
+        v_proj_weight=pool.v_proj.weight,
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(pool(feats), out[0], atol=1e-5, rtol=1e-5)
+
+
+def test_head_layout_and_shapes():
+    head = Head(1024, [1024, 1024, 2048])
+    keys = {k: list(v.shape) for k, v in head.state_dict().items() if "running" not in k and "num_batches" not in k}
+    assert keys == {
+        "ops.0.weight": [1024, 1024],
+        "ops.1.weight": [1024],
+        "ops.1.bias": [1024],
+        "ops.3.weight": [1024, 1024],
+        "ops.4.weight": [1024],
+        "ops.4.bias": [1024],
+        "ops.6.weight": [2048, 1024],
+    }
+    assert head(torch.randn(4, 1024)).shape == (4, 2048)
+    with pytest.raises(ValueError):
+        Head(8, [])
