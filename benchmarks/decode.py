@@ -44,9 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", default="/tmp/mvssl-bench-decode")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    print(
-        f"{'format':6} {'audio_s':>8} {'ours x':>9} {'av+swr x':>9} {'av only x':>10} {'ours/swr':>9} {'ours/av':>8}"
-    )
+    print(f"{'format':6} {'audio_s':>8} {'ours x':>9} {'av+swr x':>9} {'av only x':>10} {'ours/swr':>9} {'ours/av':>8}")
     ratios = []
     for fmt in FORMATS:
         files = make_library(Path(args.workdir) / fmt, args.minutes, (fmt,))

@@ -1,0 +1,1 @@
+"""Training: schedules now; the Ray Train loop joins with the pre-training issue."""

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from test_models import release_rows
+
+from mvssl_dist.methods import METHODS, ReleaseLayoutError, build_method, canonical_name
+from mvssl_dist.models import load_backbone
+from mvssl_dist.train.schedules import Schedules, cosine, linear
+
+FORMATS = {
+    "contrastive": "contrastive",
+    "byol": "byol",
+    "clustering": "clustering",
+    "barlow_twins": "barlow_twins",
+    "vicreg": "feature_stats",
+}
+
+
+def test_registry_names_and_alias():
+    assert sorted(METHODS) == ["barlow_twins", "byol", "clustering", "contrastive", "vicreg"]
+    assert canonical_name("feature_stats") == "vicreg"
+    with pytest.raises(ValueError, match="unknown method 'simsiam'"):
+        build_method("simsiam")
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_export_matches_release_layout_and_round_trips(seed_compat, name, tmp_path):
+    torch.manual_seed(1)
+    method = build_method(name)
+    exported = method.export_release(epoch=7)
+    assert exported["pretext"] == FORMATS[name] and exported["epoch"] == 7
+    assert {k: list(v.shape) for k, v in exported["model"].items()} == release_rows(seed_compat)[FORMATS[name]]
+    fresh = build_method(name)
+    fresh.load_release(exported)
+    for key, value in method.state_dict().items():
+        if key != "center":
+            torch.testing.assert_close(fresh.state_dict()[key], value, msg=key)
+    torch.save(exported, tmp_path / f"{name}.pt")
+    x = torch.randn(2, 64000)
+    with torch.no_grad():
+        torch.testing.assert_close(load_backbone(tmp_path / f"{name}.pt")(x), method.backbone.eval()(x))
+
+
+def test_release_import_names_the_bad_key():
+    method = build_method("byol")
+    exported = method.export_release()
+    del exported["model"]["projector.ops.3.weight"]
+    with pytest.raises(ReleaseLayoutError, match="missing key 'projector.ops.3.weight'"):
+        build_method("byol").load_release(exported)
+
+
+def test_ema_teacher_update_matches_formula_and_teacher_gets_no_gradient():
+    torch.manual_seed(0)
+    method = build_method("clustering")
+    with torch.no_grad():
+        for p in method.student.parameters():
+            p.add_(torch.randn_like(p))
+    before_t = [p.clone() for p in method.teacher.parameters()]
+    student = [p.clone() for p in method.student.parameters()]
+    method.update_teacher(0.9)
+    for t, t0, s in zip(method.teacher.parameters(), before_t, student, strict=True):
+        torch.testing.assert_close(t, 0.9 * t0 + 0.1 * s)
+    loss, _ = method(torch.randn(3, 2, 64000) * 0.1, Schedules(10, 10).at(0))
+    loss.backward()
+    assert all(p.grad is None and not p.requires_grad for p in method.teacher.parameters())
+    assert any(p.grad is not None for p in method.student.parameters())
+
+
+def test_byol_ema_includes_float_buffers():
+    method = build_method("byol")
+    method.student.backbone.embedding.bn1.running_mean.fill_(1.0)
+    method.update_teacher(0.75)
+    assert torch.allclose(method.teacher.backbone.embedding.bn1.running_mean, torch.full((8,), 0.25))
+
+
+def test_dino_centre_is_a_saved_buffer_updated_only_in_training():
+    method = build_method("clustering")
+    assert "center" in method.state_dict()
+    x = torch.randn(2, 2, 64000) * 0.1
+    method.eval()
+    method(x, Schedules(10, 10).at(0))
+    assert method.center.abs().sum() == 0
+    method.train()
+    method(x, Schedules(10, 10).at(0))
+    assert method.center.abs().sum() > 0
+
+
+def test_schedules():
+    s = Schedules(total_steps=100, steps_per_epoch=10, lr=1e-3, warmup_steps=10)
+    assert s.learning_rate(0) == pytest.approx(1e-7)
+    assert s.learning_rate(9) == pytest.approx(1e-3)
+    assert s.learning_rate(10) == pytest.approx(1e-3)
+    assert s.learning_rate(55) == pytest.approx(1e-7 + 0.5 * (1e-3 - 1e-7) * (1 + math.cos(math.pi * 45 / 90)))
+    assert s.learning_rate(100) == pytest.approx(1e-7)
+    assert s.weight_decay_at(0) == pytest.approx(0.04) and s.weight_decay_at(50) == pytest.approx(0.22)
+    assert s.momentum(0) == pytest.approx(0.996) and s.momentum(100) == 1.0
+    assert s.teacher_temperature(0) == pytest.approx(0.02)
+    assert s.teacher_temperature(50) == pytest.approx(0.03)  # epoch 5 of a 10-epoch cosine
+    assert s.teacher_temperature(99) == pytest.approx(0.04 - 0.01 * (1 + math.cos(math.pi * 9 / 10)))
+    assert s.teacher_temperature(100) == pytest.approx(0.04)
+    assert linear(3, 4, 0.0, 3.0) == 3.0 and linear(1, 4, 0.0, 3.0) == 1.0
+    assert cosine(0, 0, 1.0, 2.0) == 2.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_tiny_training_loop_decreases_the_loss(name):
+    torch.manual_seed(0)
+    method = build_method(name).train()
+    schedule = Schedules(total_steps=30, steps_per_epoch=30, lr=1e-3)
+    optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-3)
+    base = torch.randn(6, 1, 64000) * 0.1
+    views = base.expand(6, 2, 64000) + 0.05 * torch.randn(6, 2, 64000)
+    losses = []
+    for step in range(30):
+        values = schedule.at(step)
+        loss, metrics = method(views, values)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        method.update_teacher(values["ema_momentum"])
+        losses.append(loss.item())
+        assert math.isfinite(metrics["effective_rank"]) and metrics["embedding_std"] > 0
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
