@@ -116,8 +116,56 @@ def run_synth_audio(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- ingest
+def add_ingest(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ingest",
+        help="decode a catalogue into 16 kHz mono WebDataset shards + index/rejects parquet (Ray Data)",
+        description="SRC: directories (recursive), glob patterns, list files (.txt, or .csv/.parquet with a "
+        "'uri' column), single files; local paths or s3://. Re-running resumes and picks up new files.",
+    )
+    p.add_argument("sources", nargs="+", metavar="SRC")
+    p.add_argument("--out", required=True, metavar="DATASET_DIR")
+    p.add_argument("--workers", type=int, help="parallel decode tasks (default: all CPUs)")
+    p.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--min-duration-s", type=float, default=12.0)
+    p.add_argument("--max-duration-s", type=float, default=1800.0)
+    p.add_argument("--shard-target-mb", type=float, default=256.0)
+    p.add_argument("--codec", choices=["s16", "flac"], default="s16", help="how audio is stored in the shards")
+    p.add_argument("--silence-db", type=float, default=-60.0, help="tracks quieter than this RMS are rejected")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run_ingest)
+
+
+def run_ingest(args: argparse.Namespace) -> int:
+    from mvssl_dist.shards import DatasetError, IngestError, IngestOptions, SourceError, ingest
+
+    options = IngestOptions(
+        sources=args.sources,
+        out=args.out,
+        workers=args.workers,
+        ray_address=args.ray_address,
+        min_duration_s=args.min_duration_s,
+        max_duration_s=args.max_duration_s,
+        shard_target_mb=args.shard_target_mb,
+        codec=args.codec,
+        silence_db=args.silence_db,
+        progress=not args.no_progress,
+    )
+    try:
+        summary = ingest(options)
+    except (IngestError, SourceError, DatasetError) as err:
+        error(str(err))
+        return EXIT_FAILED
+    print(f"ingested {summary.tracks} tracks ({summary.hours:.2f} h) of {summary.inputs} inputs into {summary.out}")
+    if summary.rejects:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.by_reason.items()))
+        print(f"{summary.rejects} rejected ({reasons}); listed in {summary.out / 'rejects.parquet'}")
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- main
-COMMANDS = (add_embed_file, add_synth_audio)
+COMMANDS = (add_embed_file, add_synth_audio, add_ingest)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from distributed_helpers import ensure_ray
 
 from mvssl_dist.audio.synth import STYLES, encode, render
 
@@ -35,3 +36,17 @@ def encoded_dir(tmp_path_factory, music_44k) -> Path:
         encode(out / f"music.{kind}", music_44k, 44100, kind)
     encode(out / "music24.wav", music_44k, 44100, "wav24")
     return out
+
+
+@pytest.fixture
+def ray_local():
+    """A local 2-CPU Ray (started on first use; tests that need another cluster shut it down)."""
+    return ensure_ray()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shutdown_ray_at_exit():
+    yield
+    import ray
+
+    ray.shutdown()

@@ -29,3 +29,12 @@ def _entry(rank: int, world: int, port: int, fn, args) -> None:
 def run_distributed(fn, world: int, *args) -> None:
     """``fn(rank, world, *args)`` in ``world`` processes; raises if any of them fails."""
     mp.spawn(_entry, args=(world, free_port(), fn, args), nprocs=world, join=True)
+
+
+def ensure_ray():
+    """Start a local 2-CPU Ray unless one is running; returns the ``ray`` module."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    return ray

@@ -28,7 +28,7 @@ RESAMPLE_BLOCK = 1 << 16  # native samples pooled per resampler call
 class AudioDecodeError(Exception):
     """A file that cannot become audio. ``reason`` is a short machine-readable code.
 
-    Codes: ``empty``, ``unreadable``, ``not_audio``, ``truncated``, ``zero_length``.
+    Codes: ``empty``, ``unreadable``, ``not_audio``, ``truncated``, ``zero_length``, ``too_long``.
     """
 
     def __init__(self, name: str, reason: str, detail: str) -> None:
@@ -194,10 +194,14 @@ def _decode_stream(container, stream, name: str, sample_rate: int) -> tuple[list
     return chunks, native, channels
 
 
-def decode_with_info(source: Source, sample_rate: int = 16000, name: str | None = None) -> DecodedAudio:
+def decode_with_info(
+    source: Source, sample_rate: int = 16000, name: str | None = None, max_seconds: float | None = None
+) -> DecodedAudio:
     """Decode ``source`` (a path, the file's bytes, or a binary file object) to mono float32.
 
     Raises :class:`AudioDecodeError` naming the file and the cause; never returns empty audio.
+    With ``max_seconds``, a file whose declared length exceeds it fails fast with ``too_long``
+    (before any decoding).
     """
     name = name or display_name(source)
     handle = _open_source(source, name)
@@ -213,11 +217,15 @@ def decode_with_info(source: Source, sample_rate: int = 16000, name: str | None 
                 raise AudioDecodeError(name, "not_audio", "no audio stream in the file")
             stream = container.streams.audio[0]
             source_rate = stream.codec_context.sample_rate or stream.rate or 0
+            declared = _declared_seconds(container, stream)
+            if max_seconds is not None and declared and declared > max_seconds:
+                raise AudioDecodeError(
+                    name, "too_long", f"{declared:.0f} s is longer than the {max_seconds:.0f} s limit"
+                )
             chunks, native, channels = _decode_stream(container, stream, name, sample_rate)
             if native == 0:
                 raise AudioDecodeError(name, "zero_length", "the audio stream holds no samples")
             source_rate = source_rate or sample_rate
-            declared = _declared_seconds(container, stream)
             decoded_s = native / source_rate
             if declared and declared - decoded_s > max(TRUNCATION_TOLERANCE_S, TRUNCATION_TOLERANCE_FRAC * declared):
                 raise AudioDecodeError(

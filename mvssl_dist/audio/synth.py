@@ -8,6 +8,7 @@ Files are written with PyAV's bundled encoders (mp3, flac, ogg/vorbis, opus, wav
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -100,11 +101,12 @@ def render(style: Style, seconds: float, sr: int = 44100, seed: int = 0) -> np.n
     return (0.8 * out / max(1e-6, float(np.abs(out).max()))).astype(np.float32)
 
 
-def encode(path: str | os.PathLike | bytes, audio: np.ndarray, sr: int, kind: str | None = None) -> None:
+def encode(path, audio: np.ndarray, sr: int, kind: str | None = None) -> None:
     """Write ``audio`` (float32 ``[samples]`` or ``[channels, samples]``) as an encoded file.
 
-    ``kind`` is a key of :data:`ENCODERS` (default: from the file extension).
-    Paths may be bytes (non-UTF-8 names): the file is opened here and handed to PyAV.
+    ``path``: a str/bytes/PathLike path (non-UTF-8 names work: the file is opened here) or a
+    writable binary file object (then ``kind`` is required). ``kind`` is a key of
+    :data:`ENCODERS` (default: from the file extension).
     """
     planar = np.atleast_2d(np.asarray(audio, np.float32))
     if kind is None:
@@ -119,7 +121,7 @@ def encode(path: str | os.PathLike | bytes, audio: np.ndarray, sr: int, kind: st
         planar = soxr.resample(planar.T, sr, fixed_rate).T.astype(np.float32)
         sr = fixed_rate
     layout = {1: "mono", 2: "stereo", 6: "5.1"}[channels]
-    with open(path, "wb") as handle, av.open(handle, mode="w", format=fmt) as container:
+    with _opened(path) as handle, av.open(handle, mode="w", format=fmt) as container:
         stream = container.add_stream(codec, rate=sr, layout=layout)
         stream.codec_context.options = {"strict": "experimental"}  # FFmpeg's own vorbis encoder
         frame = av.AudioFrame.from_ndarray(_as_sample_format(planar, sample_fmt), format=sample_fmt, layout=layout)
@@ -129,6 +131,15 @@ def encode(path: str | os.PathLike | bytes, audio: np.ndarray, sr: int, kind: st
             container.mux(packet)
         for packet in stream.encode(None):
             container.mux(packet)
+
+
+@contextlib.contextmanager
+def _opened(target):
+    if hasattr(target, "write"):
+        yield target
+        return
+    with open(target, "wb") as handle:
+        yield handle
 
 
 def _as_sample_format(planar: np.ndarray, sample_fmt: str) -> np.ndarray:

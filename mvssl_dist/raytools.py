@@ -1,0 +1,19 @@
+"""Starting or joining Ray the same way in every stage."""
+
+from __future__ import annotations
+
+import os
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join ``address`` (or ``RAY_ADDRESS``, as set inside ``ray job submit``); else start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)

@@ -1,0 +1,366 @@
+"""Catalogue ingest: any audio -> 16 kHz mono WebDataset shards + index.parquet + rejects.parquet.
+
+How a run goes:
+1. **Plan** (driver): resolve SRC to URIs; URIs seen by an earlier run keep their unit; new
+   ones are packed, in order, into new units of about ``shard_target_mb`` of decoded audio.
+   The plan is saved (``plan.parquet``) before any work, so a resumed run redoes exactly the
+   same units.
+2. **Work** (Ray Data, one CPU task per unit): read bytes, hash, decode, check, write
+   ``shards/shard-NNNNNN.tar`` (temporary name, renamed when complete), then the unit's
+   manifest ``shards/shard-NNNNNN.parquet`` (every input of the unit with its outcome). The
+   manifest is the commit marker: a unit without one is redone by the next run.
+3. **Finalize** (driver): concatenate the manifests in plan order, turn later copies of the
+   same content into ``duplicate_of:<key>`` rejects, write ``index.parquet``,
+   ``rejects.parquet`` and ``dataset.json``.
+Every input ends in exactly one of index or rejects; keys are the first 32 hex digits of
+the source's SHA-256, so the same audio always gets the same key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mvssl_dist.audio import AudioDecodeError, decode_with_info
+from mvssl_dist.raytools import init_ray
+from mvssl_dist.shards.format import CODECS, SAMPLE_RATE, encode_payload, write_sample
+from mvssl_dist.shards.uris import display_uri, is_remote, read_bytes, resolve_sources, uri_to_path
+
+SCHEMA_VERSION = 1
+# Decoded 16 kHz int16 mono bytes per source byte, by extension: how units are sized before decoding.
+DECODED_PER_SOURCE_BYTE = {"wav": 0.18, "wave": 0.18, "aif": 0.18, "aiff": 0.18, "flac": 0.35}
+COMPRESSED_FACTOR = 2.0
+# Options that change what a track becomes: a re-run must use the same ones.
+PROCESSING_OPTIONS = ("min_duration_s", "max_duration_s", "silence_db", "codec")
+
+INDEX_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("source_uri", pa.string()),
+        ("shard", pa.string()),
+        ("num_samples", pa.int64()),
+        ("duration_s", pa.float64()),
+        ("source_sample_rate", pa.int32()),
+        ("source_channels", pa.int32()),
+        ("source_format", pa.string()),
+        ("source_bytes", pa.int64()),
+        ("source_sha256", pa.string()),
+        ("rms_db", pa.float64()),
+        ("title", pa.string()),
+        ("artist", pa.string()),
+        ("album", pa.string()),
+    ]
+)
+REJECT_SCHEMA = pa.schema([("source_uri", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
+MANIFEST_SCHEMA = pa.schema(
+    [("unit", pa.int64()), ("position", pa.int64()), ("status", pa.string()), ("detail", pa.string())]
+    + [f for f in INDEX_SCHEMA if f.name != "source_uri"]
+    + [("source_uri", pa.string())]
+)
+
+
+class IngestError(RuntimeError):
+    """A real failure of the ingest job (not a rejected file); one line, exit non-zero."""
+
+
+@dataclass
+class IngestOptions:
+    sources: list[str]
+    out: str
+    workers: int | None = None
+    ray_address: str | None = None
+    min_duration_s: float = 12.0
+    max_duration_s: float = 1800.0
+    shard_target_mb: float = 256.0
+    codec: str = "s16"
+    silence_db: float = -60.0
+    progress: bool = True
+
+
+@dataclass
+class IngestSummary:
+    out: Path
+    inputs: int
+    tracks: int
+    rejects: int
+    hours: float
+    units_run: int
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- atomic files
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary name in the same folder, then rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_parquet(path: Path, table: pa.Table) -> None:
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+# --------------------------------------------------------------------------- planning
+def source_size(uri: str) -> int:
+    try:
+        if is_remote(uri):
+            from mvssl_dist.shards.uris import filesystem
+
+            fs, path = filesystem(uri)
+            return max(0, fs.get_file_info(path).size or 0)
+        return os.stat(uri_to_path(uri)).st_size
+    except (OSError, TypeError):
+        return 0
+
+
+def estimated_decoded_bytes(uri: str, size: int) -> float:
+    ext = uri.rsplit(".", 1)[-1].lower() if "." in uri.rsplit("/", 1)[-1] else ""
+    return size * DECODED_PER_SOURCE_BYTE.get(ext, COMPRESSED_FACTOR)
+
+
+def plan_units(uris: list[str], previous: dict[str, tuple[int, int]], target_bytes: float) -> pa.Table:
+    """Keep earlier URIs' (unit, position); pack new ones into new units of ~``target_bytes``."""
+    rows = [(u, *previous[u]) for u in previous]
+    fresh = [u for u in uris if u not in previous]
+    unit = max((r[1] for r in rows), default=-1) + 1
+    filled, position = 0.0, 0
+    for uri in fresh:
+        if position and filled >= target_bytes:
+            unit, filled, position = unit + 1, 0.0, 0
+        rows.append((uri, unit, position))
+        filled += estimated_decoded_bytes(uri, source_size(uri))
+        position += 1
+    rows.sort(key=lambda r: (r[1], r[2]))
+    return pa.table(
+        {"uri": [r[0] for r in rows], "unit": [r[1] for r in rows], "position": [r[2] for r in rows]},
+        schema=pa.schema([("uri", pa.string()), ("unit", pa.int64()), ("position", pa.int64())]),
+    )
+
+
+def shard_name(unit: int) -> str:
+    return f"shard-{unit:06d}"
+
+
+# --------------------------------------------------------------------------- one unit (a Ray task)
+def rms_db(audio: np.ndarray) -> float:
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+    return 20 * np.log10(rms) if rms > 0 else -float("inf")
+
+
+def inspect_input(uri: str, options: dict) -> tuple[dict, np.ndarray | None]:
+    """Read, hash and decode one input; returns (manifest row, audio or None when rejected)."""
+    row: dict = {"source_uri": uri, "status": "ok", "detail": None}
+    name = display_uri(uri)
+    try:
+        data = read_bytes(uri)
+    except OSError as err:
+        return {**row, "status": "unreadable", "detail": f"{name}: {err.strerror or err}"}, None
+    if not data:
+        return {**row, "status": "empty", "detail": f"{name}: empty file (0 bytes)"}, None
+    sha = hashlib.sha256(data).hexdigest()
+    row.update(source_sha256=sha, key=sha[:32], source_bytes=len(data))
+    try:
+        decoded = decode_with_info(data, SAMPLE_RATE, name=name, max_seconds=options["max_duration_s"])
+    except AudioDecodeError as err:
+        return {**row, "status": err.reason, "detail": str(err)}, None
+    duration = decoded.duration_s
+    level = rms_db(decoded.audio)
+    row.update(
+        num_samples=len(decoded.audio),
+        duration_s=duration,
+        source_sample_rate=decoded.source_sample_rate,
+        source_channels=decoded.source_channels,
+        source_format=decoded.source_format,
+        rms_db=level if np.isfinite(level) else -200.0,
+        **{k: decoded.tags.get(k) for k in ("title", "artist", "album")},
+    )
+    if duration < options["min_duration_s"]:
+        return {
+            **row,
+            "status": "too_short",
+            "detail": f"{name}: {duration:.2f} s < {options['min_duration_s']} s",
+        }, None
+    if duration > options["max_duration_s"]:
+        return {
+            **row,
+            "status": "too_long",
+            "detail": f"{name}: {duration:.0f} s > {options['max_duration_s']} s",
+        }, None
+    if level < options["silence_db"]:
+        return {
+            **row,
+            "status": "silent",
+            "detail": f"{name}: RMS {level:.1f} dBFS < {options['silence_db']} dBFS",
+        }, None
+    return row, decoded.audio
+
+
+def process_unit(item: dict) -> dict:
+    """Ray Data ``map`` function: one unit's inputs -> its shard tar and manifest."""
+    unit, uris, out, options = item["unit"], list(item["uris"]), Path(item["out"]), json.loads(item["options"])
+    if delay := float(os.environ.get("MVSSL_FAULT_UNIT_DELAY_S", "0")):  # fault injection for kill/resume tests
+        time.sleep(delay)
+    shards = out / "shards"
+    name = shard_name(unit)
+    ext = CODECS[options["codec"]]
+    rows, seen = [], {}
+    tar_tmp = shards / f".{name}.tar.tmp-{os.getpid()}"
+    with tarfile.open(tar_tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for position, uri in enumerate(uris):
+            row, audio = inspect_input(uri, options)
+            row.update(unit=unit, position=position)
+            if audio is not None and row["key"] in seen:
+                row.update(
+                    status=f"duplicate_of:{row['key']}", detail=f"same content as {display_uri(seen[row['key']])}"
+                )
+            elif audio is not None:
+                seen[row["key"]] = uri
+                row["shard"] = f"shards/{name}.tar"
+                meta = {k: row[k] for k in ("num_samples", "duration_s", "source_sha256")}
+                meta.update(key=row["key"], sample_rate=SAMPLE_RATE, dtype="int16", codec=options["codec"])
+                write_sample(tar, row["key"], meta, encode_payload(audio, options["codec"]), ext)
+            rows.append(row)
+    if seen:
+        os.replace(tar_tmp, shards / f"{name}.tar")
+    else:
+        tar_tmp.unlink()
+    table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+    write_parquet(shards / f"{name}.parquet", table)
+    return {"unit": unit, "tracks": len(seen), "inputs": len(rows)}
+
+
+# --------------------------------------------------------------------------- finalize
+def table_hash(table: pa.Table) -> str:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+
+
+def finalize(out: Path, plan: pa.Table, options: IngestOptions, units_run: int) -> IngestSummary:
+    units = sorted(set(plan.column("unit").to_pylist()))
+    manifests = [pq.read_table(out / "shards" / f"{shard_name(u)}.parquet", schema=MANIFEST_SCHEMA) for u in units]
+    rows = pa.concat_tables(manifests).sort_by([("unit", "ascending"), ("position", "ascending")]).to_pylist()
+    first_uri: dict[str, str] = {}
+    index_rows, reject_rows = [], []
+    for row in rows:
+        if row["status"] == "ok" and row["key"] in first_uri:
+            row.update(
+                status=f"duplicate_of:{row['key']}", detail=f"same content as {display_uri(first_uri[row['key']])}"
+            )
+        if row["status"] == "ok":
+            first_uri[row["key"]] = row["source_uri"]
+            index_rows.append({k: row[k] for k in INDEX_SCHEMA.names})
+        else:
+            reject_rows.append({"source_uri": row["source_uri"], "reason": row["status"], "detail": row["detail"]})
+    index = pa.Table.from_pylist(index_rows, schema=INDEX_SCHEMA)
+    rejects = pa.Table.from_pylist(reject_rows, schema=REJECT_SCHEMA)
+    write_parquet(out / "index.parquet", index)
+    write_parquet(out / "rejects.parquet", rejects)
+    by_reason: dict[str, int] = {}
+    for r in reject_rows:
+        code = r["reason"].split(":", 1)[0]
+        by_reason[code] = by_reason.get(code, 0) + 1
+    hours = float(sum(index.column("duration_s").to_pylist())) / 3600
+    summary = IngestSummary(out, len(rows), index.num_rows, rejects.num_rows, hours, units_run, by_reason)
+    write_dataset_json(out, options, summary, table_hash(index))
+    return summary
+
+
+def write_dataset_json(out: Path, options: IngestOptions, summary: IngestSummary, index_sha: str) -> None:
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "sample_rate": SAMPLE_RATE,
+        "options": {k: v for k, v in asdict(options).items() if k not in ("out", "progress")},
+        "counts": {"inputs": summary.inputs, "tracks": summary.tracks, "rejects": summary.rejects, **summary.by_reason},
+        "total_hours": round(summary.hours, 6),
+        "index_sha256": index_sha,
+    }
+    atomic_write(out / "dataset.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+
+
+# --------------------------------------------------------------------------- driver
+def check_options_compatible(out: Path, options: IngestOptions) -> None:
+    existing = out / "dataset.json"
+    if not existing.exists():
+        return
+    before = json.loads(existing.read_text())["options"]
+    for name in PROCESSING_OPTIONS:
+        if name in before and before[name] != getattr(options, name):
+            raise IngestError(
+                f"{out}: was written with {name}={before[name]!r}, this run asks for {getattr(options, name)!r}; "
+                "use a new --out or the same options"
+            )
+
+
+def load_plan(out: Path) -> dict[str, tuple[int, int]]:
+    path = out / "plan.parquet"
+    if not path.exists():
+        return {}
+    table = pq.read_table(path)
+    return {
+        u: (n, p) for u, n, p in zip(*(table.column(c).to_pylist() for c in ("uri", "unit", "position")), strict=True)
+    }
+
+
+def pending_units(out: Path, plan: pa.Table) -> dict[int, list[str]]:
+    units: dict[int, list[str]] = {}
+    for uri, unit in zip(plan.column("uri").to_pylist(), plan.column("unit").to_pylist(), strict=True):
+        units.setdefault(unit, []).append(uri)
+    return {u: uris for u, uris in units.items() if not (out / "shards" / f"{shard_name(u)}.parquet").exists()}
+
+
+def run_units(out: Path, todo: dict[int, list[str]], options: IngestOptions, report: Callable[[str], None]) -> None:
+    import ray
+
+    processing = json.dumps({k: getattr(options, k) for k in PROCESSING_OPTIONS})
+    items = [{"unit": u, "uris": uris, "out": str(out), "options": processing} for u, uris in sorted(todo.items())]
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = options.progress
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map(process_unit, num_cpus=1, concurrency=options.workers or None)
+    done = 0
+    for result in ds.iter_rows():
+        done += 1
+        report(
+            f"[ingest] {shard_name(result['unit'])}: {result['tracks']}/{result['inputs']} tracks ({done}/{len(items)})"
+        )
+
+
+def ingest(options: IngestOptions, report: Callable[[str], None] = print) -> IngestSummary:
+    """Run (or resume) an ingest; see the module docstring."""
+    if options.codec not in CODECS:
+        raise IngestError(f"--codec {options.codec}: unknown (known: {', '.join(CODECS)})")
+    if options.min_duration_s > options.max_duration_s:
+        raise IngestError("--min-duration-s must not exceed --max-duration-s")
+    out = Path(options.out).expanduser().resolve()
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    check_options_compatible(out, options)
+    uris = resolve_sources(options.sources)
+    if not uris:
+        raise IngestError(f"no audio inputs found in {', '.join(options.sources)}")
+    previous = load_plan(out)
+    plan = plan_units(uris, previous, options.shard_target_mb * 1e6)
+    if plan.num_rows != len(previous):
+        write_parquet(out / "plan.parquet", plan)
+    todo = pending_units(out, plan)
+    report(f"[ingest] {len(uris)} inputs, {plan.num_rows - len(previous)} new; {len(todo)} unit(s) to process")
+    if todo:
+        init_ray(options.ray_address, max(options.workers or 0, os.cpu_count() or 1))
+        run_units(out, todo, options, report)
+    return finalize(out, plan, options, len(todo))

@@ -1,0 +1,61 @@
+"""Reading a DATASET_DIR written by ingest: index-driven, so only committed tracks are seen."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from mvssl_dist.shards.format import Malformed, Member, read_shard
+
+log = logging.getLogger(__name__)
+
+
+class DatasetError(ValueError):
+    """A DATASET_DIR that cannot be read; the message names the path."""
+
+
+@dataclass
+class Track:
+    key: str
+    audio: np.ndarray  # float32 mono 16 kHz
+    meta: dict
+
+
+def load_index(dataset_dir: str | Path):
+    path = Path(dataset_dir) / "index.parquet"
+    if not path.is_file():
+        raise DatasetError(f"{dataset_dir}: not an ingested dataset (no index.parquet)")
+    return pq.read_table(path)
+
+
+def shard_keys(dataset_dir: str | Path) -> dict[str, set[str]]:
+    """``{shard relative path: keys the index says it holds}`` in index order."""
+    index = load_index(dataset_dir)
+    keys: dict[str, set[str]] = {}
+    for shard, key in zip(index.column("shard").to_pylist(), index.column("key").to_pylist(), strict=True):
+        keys.setdefault(shard, set()).add(key)
+    return keys
+
+
+def iter_shard_members(path: Path, wanted: set[str] | None = None) -> Iterator[Member | Malformed]:
+    """Members of one shard file (only ``wanted`` keys when given), malformed ones included."""
+    with open(path, "rb") as handle:
+        for item in read_shard(handle, path.name):
+            if isinstance(item, Malformed) or wanted is None or item.key in wanted:
+                yield item
+
+
+def read_tracks(dataset_dir: str | Path) -> Iterator[Track]:
+    """Every indexed track as float32 audio, shard by shard. Malformed members are logged and skipped."""
+    root = Path(dataset_dir)
+    for shard, keys in shard_keys(root).items():
+        for item in iter_shard_members(root / shard, keys):
+            if isinstance(item, Malformed):
+                log.warning("skipping malformed member %s in %s: %s", item.name, item.shard, item.reason)
+                continue
+            yield Track(item.key, item.audio, item.meta)

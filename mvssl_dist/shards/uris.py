@@ -1,0 +1,169 @@
+"""Where inputs live: resolve SRC arguments to URIs, and read bytes from local disk or object storage.
+
+Local files are named ``file://`` + the percent-encoded bytes of the absolute path, so a
+name that is not valid UTF-8 round-trips losslessly. Object storage goes through
+``pyarrow.fs`` (``s3://bucket/key``; the endpoint comes from ``AWS_ENDPOINT_URL`` when set).
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import glob
+import os
+from pathlib import Path
+from urllib.parse import quote, unquote_to_bytes
+
+import pyarrow.fs as pafs
+
+AUDIO_EXTENSIONS = frozenset(
+    {"mp3", "flac", "ogg", "oga", "opus", "wav", "wave", "m4a", "mp4", "aac", "aif", "aiff", "wma", "webm", "mka"}
+)
+LIST_SUFFIXES = (".txt", ".csv", ".parquet")
+
+
+class SourceError(ValueError):
+    """A SRC argument that cannot be resolved; the message names it."""
+
+
+def path_to_uri(path: str | os.PathLike) -> str:
+    raw = os.fsencode(os.path.abspath(os.fsdecode(path)))
+    return "file://" + quote(raw, safe="/")
+
+
+def uri_to_path(uri: str) -> str:
+    """The local path (a str, surrogate-escaped where the bytes are not UTF-8) of a ``file://`` URI."""
+    if not uri.startswith("file://"):
+        raise ValueError(f"not a local file URI: {uri}")
+    return os.fsdecode(unquote_to_bytes(uri[len("file://") :]))
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def has_audio_extension(name: str) -> bool:
+    return name.rsplit(".", 1)[-1].lower() in AUDIO_EXTENSIONS if "." in name else False
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """``(filesystem, path within it)`` for a remote URI."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if uri.startswith("s3://") and endpoint:
+        scheme, _, host = endpoint.partition("://")
+        fs = pafs.S3FileSystem(endpoint_override=host or scheme, scheme=scheme if host else "https")
+        return fs, uri[len("s3://") :]
+    return pafs.FileSystem.from_uri(uri)
+
+
+def read_bytes(uri: str) -> bytes:
+    """The whole content of a ``file://`` or remote URI (OSError when unreadable)."""
+    if uri.startswith("file://"):
+        path = uri_to_path(uri)
+        if os.path.isdir(path):
+            raise IsADirectoryError(21, "is a directory, not a file", path)
+        with open(path, "rb") as handle:
+            return handle.read()
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        raise IsADirectoryError(21, "is a directory, not a file", uri)
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def _walk_local(root: str) -> list[str]:
+    """Audio files under ``root``; directories whose names look like audio are inputs too
+    (they will be rejected as unreadable rather than silently walked into)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            if has_audio_extension(name):
+                found.append(os.path.join(dirpath, name))
+        dirnames[:] = [d for d in dirnames if not has_audio_extension(d)]
+        found += [os.path.join(dirpath, n) for n in filenames if has_audio_extension(n)]
+    return [path_to_uri(p) for p in sorted(found)]
+
+
+def _walk_remote(uri: str, pattern: str | None = None) -> list[str]:
+    fs, path = filesystem(uri)
+    scheme = uri.split("://", 1)[0]
+    infos = fs.get_file_info(pafs.FileSelector(path.rstrip("/"), recursive=True, allow_not_found=False))
+    out = []
+    for info in infos:
+        if info.type != pafs.FileType.File or not has_audio_extension(info.base_name):
+            continue
+        if pattern and not fnmatch.fnmatch(info.path, pattern):
+            continue
+        out.append(f"{scheme}://{info.path}")
+    return sorted(out)
+
+
+def _read_list_file(path: str) -> list[str]:
+    base = os.path.dirname(os.path.abspath(path))
+
+    def to_uri(entry: str) -> str:
+        entry = entry.strip()
+        if "://" in entry:
+            return entry
+        return path_to_uri(entry if os.path.isabs(entry) else os.path.join(base, entry))
+
+    if path.endswith(".txt"):
+        with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+            return [to_uri(line) for line in handle if line.strip() and not line.startswith("#")]
+    if path.endswith(".csv"):
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+            reader = csv.DictReader(handle)
+            if "uri" not in (reader.fieldnames or []):
+                raise SourceError(f"{path}: a list file needs a 'uri' column (found {reader.fieldnames})")
+            return [to_uri(row["uri"]) for row in reader if row["uri"].strip()]
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    if "uri" not in table.column_names:
+        raise SourceError(f"{path}: a list file needs a 'uri' column (found {table.column_names})")
+    return [to_uri(u) for u in table.column("uri").to_pylist() if u]
+
+
+def resolve_sources(sources: list[str]) -> list[str]:
+    """Directories (recursive), glob patterns, list files and single files -> ordered unique URIs."""
+    uris: list[str] = []
+    for src in sources:
+        if is_remote(src):
+            has_glob = any(c in src for c in "*?[")
+            if has_glob:
+                prefix = src.split("://", 1)[1]
+                root = prefix[: min(prefix.find(c) for c in "*?[" if c in prefix)].rsplit("/", 1)[0]
+                uris += _walk_remote(f"{src.split('://', 1)[0]}://{root}", prefix)
+            else:
+                fs, path = filesystem(src)
+                info = fs.get_file_info(path)
+                if info.type == pafs.FileType.NotFound:
+                    raise SourceError(f"{src}: no such file or prefix")
+                uris += _walk_remote(src) if info.type == pafs.FileType.Directory else [src]
+        elif os.path.isdir(src) and not has_audio_extension(os.path.basename(os.path.normpath(src))):
+            uris += _walk_local(src)
+        elif src.endswith(LIST_SUFFIXES) and os.path.isfile(src):
+            uris += _read_list_file(src)
+        elif os.path.lexists(src):
+            uris.append(path_to_uri(src))
+        elif any(c in src for c in "*?["):
+            matches = sorted(glob.glob(src, recursive=True))
+            if not matches:
+                raise SourceError(f"{src}: the pattern matches nothing")
+            for match in matches:
+                uris += _walk_local(match) if os.path.isdir(match) else [path_to_uri(match)]
+        else:
+            raise SourceError(f"{src}: no such file, directory or pattern")
+    return list(dict.fromkeys(uris))
+
+
+def display_uri(uri: str) -> str:
+    """A readable form of a URI for messages (local paths decoded, odd bytes escaped)."""
+    if uri.startswith("file://"):
+        return os.fsencode(uri_to_path(uri)).decode("utf-8", "backslashreplace")
+    return uri
+
+
+def local_dir(path: str | os.PathLike) -> Path:
+    return Path(os.fsdecode(path)).expanduser().resolve()

@@ -1,0 +1,300 @@
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from catalogue import write_catalogue
+from distributed_helpers import ensure_ray
+
+from mvssl_dist.audio.synth import STYLES, encode, render
+from mvssl_dist.cli import main
+from mvssl_dist.shards import IngestOptions, ingest, path_to_uri, read_tracks, uri_to_path
+from mvssl_dist.shards.format import Malformed, read_shard
+from mvssl_dist.shards.reader import iter_shard_members
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory):
+    root = tmp_path_factory.mktemp("catalogue")
+    return root, write_catalogue(root)
+
+
+@pytest.fixture(scope="module")
+def ingested(catalogue, tmp_path_factory):
+    ensure_ray()
+    root, _ = catalogue
+    out = tmp_path_factory.mktemp("dataset")
+    summary = ingest(IngestOptions([str(root)], str(out), shard_target_mb=2, progress=False), report=lambda m: None)
+    return out, summary
+
+
+def independent_decode(path: Path) -> np.ndarray:
+    """PyAV with its own resampler (swresample) at the source layout, then a channel mean: not our path."""
+    with open(path, "rb") as handle, av.open(handle) as container:
+        layout = container.streams.audio[0].layout.name
+        resampler = av.AudioResampler(format="fltp", layout=layout, rate=16000)
+        frames = [f.to_ndarray() for fr in container.decode(audio=0) for f in resampler.resample(fr)]
+        frames += [f.to_ndarray() for f in resampler.resample(None)]
+    return np.concatenate(frames, axis=1).mean(axis=0)
+
+
+def test_every_input_is_indexed_or_rejected_with_its_reason(catalogue, ingested):
+    _, expected = catalogue
+    out, summary = ingested
+    index = pq.read_table(out / "index.parquet").to_pylist()
+    rejects = pq.read_table(out / "rejects.parquet").to_pylist()
+    assert summary.inputs == len(expected["good"]) + len(expected["rejects"]) == len(index) + len(rejects)
+    assert sorted(uri_to_path(r["source_uri"]) for r in index) == sorted(str(p) for p in expected["good"])
+    reasons = {uri_to_path(r["source_uri"]): r["reason"].split(":")[0] for r in rejects}
+    assert reasons == {str(p): reason for p, reason in expected["rejects"].items()}
+    dup = next(r for r in rejects if r["reason"].startswith("duplicate_of:"))
+    original = next(r for r in index if r["source_uri"].endswith("00_bright_pop.mp3"))
+    assert dup["reason"] == f"duplicate_of:{original['key']}" and original["key"] == original["source_sha256"][:32]
+    assert all(r["detail"] for r in rejects)
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["counts"]["tracks"] == len(index) and meta["counts"]["rejects"] == len(rejects)
+    assert len(meta["index_sha256"]) == 64 and meta["total_hours"] > 0
+
+
+def test_non_utf8_name_is_recorded_losslessly(ingested):
+    out, _ = ingested
+    uris = pq.read_table(out / "index.parquet").column("source_uri").to_pylist()
+    odd = next(u for u in uris if "caf" in u)
+    assert odd.endswith("07_caf%E9.flac")
+    assert os.fsencode(uri_to_path(odd)).endswith(b"07_caf\xe9.flac")
+
+
+def test_audio_read_back_matches_an_independent_decode(catalogue, ingested):
+    out, _ = ingested
+    index = {r["key"]: r for r in pq.read_table(out / "index.parquet").to_pylist()}
+    tracks = list(read_tracks(out))
+    assert sorted(t.key for t in tracks) == sorted(index)
+    for track in tracks:
+        row = index[track.key]
+        assert track.audio.dtype == np.float32 and len(track.audio) == row["num_samples"]
+        assert row["duration_s"] == pytest.approx(len(track.audio) / 16000)
+        truth = independent_decode(Path(uri_to_path(row["source_uri"])))
+        assert abs(len(truth) - len(track.audio)) <= 1200  # within one codec frame
+        n = min(len(truth), len(track.audio))
+        assert np.corrcoef(truth[:n], track.audio[:n])[0, 1] > 0.99, row["source_uri"]
+    surround = next(r for r in index.values() if r["source_uri"].endswith("06_surround.flac"))
+    assert (surround["source_channels"], surround["source_sample_rate"]) == (6, 96000)
+
+
+def test_rerun_skips_everything_and_a_new_file_is_picked_up(catalogue, tmp_path, ray_local):
+    root, _ = catalogue
+    src = tmp_path / "src"
+    shutil.copytree(root, src, symlinks=True)
+    out = tmp_path / "out"
+    first = ingest(IngestOptions([str(src)], str(out), shard_target_mb=2, progress=False), report=lambda m: None)
+    again = ingest(IngestOptions([str(src)], str(out), shard_target_mb=2, progress=False), report=lambda m: None)
+    assert again.units_run == 0 and again.tracks == first.tracks
+    encode(src / "new_track.ogg", render(STYLES[3], 13.0, 44100, seed=99), 44100)
+    grown = ingest(IngestOptions([str(src)], str(out), shard_target_mb=2, progress=False), report=lambda m: None)
+    assert grown.units_run == 1 and grown.tracks == first.tracks + 1
+    assert any(r["source_uri"].endswith("new_track.ogg") for r in pq.read_table(out / "index.parquet").to_pylist())
+
+
+def _run_cli(args, env=None, **kw):
+    return subprocess.Popen([sys.executable, "-m", "mvssl_dist.cli", *args], env={**os.environ, **(env or {})}, **kw)
+
+
+def test_killed_ingest_resumes_to_the_same_index(catalogue, tmp_path):
+    root, _ = catalogue
+    args = [str(root), "--shard-target-mb", "0.01", "--workers", "1", "--no-progress"]
+    clean = _run_cli(["ingest", *args, "--out", str(tmp_path / "clean")], stdout=subprocess.DEVNULL)
+    assert clean.wait(timeout=300) == 0
+    out = tmp_path / "killed"
+    proc = _run_cli(
+        ["ingest", *args, "--out", str(out)],
+        env={"MVSSL_FAULT_UNIT_DELAY_S": "0.7"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list((out / "shards").glob("shard-*.parquet"))) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    proc.wait()
+    done_before = len(list((out / "shards").glob("shard-*.parquet")))
+    units = len(set(pq.read_table(out / "plan.parquet").column("unit").to_pylist()))
+    assert 2 <= done_before < units and not (out / "index.parquet").exists()
+    resumed = _run_cli(["ingest", *args, "--out", str(out)], stdout=subprocess.DEVNULL)
+    assert resumed.wait(timeout=300) == 0
+    assert pq.read_table(out / "index.parquet").equals(pq.read_table(tmp_path / "clean" / "index.parquet"))
+    assert pq.read_table(out / "rejects.parquet").equals(pq.read_table(tmp_path / "clean" / "rejects.parquet"))
+    hashes = [json.loads((d / "dataset.json").read_text())["index_sha256"] for d in (out, tmp_path / "clean")]
+    assert hashes[0] == hashes[1]
+    assert not list((out / "shards").glob(".*tmp*"))  # no half-written file visible
+    assert not list(out.glob(".*tmp*"))
+
+
+def test_flac_codec_stores_the_same_audio(catalogue, ingested, tmp_path, ray_local):  # noqa: ARG001
+    root, expected = catalogue
+    out = tmp_path / "flac"
+    ingest(
+        IngestOptions([str(p) for p in expected["good"][:2]], str(out), codec="flac", progress=False),
+        report=lambda m: None,
+    )
+    s16 = {t.key: t.audio for t in read_tracks(ingested[0])}
+    for track in read_tracks(out):
+        np.testing.assert_array_equal(track.audio, s16[track.key])
+    assert next((out / "shards").glob("*.tar")).stat().st_size < 0.8 * sum(len(a) * 2 for a in s16.values()) / 4
+
+
+def test_changed_processing_options_are_refused(ingested, catalogue, capsys):
+    out, _ = ingested
+    root, _ = catalogue
+    assert main(["ingest", str(root), "--out", str(out), "--min-duration-s", "5", "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "min_duration_s=12.0" in err and "\n" not in err
+
+
+def test_cli_bad_sources_fail_with_one_line(tmp_path, capsys):
+    assert main(["ingest", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 1
+    assert capsys.readouterr().err.strip() == f"mvssl: error: {tmp_path / 'nope'}: no such file, directory or pattern"
+    (tmp_path / "list.csv").write_text("path\nx.mp3\n")
+    assert main(["ingest", str(tmp_path / "list.csv"), "--out", str(tmp_path / "o")]) == 1
+    assert "needs a 'uri' column" in capsys.readouterr().err
+
+
+def test_list_files_and_globs(catalogue, tmp_path, ray_local):
+    root, expected = catalogue
+    (tmp_path / "list.txt").write_text("\n".join(str(p) for p in expected["good"][:2]) + "\n")
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"uri": [path_to_uri(expected["good"][2])]}), tmp_path / "list.parquet")
+    out = tmp_path / "out"
+    summary = ingest(
+        IngestOptions(
+            [str(tmp_path / "list.txt"), str(tmp_path / "list.parquet"), str(root / "*.wav")], str(out), progress=False
+        ),
+        report=lambda m: None,
+    )
+    assert summary.inputs == 4 and summary.tracks == 4
+
+
+def _tar(members: list[tuple[str, bytes]]) -> io.BytesIO:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    return buf
+
+
+def test_member_names_are_validated_and_bad_members_skipped():
+    good_key, bad_key, short_key = "a" * 32, "b" * 32, "c" * 32
+    pcm = np.arange(10, dtype="<i2").tobytes()
+    shard = _tar(
+        [
+            ("../evil.json", b"{}"),
+            (f"{good_key}.json", json.dumps({"num_samples": 10}).encode()),
+            (f"{good_key}.s16", pcm),
+            (f"{bad_key}.json", b"{not json"),
+            (f"{bad_key}.s16", pcm),
+            (f"{short_key}.json", json.dumps({"num_samples": 99}).encode()),
+            (f"{short_key}.s16", pcm),
+            (f"{good_key}.json", b"{}"),  # the same key again: a collision
+            ("dir/x.s16", pcm),
+        ]
+    )
+    items = list(read_shard(shard, "t.tar"))
+    tracks = [i for i in items if not isinstance(i, Malformed)]
+    bad = [i for i in items if isinstance(i, Malformed)]
+    assert [t.key for t in tracks] == [good_key] and tracks[0].pcm.tolist() == list(range(10))
+    assert {b.name for b in bad} == {"../evil.json", bad_key, short_key, f"{good_key}.json", "dir/x.s16"}
+
+
+def test_reader_only_yields_indexed_members(ingested, tmp_path):
+    out, _ = ingested
+    shard = next((out / "shards").glob("*.tar"))
+    everything = list(iter_shard_members(shard))
+    assert len(list(iter_shard_members(shard, {everything[0].key}))) == 1
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    """A local S3-compatible server (moto) on 127.0.0.1, reached over real HTTP by Ray workers too."""
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    yield env
+    server.stop()
+
+
+def test_s3_sources_against_a_local_server(catalogue, s3_server, tmp_path):
+    import boto3
+    import ray
+
+    root, expected = catalogue
+    s3 = boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"])
+    s3.create_bucket(Bucket="music")
+    for path in expected["good"][:3] + [root / "zoo" / "random.mp3"]:
+        s3.upload_file(str(path), "music", f"catalogue/{path.name}")
+    ray.shutdown()  # workers must start with the endpoint in their environment
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": s3_server})
+    try:
+        summary = ingest(
+            IngestOptions(["s3://music/catalogue/"], str(tmp_path / "out"), progress=False), report=lambda m: None
+        )
+    finally:
+        ray.shutdown()
+    assert (summary.tracks, summary.rejects) == (3, 1)
+    rows = pq.read_table(tmp_path / "out" / "index.parquet").to_pylist()
+    assert all(r["source_uri"].startswith("s3://music/catalogue/") for r in rows)
+    local = {r["key"] for r in pq.read_table(tmp_path / "out" / "index.parquet").to_pylist()}
+    assert len(local) == 3
+
+
+def test_two_node_cluster_gives_the_same_result_as_one(catalogue, ingested, tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    root, _ = catalogue
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    try:
+        ingest(
+            IngestOptions(
+                [str(root)],
+                str(tmp_path / "two"),
+                shard_target_mb=2,
+                workers=2,
+                ray_address=cluster.address,
+                progress=False,
+            ),
+            report=lambda m: None,
+        )
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert pq.read_table(tmp_path / "two" / "index.parquet").equals(pq.read_table(ingested[0] / "index.parquet"))
