@@ -1,0 +1,15 @@
+"""On-the-fly multi-view generation from ingested shards (Ray Data, CPU workers)."""
+
+from mvssl_dist.views.dataset import collate_views, to_float, view_stats, views_dataset
+from mvssl_dist.views.sampling import ViewSpec, draw_starts, draw_views, is_silent
+
+__all__ = [
+    "collate_views",
+    "ViewSpec",
+    "draw_starts",
+    "draw_views",
+    "is_silent",
+    "to_float",
+    "view_stats",
+    "views_dataset",
+]

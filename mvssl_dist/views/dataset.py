@@ -1,0 +1,236 @@
+"""``views_dataset``: a lazy, streaming Ray Data dataset of multi-view training rows.
+
+One Ray task per shard reads the tar (int16 PCM, no decoding), draws ``pairs_per_track``
+sets of views per indexed track, drops silent draws with the reference's rule, and emits
+one block ``{"key": [N], "views": int16 [N, n_views, samples]}``. Rows leave as int16 (half
+the bytes of float32); :func:`to_float` or ``views_dataset(dtype="float32")`` scales them
+by 1/32768. Workers are CPU-only and scale out separately from the training workers.
+
+Counts of what was skipped (too short, silent after redraws, malformed members) go to a
+small named Ray actor: read them with :func:`view_stats`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mvssl_dist.shards.format import INT16_SCALE, Malformed
+from mvssl_dist.shards.reader import iter_shard_members, load_index
+from mvssl_dist.views.sampling import SILENCE_THRESHOLD, ViewSpec, draw_views, track_seed
+
+log = logging.getLogger(__name__)
+SAMPLE_RATE = 16000
+STATS_ACTOR = "mvssl-view-stats"
+
+
+def _stats_actor_class():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class ViewStats:
+        def __init__(self) -> None:
+            self.counts: dict[str, int] = {}
+            self.malformed: list[str] = []
+
+        def add(self, counts: dict, malformed: list[str]) -> None:
+            for k, v in counts.items():
+                self.counts[k] = self.counts.get(k, 0) + v
+            self.malformed += malformed
+
+        def snapshot(self) -> dict:
+            return {**self.counts, "malformed_keys": list(self.malformed)}
+
+    return ViewStats
+
+
+_HANDLES: dict[str, object] = {}  # keeps the driver's actor handles alive
+
+
+def stats_actor(name: str = STATS_ACTOR):
+    """The named counter actor; created (owned by the driver) by :func:`views_dataset`."""
+    if name not in _HANDLES:
+        _HANDLES[name] = _stats_actor_class().options(name=name, get_if_exists=True).remote()
+    return _HANDLES[name]
+
+
+def view_stats(name: str = STATS_ACTOR) -> dict:
+    """Counts so far: ``tracks``, ``rows``, ``too_short``, ``silent``, ``malformed`` and the bad keys."""
+    import ray
+
+    return ray.get(ray.get_actor(name).snapshot.remote())
+
+
+def _record_stats(name: str, counts: dict, malformed: list[str]) -> None:
+    import ray
+
+    try:
+        ray.get(ray.get_actor(name).add.remote(counts, malformed))  # recorded before the block is handed on
+    except ValueError:  # no stats actor (the driver did not ask for one): counts go to the log only
+        log.info("views: %s", counts)
+
+
+def shard_views(item: Mapping, spec: ViewSpec) -> tuple[dict, dict, list[str]]:
+    """Views for every wanted track of one shard: (block, counts, malformed member names)."""
+    seed, epoch, draws = int(item["seed"]), int(item["epoch"]), int(item["pairs_per_track"])
+    rms = dict(zip(item["keys"], item["rms"], strict=True))
+    keys, views = [], []
+    counts = {"tracks": 0, "rows": 0, "too_short": 0, "silent": 0, "malformed": 0}
+    malformed = []
+    for member in iter_shard_members(Path(item["path"]), set(item["keys"])):
+        if isinstance(member, Malformed):
+            counts["malformed"] += 1
+            malformed.append(f"{member.shard}:{member.name} ({member.reason})")
+            log.warning("views: skipping malformed member %s in %s: %s", member.name, member.shard, member.reason)
+            continue
+        counts["tracks"] += 1
+        track_rms = rms[member.key]
+        for draw in range(draws):
+            drawn, status = draw_views(member.pcm, track_rms, spec, track_seed(seed, epoch, member.key, draw))
+            if drawn is None:
+                counts[status] += 1
+                break  # a track that cannot give views now will not on the next draw either
+            keys.append(member.key)
+            views.append(drawn)
+    counts["rows"] = len(keys)
+    if keys:
+        order = np.random.default_rng([seed, epoch, int(item["shard_index"])]).permutation(len(keys))
+        block = {"key": np.array(keys, dtype=object)[order], "views": np.stack(views)[order]}
+    else:
+        block = {
+            "key": np.array([], dtype=object),
+            "views": np.zeros((0, spec.n_views, spec.segment_samples), np.int16),
+        }
+    return block, counts, malformed
+
+
+def views_block(batch: dict, spec: ViewSpec, chains: list, dtype: str, stats_name: str | None) -> dict:
+    """``map_batches`` function: a batch of shard descriptions -> one block of views."""
+    blocks, total, bad = [], {}, []
+    for i in range(len(batch["path"])):
+        block, counts, malformed = shard_views({k: batch[k][i] for k in batch}, spec)
+        blocks.append(block)
+        bad += malformed
+        for k, v in counts.items():
+            total[k] = total.get(k, 0) + v
+    if stats_name:
+        _record_stats(stats_name, total, bad)
+    views = np.concatenate([b["views"] for b in blocks])
+    return {"key": np.concatenate([b["key"] for b in blocks]), "views": finish_views(views, batch, chains, dtype)}
+
+
+def finish_views(views: np.ndarray, batch: dict, chains: list, dtype: str) -> np.ndarray:
+    """Augment on this CPU worker when a chain is configured, and cast to the requested dtype."""
+    if not any(chains) and dtype == "int16":
+        return views
+    floats = views.astype(np.float32) / INT16_SCALE
+    if any(chains) and len(floats):
+        import torch
+
+        from mvssl_dist.views.augment import augment_views
+
+        seed = int(batch["seed"][0]) * 1_000_003 + int(batch["epoch"][0]) * 10_007 + int(batch["shard_index"][0])
+        floats = augment_views(torch.from_numpy(floats), chains, torch.Generator().manual_seed(seed)).numpy()
+    return floats if dtype == "float32" else np.round(np.clip(floats, -1, 1) * 32767).astype(np.int16)
+
+
+def shard_items(dataset_dir: str | Path, seed: int, epoch: int, pairs_per_track: int) -> list[dict]:
+    """One item per shard, in a seeded per-epoch order, with the keys the index holds there."""
+    index = load_index(dataset_dir)
+    root = Path(dataset_dir)
+    by_shard: dict[str, tuple[list, list]] = {}
+    for shard, key, level in zip(*(index.column(c).to_pylist() for c in ("shard", "key", "rms_db")), strict=True):
+        keys, rms = by_shard.setdefault(shard, ([], []))
+        keys.append(key)
+        rms.append(float(10 ** (level / 20)) * INT16_SCALE)
+    shards = sorted(by_shard)
+    order = np.random.default_rng([seed, epoch]).permutation(len(shards))
+    return [
+        {
+            "path": str(root / shards[i]),
+            "keys": by_shard[shards[i]][0],
+            "rms": by_shard[shards[i]][1],
+            "seed": seed,
+            "epoch": epoch,
+            "pairs_per_track": pairs_per_track,
+            "shard_index": int(i),
+        }
+        for i in order
+    ]
+
+
+def views_dataset(
+    dataset_dir: str | Path,
+    n_views: int = 2,
+    segment_s: float = 4.0,
+    min_gap_s: float = 4.0,
+    pairs_per_track: int = 1,
+    seed: int = 0,
+    epoch: int = 0,
+    augment: Sequence | Mapping | None = None,
+    dtype: str = "int16",
+    max_redraws: int = 10,
+    silence_threshold: float = SILENCE_THRESHOLD,
+    num_cpus_per_task: float = 1.0,
+    concurrency: int | None = None,
+    stats_name: str | None = STATS_ACTOR,
+    preserve_order: bool = False,
+):
+    """A lazy Ray Data dataset of ``{"key": str, "views": [n_views, samples]}`` rows; see the module doc.
+
+    ``epoch`` changes every draw (and the shard order) reproducibly; each call covers every
+    indexed track ``pairs_per_track`` times. ``dtype``: ``"int16"`` (scale 1/32768) or ``"float32"``.
+    The draws themselves never depend on scheduling; ``preserve_order=True`` also fixes the
+    order in which rows arrive (same seed -> identical batches), at some cost in throughput.
+    """
+    import ray
+
+    from mvssl_dist.views.augment import per_view_chains
+
+    if dtype not in ("int16", "float32"):
+        raise ValueError(f"dtype must be 'int16' or 'float32', got {dtype!r}")
+    if pairs_per_track < 1:
+        raise ValueError("pairs_per_track must be >= 1")
+    spec = ViewSpec(
+        n_views,
+        int(round(segment_s * SAMPLE_RATE)),
+        int(round(min_gap_s * SAMPLE_RATE)),
+        max_redraws,
+        silence_threshold,
+    )
+    chains = per_view_chains(augment, n_views)
+    items = shard_items(dataset_dir, seed, epoch, pairs_per_track)
+    if not items:
+        raise ValueError(f"{dataset_dir}: the dataset has no tracks")
+    if stats_name:
+        stats_actor(stats_name)
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds.context.execution_options.preserve_order = preserve_order  # exact batch order for reproducibility
+    return ds.map_batches(
+        views_block,
+        fn_kwargs={"spec": spec, "chains": chains, "dtype": dtype, "stats_name": stats_name},
+        batch_size=1,
+        num_cpus=num_cpus_per_task,
+        concurrency=concurrency,
+        batch_format="numpy",
+    )
+
+
+def collate_views():
+    """A collate function for ``iter_torch_batches``: views as a torch tensor, keys as a list."""
+    import torch
+    from ray.data.collate_fn import NumpyBatchCollateFn
+
+    class CollateViews(NumpyBatchCollateFn):
+        def __call__(self, batch: dict) -> dict:
+            return {"views": torch.from_numpy(np.ascontiguousarray(batch["views"])), "key": list(batch["key"])}
+
+    return CollateViews()
+
+
+def to_float(views) -> object:
+    """int16 views (numpy or torch) -> float32 in [-1, 1)."""
+    return views.float() / INT16_SCALE if hasattr(views, "float") else views.astype(np.float32) / INT16_SCALE
