@@ -13,7 +13,16 @@ from distributed_helpers import ensure_ray
 from scipy import stats
 
 from mvssl_dist.shards import IngestOptions, ingest, read_tracks
-from mvssl_dist.views import ViewSpec, collate_views, draw_starts, draw_views, is_silent, view_stats, views_dataset
+from mvssl_dist.views import (
+    ViewSpec,
+    collate_views,
+    draw_starts,
+    draw_views,
+    is_silent,
+    iter_view_batches,
+    view_stats,
+    views_dataset,
+)
 from mvssl_dist.views.augment import (
     apply_chain,
     filter_,
@@ -79,7 +88,7 @@ def dataset(tmp_path_factory):
 
 
 def _collect(ds):
-    return list(ds.iter_batches(batch_size=4, batch_format="numpy"))
+    return list(iter_view_batches(ds, batch_size=4))
 
 
 def _locate(pcm: np.ndarray, clip: np.ndarray) -> int:
@@ -137,7 +146,7 @@ def test_two_consumers_see_disjoint_tracks_covering_the_epoch(dataset):
     seen: list[list[str]] = [[], []]
 
     def consume(i):
-        for batch in splits[i].iter_batches(batch_size=2, batch_format="numpy"):
+        for batch in iter_view_batches(splits[i], batch_size=2):
             seen[i] += list(batch["key"])
 
     threads = [threading.Thread(target=consume, args=(i,)) for i in range(2)]

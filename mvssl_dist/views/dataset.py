@@ -12,15 +12,17 @@ small named Ray actor: read them with :func:`view_stats`.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from mvssl_dist.shards.format import INT16_SCALE, Malformed
 from mvssl_dist.shards.reader import iter_shard_members, load_index
-from mvssl_dist.views.sampling import SILENCE_THRESHOLD, ViewSpec, draw_views, track_seed
+from mvssl_dist.views.sampling import SILENCE_THRESHOLD, ViewSpec, draw_view_starts, track_rng
 
 log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
@@ -74,10 +76,14 @@ def _record_stats(name: str, counts: dict, malformed: list[str]) -> None:
 
 
 def shard_views(item: Mapping, spec: ViewSpec) -> tuple[dict, dict, list[str]]:
-    """Views for every wanted track of one shard: (block, counts, malformed member names)."""
+    """Views for every wanted track of one shard: (block, counts, malformed member names).
+
+    Starts are drawn first; the audio is then copied once, straight into the (shuffled)
+    rows of a preallocated ``[rows, n_views, samples]`` int16 array.
+    """
     seed, epoch, draws = int(item["seed"]), int(item["epoch"]), int(item["pairs_per_track"])
     rms = dict(zip(item["keys"], item["rms"], strict=True))
-    keys, views = [], []
+    picks: list[tuple[str, np.ndarray, np.ndarray]] = []  # (key, pcm, starts)
     counts = {"tracks": 0, "rows": 0, "too_short": 0, "silent": 0, "malformed": 0}
     malformed = []
     for member in iter_shard_members(Path(item["path"]), set(item["keys"])):
@@ -87,39 +93,62 @@ def shard_views(item: Mapping, spec: ViewSpec) -> tuple[dict, dict, list[str]]:
             log.warning("views: skipping malformed member %s in %s: %s", member.name, member.shard, member.reason)
             continue
         counts["tracks"] += 1
-        track_rms = rms[member.key]
-        for draw in range(draws):
-            drawn, status = draw_views(member.pcm, track_rms, spec, track_seed(seed, epoch, member.key, draw))
-            if drawn is None:
+        rng = track_rng(seed, epoch, member.key)
+        for _ in range(draws):
+            starts, status = draw_view_starts(member.pcm, rms[member.key], spec, rng)
+            if starts is None:
                 counts[status] += 1
                 break  # a track that cannot give views now will not on the next draw either
-            keys.append(member.key)
-            views.append(drawn)
-    counts["rows"] = len(keys)
-    if keys:
-        order = np.random.default_rng([seed, epoch, int(item["shard_index"])]).permutation(len(keys))
-        block = {"key": np.array(keys, dtype=object)[order], "views": np.stack(views)[order]}
-    else:
-        block = {
-            "key": np.array([], dtype=object),
-            "views": np.zeros((0, spec.n_views, spec.segment_samples), np.int16),
-        }
-    return block, counts, malformed
+            picks.append((member.key, member.pcm, starts))
+    counts["rows"] = len(picks)
+    order = np.random.default_rng([seed, epoch, int(item["shard_index"])]).permutation(len(picks))
+    views = np.empty((len(picks), spec.n_views, spec.segment_samples), np.int16)
+    keys = np.empty(len(picks), dtype=object)
+    for row, pick in zip(order, picks, strict=True):
+        keys[row] = pick[0]
+        for v, start in enumerate(pick[2]):
+            views[row, v] = pick[1][start : start + spec.segment_samples]
+    return {"key": keys, "views": views}, counts, malformed
 
 
-def views_block(batch: dict, spec: ViewSpec, chains: list, dtype: str, stats_name: str | None) -> dict:
-    """``map_batches`` function: a batch of shard descriptions -> one block of views."""
-    blocks, total, bad = [], {}, []
+def views_block(batch: dict, spec: ViewSpec, chains: list, dtype: str, stats_name: str | None, rows_per_block: int):
+    """``map_batches`` generator: shard descriptions -> Arrow blocks of at most ``rows_per_block`` rows.
+
+    The views column is a fixed-size binary column over the numpy buffer (zero copy; Ray's
+    tensor extension type costs ~100 us per clip to build). Small blocks keep memory reused.
+    """
+    total, bad = {}, []
     for i in range(len(batch["path"])):
         block, counts, malformed = shard_views({k: batch[k][i] for k in batch}, spec)
-        blocks.append(block)
         bad += malformed
         for k, v in counts.items():
             total[k] = total.get(k, 0) + v
+        for start in range(0, len(block["key"]), rows_per_block):
+            views = finish_views(block["views"][start : start + rows_per_block], batch, chains, dtype)
+            yield views_table(block["key"][start : start + rows_per_block], views)
     if stats_name:
         _record_stats(stats_name, total, bad)
-    views = np.concatenate([b["views"] for b in blocks])
-    return {"key": np.concatenate([b["key"] for b in blocks]), "views": finish_views(views, batch, chains, dtype)}
+
+
+def views_table(keys: np.ndarray, views: np.ndarray) -> pa.Table:
+    """``{"key": string, "views": fixed_size_binary}`` plus the shape/dtype in the schema metadata."""
+    views = np.ascontiguousarray(views)
+    row_bytes = int(np.prod(views.shape[1:])) * views.itemsize
+    column = pa.FixedSizeBinaryArray.from_buffers(pa.binary(row_bytes), len(views), [None, pa.py_buffer(views)])
+    meta = {b"views_shape": json.dumps(list(views.shape[1:])).encode(), b"views_dtype": views.dtype.str.encode()}
+    return pa.table({"key": pa.array(list(keys), pa.string()), "views": column}).replace_schema_metadata(meta)
+
+
+def table_views(table: pa.Table) -> tuple[list[str], np.ndarray]:
+    """Inverse of :func:`views_table`: (keys, ``[rows, n_views, samples]`` array, zero copy when possible)."""
+    meta = table.schema.metadata or {}
+    shape = json.loads(meta.get(b"views_shape", b"[2, 64000]"))
+    dtype = np.dtype(meta.get(b"views_dtype", b"<i2").decode())
+    column = table.column("views").combine_chunks()
+    offset = column.offset * column.type.byte_width
+    buffer = column.buffers()[1]
+    flat = np.frombuffer(buffer, dtype=np.uint8, count=len(column) * column.type.byte_width, offset=offset)
+    return table.column("key").to_pylist(), flat.view(dtype).reshape(len(column), *shape)
 
 
 def finish_views(views: np.ndarray, batch: dict, chains: list, dtype: str) -> np.ndarray:
@@ -178,6 +207,7 @@ def views_dataset(
     concurrency: int | None = None,
     stats_name: str | None = STATS_ACTOR,
     preserve_order: bool = False,
+    rows_per_block: int = 64,
 ):
     """A lazy Ray Data dataset of ``{"key": str, "views": [n_views, samples]}`` rows; see the module doc.
 
@@ -211,24 +241,39 @@ def views_dataset(
     ds.context.execution_options.preserve_order = preserve_order  # exact batch order for reproducibility
     return ds.map_batches(
         views_block,
-        fn_kwargs={"spec": spec, "chains": chains, "dtype": dtype, "stats_name": stats_name},
+        fn_kwargs={
+            "spec": spec,
+            "chains": chains,
+            "dtype": dtype,
+            "stats_name": stats_name,
+            "rows_per_block": rows_per_block,
+        },
         batch_size=1,
         num_cpus=num_cpus_per_task,
         concurrency=concurrency,
         batch_format="numpy",
+        zero_copy_batch=True,
     )
 
 
 def collate_views():
-    """A collate function for ``iter_torch_batches``: views as a torch tensor, keys as a list."""
+    """A collate function for ``iter_torch_batches``: ``{"views": torch tensor, "key": list}``."""
     import torch
-    from ray.data.collate_fn import NumpyBatchCollateFn
+    from ray.data.collate_fn import ArrowBatchCollateFn
 
-    class CollateViews(NumpyBatchCollateFn):
-        def __call__(self, batch: dict) -> dict:
-            return {"views": torch.from_numpy(np.ascontiguousarray(batch["views"])), "key": list(batch["key"])}
+    class CollateViews(ArrowBatchCollateFn):
+        def __call__(self, batch: pa.Table) -> dict:
+            keys, views = table_views(batch)
+            return {"views": torch.from_numpy(views.copy() if not views.flags.writeable else views), "key": keys}
 
     return CollateViews()
+
+
+def iter_view_batches(ds, batch_size: int = 256, **kwargs):
+    """Numpy batches ``{"key": list, "views": array}`` from a views dataset (zero copy per batch)."""
+    for table in ds.iter_batches(batch_size=batch_size, batch_format="pyarrow", **kwargs):
+        keys, views = table_views(table)
+        yield {"key": keys, "views": views}
 
 
 def to_float(views) -> object:

@@ -52,25 +52,34 @@ def is_silent(segment: np.ndarray, track_rms: float, threshold: float = SILENCE_
     return 10 * math.log(rms / track_rms) < threshold
 
 
-def draw_views(
+def draw_view_starts(
     pcm: np.ndarray, track_rms: float, spec: ViewSpec, rng: np.random.Generator
 ) -> tuple[np.ndarray | None, str]:
-    """``[n_views, segment_samples]`` slices of ``pcm`` (same dtype), or ``(None, why)``.
+    """Start samples of the views (no copy of the audio), or ``(None, why)``.
 
-    Redraws up to ``max_redraws`` times when a segment is silent. Views come back in a
+    Redraws up to ``max_redraws`` times when a segment is silent. The starts come back in a
     random order (not time order), so no view index is systematically earlier.
     """
     for _ in range(spec.max_redraws + 1):
         starts = draw_starts(len(pcm), spec, rng)
         if starts is None:
             return None, "too_short"
-        segments = [pcm[s : s + spec.segment_samples] for s in starts]
-        if not any(is_silent(seg, track_rms, spec.silence_threshold) for seg in segments):
-            order = rng.permutation(spec.n_views)
-            return np.stack([segments[i] for i in order]), "ok"
+        if not any(is_silent(pcm[s : s + spec.segment_samples], track_rms, spec.silence_threshold) for s in starts):
+            return starts[rng.permutation(spec.n_views)], "ok"
     return None, "silent"
 
 
-def track_seed(seed: int, epoch: int, key: str, draw: int) -> np.random.Generator:
-    """An independent, reproducible generator per (seed, epoch, track, draw)."""
-    return np.random.default_rng([seed, epoch, int(key[:15], 16), draw])
+def draw_views(
+    pcm: np.ndarray, track_rms: float, spec: ViewSpec, rng: np.random.Generator
+) -> tuple[np.ndarray | None, str]:
+    """``[n_views, segment_samples]`` copies of the drawn slices of ``pcm``, or ``(None, why)``."""
+    starts, status = draw_view_starts(pcm, track_rms, spec, rng)
+    if starts is None:
+        return None, status
+    return np.stack([pcm[s : s + spec.segment_samples] for s in starts]), status
+
+
+def track_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
+    """An independent, reproducible generator per (seed, epoch, track): the track's draws use
+    it in sequence, so they never depend on which worker reads the track, or when."""
+    return np.random.default_rng([seed, epoch, int(key[:15], 16)])
