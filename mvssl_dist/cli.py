@@ -164,8 +164,55 @@ def run_ingest(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- pretrain
+def add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="pre-train a backbone with an SSL method on Ray Train; tracked and registered in MLflow",
+        description="Example: mvssl pretrain --config configs/contrastive.yaml data.path=/data/catalogue "
+        "train.num_workers=16 train.use_gpu=true",
+    )
+    p.add_argument("--config", help="YAML file (see configs/); defaults apply to anything it leaves out")
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.lr=5e-4 method.options.temperature=0.2"
+    )
+    p.add_argument("--run-name", help="name of the run (its folder under train.storage_path)")
+    p.add_argument("--resume", metavar="RUN", help="continue the stopped run RUN (same MLflow run)")
+    p.add_argument("--register-as", help="registered model name (default mvssl-<method>)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    p.set_defaults(run=run_pretrain)
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    from mvssl_dist.config import ConfigError, load_config
+    from mvssl_dist.tracking import TrackingError
+    from mvssl_dist.train.pretrain import PretrainError, pretrain
+
+    overrides = list(args.overrides)
+    if args.register_as:
+        overrides.append(f"tracking.register_as={args.register_as}")
+    if args.tracking_uri:
+        overrides.append(f"tracking.uri={args.tracking_uri}")
+    try:
+        cfg = load_config(args.config, overrides)
+        result = pretrain(
+            cfg, run_name=args.resume or args.run_name, resume=bool(args.resume), ray_address=args.ray_address
+        )
+    except (ConfigError, TrackingError, PretrainError) as err:
+        error(str(err))
+        return EXIT_FAILED
+    print(f"run {result.run_name} (MLflow run {result.run_id}) finished at step {result.steps}")
+    print(
+        f"registered {result.model_name} version {result.model_version} (alias: latest) -> models:/{result.model_name}@latest"
+    )
+    if result.collapsed:
+        print("warning: the embeddings collapsed during this run (tagged collapsed=true)")
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- main
-COMMANDS = (add_embed_file, add_synth_audio, add_ingest)
+COMMANDS = (add_embed_file, add_synth_audio, add_ingest, add_pretrain)
 
 
 def build_parser() -> argparse.ArgumentParser:

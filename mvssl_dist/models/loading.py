@@ -14,6 +14,7 @@ from mvssl_dist.models.backbone import Backbone
 # ("module.backbone." is a substring of "student.module.backbone.").
 RELEASE_PREFIXES = ("student.module.backbone.", "module.backbone.")
 BACKBONE_FORMAT = "mvssl-backbone"
+TRAIN_CHECKPOINT_FORMAT = "mvssl-train-checkpoint"
 
 
 class WeightsError(ValueError):
@@ -35,6 +36,9 @@ def extract_backbone_state(obj: object) -> dict:
         raise WeightsError(f"expected a dict, found {type(obj).__name__}")
     if obj.get("format") == BACKBONE_FORMAT:
         return dict(obj["backbone"])
+    if obj.get("format") == TRAIN_CHECKPOINT_FORMAT:  # a pre-training checkpoint's state.pt
+        prefix = "student.backbone."
+        return {k[len(prefix) :]: v for k, v in obj["model"].items() if k.startswith(prefix)}
     if "backbone" in obj and isinstance(obj["backbone"], Mapping):
         return dict(obj["backbone"])
     if "model" in obj and isinstance(obj["model"], Mapping):
@@ -89,6 +93,8 @@ def load_backbone(source: str | os.PathLike, device: str | torch.device = "cpu")
 
         text = download_model_weights(text)
     path = Path(text)
+    if path.is_dir() and (path / "state.pt").is_file():  # a Ray Train checkpoint directory
+        path = path / "state.pt"
     if not path.is_file():
         raise WeightsError(f"{path}: no such weights file")
     try:

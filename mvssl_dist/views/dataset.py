@@ -208,12 +208,14 @@ def views_dataset(
     stats_name: str | None = STATS_ACTOR,
     preserve_order: bool = False,
     rows_per_block: int = 64,
+    num_epochs: int = 1,
 ):
     """A lazy Ray Data dataset of ``{"key": str, "views": [n_views, samples]}`` rows; see the module doc.
 
     ``epoch`` changes every draw (and the shard order) reproducibly; each call covers every
     indexed track ``pairs_per_track`` times. ``dtype``: ``"int16"`` (scale 1/32768) or ``"float32"``.
-    The draws themselves never depend on scheduling; ``preserve_order=True`` also fixes the
+    ``num_epochs`` > 1 streams epochs ``epoch .. epoch + num_epochs - 1`` back to back (one pass
+    of a training run). The draws themselves never depend on scheduling; ``preserve_order=True`` also fixes the
     order in which rows arrive (same seed -> identical batches), at some cost in throughput.
     """
     import ray
@@ -232,7 +234,7 @@ def views_dataset(
         silence_threshold,
     )
     chains = per_view_chains(augment, n_views)
-    items = shard_items(dataset_dir, seed, epoch, pairs_per_track)
+    items = [it for e in range(epoch, epoch + num_epochs) for it in shard_items(dataset_dir, seed, e, pairs_per_track)]
     if not items:
         raise ValueError(f"{dataset_dir}: the dataset has no tracks")
     if stats_name:

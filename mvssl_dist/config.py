@@ -1,0 +1,177 @@
+"""Pre-training configuration: YAML defaults + ``key=value`` overrides, validated before any worker starts.
+
+Every key has a default here (the reference released no training configs; these are ours and
+the per-method YAML files in ``configs/`` say why). An unknown key, a value of the wrong type
+or a bad method name is a :class:`ConfigError` whose one-line message names the field.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "method": {
+        "name": "contrastive",
+        "options": {},  # passed to the method's constructor (e.g. temperature, off_coef)
+    },
+    "data": {
+        "path": None,  # DATASET_DIR written by `mvssl ingest` (required)
+        "n_views": 2,
+        "segment_s": 4.0,
+        "min_gap_s": 4.0,
+        "pairs_per_track": 1,
+        "augment": [],  # list (all views) or {view index: list}; see mvssl_dist.views.augment
+        "augment_on": "device",  # "device": inside the step on the training device; "workers": on view workers
+        "batch_size": 64,  # global batch (tracks per step), split over the training workers
+        "view_cpus": 0.5,  # CPUs per views task
+        "shuffle_buffer": 256,  # rows of local shuffle in each training worker
+        "seed": 0,
+    },
+    "train": {
+        "epochs": 100,
+        "max_steps": 0,  # > 0: stop after this many steps (overrides epochs for the schedules)
+        "lr": 1e-3,
+        "min_lr": 1e-7,
+        "warmup_epochs": 10,
+        "weight_decay": 0.04,
+        "weight_decay_end": 0.4,
+        "ema_momentum": 0.996,
+        "teacher_temp_warmup_epochs": 10,
+        "grad_clip": 0.0,  # 0: off
+        "num_workers": 2,
+        "use_gpu": False,
+        "cpus_per_worker": 0.0,  # 0: sized automatically so the views tasks always get a CPU
+        "bf16": True,  # GPU only
+        "channels_last": True,  # GPU only
+        "compile": False,  # GPU only
+        "seed": 0,
+        "checkpoint_every": 200,
+        "num_to_keep": 2,
+        "max_failures": 1,
+        "storage_path": "mvssl_runs",
+        "log_every": 10,
+        "collapse_std": 1e-4,  # embedding std below this ...
+        "collapse_rank": 1.5,  # ... or effective rank below this ...
+        "collapse_patience": 50,  # ... for this many consecutive steps: collapsed
+        "stop_on_collapse": False,
+    },
+    "tracking": {
+        "uri": None,  # MLFLOW_TRACKING_URI or a local SQLite store under the working directory
+        "experiment": "mvssl-pretrain",
+        "register_as": None,  # default mvssl-<method>
+        "run_name": None,
+    },
+}
+# Keys whose value is free-form (not checked key by key).
+FREE_FORM = {("method", "options"), ("data", "augment")}
+CHOICES = {("data", "augment_on"): ("device", "workers")}
+
+
+class ConfigError(ValueError):
+    """A configuration problem, named by its dotted field."""
+
+
+def _check(section: str, key: str, value: Any, default: Any) -> Any:
+    field = f"{section}.{key}"
+    if (section, key) in FREE_FORM:
+        if not isinstance(value, (Mapping, list)) and value is not None:
+            raise ConfigError(f"config: {field} must be a mapping or list, got {type(value).__name__}")
+        return value or default
+    if default is None:
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"config: {field} must be a string, got {value!r}")
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"config: {field} must be true or false, got {value!r}")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config: {field} must be an integer, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config: {field} must be a number, got {value!r}")
+        value = float(value)
+    elif isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"config: {field} must be a string, got {value!r}")
+    if (section, key) in CHOICES and value not in CHOICES[(section, key)]:
+        raise ConfigError(f"config: {field} must be one of {CHOICES[(section, key)]}, got {value!r}")
+    return value
+
+
+def merge(base: dict, update: Mapping, where: str = "") -> dict:
+    """Merge ``update`` into a copy of ``base``, refusing keys the defaults do not have."""
+    out = copy.deepcopy(base)
+    for section, values in update.items():
+        if section not in DEFAULTS:
+            raise ConfigError(f"config: unknown section '{where}{section}' (known: {', '.join(DEFAULTS)})")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"config: section '{section}' must be a mapping")
+        for key, value in values.items():
+            if key not in DEFAULTS[section]:
+                raise ConfigError(f"config: unknown key '{section}.{key}'")
+            out[section][key] = _check(section, key, value, DEFAULTS[section][key])
+    return out
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"config: override '{text}' must look like section.key=value")
+    dotted, raw = text.split("=", 1)
+    parts = dotted.strip().split(".")
+    if len(parts) < 2:
+        raise ConfigError(f"config: override '{text}' must name section.key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config: cannot parse the value of {dotted}: {err}") from None
+    if len(parts) > 2:  # e.g. method.options.temperature=0.2
+        for part in reversed(parts[2:]):
+            value = {part: value}
+    return parts[0], parts[1], value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> dict:
+    """Defaults <- YAML file <- ``key=value`` overrides; validated."""
+    config = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config: {path}: no such file")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config: {path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        if not isinstance(loaded, Mapping):
+            raise ConfigError(f"config: {path}: the top level must be a mapping")
+        config = merge(config, loaded)
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if section in DEFAULTS and key in DEFAULTS[section] and (section, key) in FREE_FORM and isinstance(value, dict):
+            current = dict(config[section][key] or {})
+            current.update(value)
+            value = current
+        config = merge(config, {section: {key: value}})
+    return config
+
+
+def flatten(config: Mapping, prefix: str = "") -> dict[str, Any]:
+    """``{"train.lr": 0.001, ...}`` for MLflow params."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, (list, dict)) else value
+    return flat
+
+
+def config_hash(config: Mapping) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]

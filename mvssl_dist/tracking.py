@@ -1,0 +1,138 @@
+"""MLflow: the default local store, runs, the registered backbone, and loading it back.
+
+The registered model is an MLflow *pyfunc* whose artifact is our own backbone file
+(``backbone.pt``, loadable with ``torch.load(weights_only=True)``). We chose that over
+``mlflow.pytorch`` (whose default ``pt2`` format needs an input example and torch.export,
+and whose pickle format ties the file to class paths): loading needs only this package, and
+``load_backbone("models:/NAME@ALIAS")`` downloads the artifact and loads it strictly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+BACKBONE_ARTIFACT = "backbone.pt"
+MODEL_ARTIFACT_PATH = "backbone"
+
+
+class TrackingError(RuntimeError):
+    """The tracking store or registry cannot be used; one line naming the URI."""
+
+
+def default_tracking_uri(workdir: str | Path | None = None) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else a SQLite store ``mlflow.db`` in the working directory."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(Path(workdir or os.getcwd()) / 'mlflow.db').resolve()}"
+
+
+def default_artifact_location(tracking_uri: str) -> str | None:
+    """Artifacts beside a local SQLite store (``mlartifacts/``); the server decides otherwise."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def connect(tracking_uri: str, experiment: str) -> str:
+    """Point MLflow at ``tracking_uri``, check it answers, and return the experiment id."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri)
+    try:
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            return found.experiment_id
+        return client.create_experiment(experiment, artifact_location=default_artifact_location(tracking_uri))
+    except MlflowException as err:
+        raise TrackingError(f"tracking server {tracking_uri}: {_first_line(err)}") from None
+    except Exception as err:  # requests' connection errors and friends
+        raise TrackingError(f"tracking server {tracking_uri} is unreachable: {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:300] if text else type(err).__name__
+
+
+def download_model_weights(uri: str) -> str:
+    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> local path of its ``backbone.pt``."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from mvssl_dist.models.loading import WeightsError
+
+    if not os.environ.get("MLFLOW_TRACKING_URI") and mlflow.get_tracking_uri().startswith("file:"):
+        mlflow.set_tracking_uri(default_tracking_uri())
+    uri = resolve_latest(uri)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except MlflowException as err:
+        raise WeightsError(f"{uri}: {_first_line(err)}") from None
+    except Exception as err:
+        raise WeightsError(f"{uri}: cannot reach the model registry ({_first_line(err)})") from None
+    found = sorted(local.rglob(BACKBONE_ARTIFACT))
+    if not found:
+        raise WeightsError(f"{uri}: the model has no {BACKBONE_ARTIFACT} artifact")
+    return str(found[0])
+
+
+def resolve_latest(uri: str) -> str:
+    """MLflow reserves the alias ``latest``; ``models:/NAME@latest`` means its newest version."""
+    if uri.startswith("models:/") and uri.lower().endswith("@latest"):
+        return uri[: -len("@latest")] + "/latest"
+    return uri
+
+
+def _pyfunc_class():
+    import mlflow.pyfunc
+
+    class BackbonePyfunc(mlflow.pyfunc.PythonModel):
+        """Serve the backbone: input ``[N, 64000]`` float32 16 kHz clips -> ``[N, 1024]`` embeddings."""
+
+        def load_context(self, context):
+            from mvssl_dist.models import load_backbone
+
+            self.model = load_backbone(context.artifacts["backbone"])
+
+        def predict(self, context, model_input, params=None):
+            import numpy as np
+            import torch
+
+            clips = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+            with torch.inference_mode():
+                return self.model(clips).numpy()
+
+    return BackbonePyfunc
+
+
+def log_and_register_backbone(backbone_file: Path, name: str, tags: dict[str, str], alias: str | None = None) -> str:
+    """Log the backbone as a pyfunc model in the active run and register it; returns the version.
+
+    The new version is what ``models:/NAME@latest`` (= ``models:/NAME/latest``) resolves to;
+    ``alias`` optionally points another alias at it too.
+    """
+    import mlflow
+    import numpy as np
+
+    from mvssl_dist import __version__
+
+    info = mlflow.pyfunc.log_model(
+        name=MODEL_ARTIFACT_PATH,
+        python_model=_pyfunc_class()(),
+        artifacts={"backbone": str(backbone_file)},
+        pip_requirements=[f"mvssl-dist=={__version__}", "torch==2.11.0", "torchaudio==2.11.0"],
+        input_example=np.zeros((1, 64000), np.float32),
+        registered_model_name=name,
+    )
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+    return version

@@ -1,0 +1,281 @@
+"""The Ray Train per-worker loop: views shard in, SSL step, checkpoints out, rank-0 MLflow logging.
+
+``train_loop_per_worker(cfg)`` receives the validated config plus what the driver derived
+(``steps_per_epoch``, ``total_steps``, ``start_step``, ``run_id``...). Everything needed to
+continue is in each checkpoint: student, teacher, DINO centre (module state), optimizer,
+step, epoch, RNG states, config.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mvssl_dist.losses.distributed import world_size
+from mvssl_dist.methods import build_method
+from mvssl_dist.train.schedules import Schedules
+
+STATE_FILE = "state.pt"
+INT16_SCALE = 32768.0
+
+
+def schedules_for(cfg: dict) -> Schedules:
+    t = cfg["train"]
+    spe = cfg["steps_per_epoch"]
+    return Schedules(
+        total_steps=cfg["total_steps"],
+        steps_per_epoch=spe,
+        lr=t["lr"],
+        min_lr=t["min_lr"],
+        warmup_steps=min(t["warmup_epochs"] * spe, cfg["total_steps"] // 2),
+        weight_decay=t["weight_decay"],
+        weight_decay_end=t["weight_decay_end"],
+        ema_momentum=t["ema_momentum"],
+        teacher_temp_warmup_epochs=t["teacher_temp_warmup_epochs"],
+    )
+
+
+def param_groups(method: torch.nn.Module) -> list[dict]:
+    """Weight decay on weights of 2+ dimensions only (not biases, norms, positional embeddings)."""
+    decay, no_decay = [], []
+    for name, p in method.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and "positional_embedding" not in name else no_decay).append(p)
+    return [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False, "weight_decay": 0.0}]
+
+
+def set_hyperparameters(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        group["weight_decay"] = weight_decay if group.get("apply_wd") else 0.0
+
+
+def rng_state() -> dict:
+    """RNG states as tensors and plain values, so checkpoints load with ``weights_only=True``."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+
+
+def save_state(directory: Path, method, optimizer, step: int, epoch: int, cfg: dict, extra: dict) -> None:
+    torch.save(
+        {
+            "format": "mvssl-train-checkpoint",
+            "method": cfg["method"]["name"],
+            "model": method.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "epoch": epoch,
+            "rng": rng_state(),
+            "config": {k: cfg[k] for k in ("method", "data", "train", "tracking")},
+            **extra,
+        },
+        directory / STATE_FILE,
+    )
+
+
+def load_state(checkpoint) -> dict:
+    with checkpoint.as_directory() as directory:
+        return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+class Rank0Tracker:
+    """Per-step metrics to MLflow from rank 0 only; a no-op elsewhere."""
+
+    def __init__(self, cfg: dict, rank: int) -> None:
+        self.active = rank == 0 and cfg.get("run_id")
+        if self.active:
+            import mlflow
+
+            mlflow.set_tracking_uri(cfg["tracking_uri"])
+            self.client = mlflow.MlflowClient(cfg["tracking_uri"])
+            self.run_id = cfg["run_id"]
+            self.buffer: list = []
+
+    def log(self, metrics: dict, step: int) -> None:
+        if not self.active:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.buffer += [Metric(k, float(v), now, step) for k, v in metrics.items() if _finite(v)]
+        if len(self.buffer) >= 200:
+            self.flush()
+
+    def tag(self, key: str, value: str) -> None:
+        if self.active:
+            self.client.set_tag(self.run_id, key, value)
+
+    def flush(self) -> None:
+        if self.active and self.buffer:
+            self.client.log_batch(self.run_id, metrics=self.buffer)
+            self.buffer = []
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+class CollapseWatch:
+    """Counts consecutive steps whose embedding std or effective rank is below its threshold."""
+
+    def __init__(self, t: dict) -> None:
+        self.std, self.rank, self.patience = t["collapse_std"], t["collapse_rank"], t["collapse_patience"]
+        self.run = 0
+
+    def update(self, metrics: dict) -> bool:
+        low = metrics.get("embedding_std", 1.0) < self.std or metrics.get("effective_rank", 1e9) < self.rank
+        self.run = self.run + 1 if low else 0
+        return self.run >= self.patience
+
+
+def maybe_fault(step: int, rank: int) -> None:
+    """Fault injection for the fault-tolerance tests: slow steps down, or kill this worker once at a step."""
+    if delay := float(os.environ.get("MVSSL_FAULT_STEP_DELAY_S", "0")):
+        time.sleep(delay)
+    at, marker = os.environ.get("MVSSL_FAULT_KILL_AT_STEP"), os.environ.get("MVSSL_FAULT_MARKER")
+    if at and marker and rank == int(os.environ.get("MVSSL_FAULT_RANK", "1")) and step == int(at):
+        if not Path(marker).exists():
+            Path(marker).write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def prepare(method, cfg: dict, device: torch.device):
+    t = cfg["train"]
+    on_gpu = device.type == "cuda"
+    if on_gpu and world_size() > 1:
+        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)  # SyncBN needs CUDA: plain BN on CPU
+    method = method.to(device)
+    if on_gpu and t["channels_last"]:
+        method = method.to(memory_format=torch.channels_last)
+    wrapped = method
+    if world_size() > 1:
+        wrapped = torch.nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if on_gpu else None)
+    if on_gpu and t["compile"]:
+        wrapped = torch.compile(wrapped)
+    return method, wrapped
+
+
+def train_loop_per_worker(cfg: dict) -> None:
+    import ray.train
+    from ray.train.torch import get_device
+
+    from mvssl_dist.views.augment import augment_views, per_view_chains
+    from mvssl_dist.views.dataset import collate_views
+
+    t = cfg["train"]
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    torch.set_num_threads(max(1, int(cfg["threads_per_worker"])))
+    device = get_device()
+    torch.manual_seed(t["seed"] + rank)
+    method = build_method(cfg["method"]["name"], **cfg["method"]["options"])
+    optimizer = torch.optim.AdamW(param_groups(method), lr=t["lr"], weight_decay=t["weight_decay"])
+    step, collapsed_tagged = cfg["start_step"], False
+    checkpoint = ray.train.get_checkpoint()  # the latest of this run after a worker failure
+    if checkpoint is None and cfg.get("resume_checkpoint"):  # --resume: the driver found it on storage
+        checkpoint = ray.train.Checkpoint.from_directory(cfg["resume_checkpoint"])
+    if checkpoint:
+        state = load_state(checkpoint)
+        method.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = state["step"]
+        set_rng_state(state["rng"])
+        collapsed_tagged = state.get("collapsed", False)
+    method, model = prepare(method, cfg, device)
+    method.train()
+    schedules = schedules_for(cfg)
+    tracker = Rank0Tracker(cfg, rank)
+    watch = CollapseWatch(t)
+    chains = (
+        per_view_chains(cfg["data"]["augment"], cfg["data"]["n_views"]) if cfg["data"]["augment_on"] == "device" else []
+    )
+    generator = torch.Generator(device=device).manual_seed(t["seed"] * 7919 + rank * 104729 + step)
+    autocast = device.type == "cuda" and t["bf16"]
+    per_worker = cfg["data"]["batch_size"] // ctx.get_world_size()
+    shard = ray.train.get_dataset_shard("train")
+    batches = shard.iter_torch_batches(
+        batch_size=per_worker,
+        collate_fn=collate_views(),
+        drop_last=True,
+        local_shuffle_buffer_size=cfg["data"]["shuffle_buffer"] or None,
+        local_shuffle_seed=t["seed"] + rank if cfg["data"]["shuffle_buffer"] else None,
+    )
+    skip = step - cfg["start_step"]  # batches already trained on before a restart
+    waited, last = 0.0, time.perf_counter()
+    window_start, window_samples, window_wait = time.perf_counter(), 0, 0.0
+    metrics: dict = {}
+    for batch in batches:
+        if skip > 0:
+            skip -= 1
+            last = time.perf_counter()
+            continue
+        if step >= cfg["total_steps"]:
+            break
+        waited = time.perf_counter() - last
+        maybe_fault(step, rank)
+        views = batch["views"].to(device, non_blocking=True).float() / INT16_SCALE
+        if any(chains):
+            views = augment_views(views, chains, generator)
+        values = schedules.at(step)
+        set_hyperparameters(optimizer, values["lr"], values["weight_decay"])
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss, metrics = model(views, values)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if t["grad_clip"] > 0:
+            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(method.parameters(), t["grad_clip"]))
+        optimizer.step()
+        method.update_teacher(values["ema_momentum"])
+        step += 1
+        window_samples += views.shape[0] * ctx.get_world_size()
+        window_wait += waited
+        collapsed = watch.update(metrics)
+        if collapsed and not collapsed_tagged:
+            tracker.tag("collapsed", "true")
+            collapsed_tagged = True
+        done = step >= cfg["total_steps"] or (collapsed and t["stop_on_collapse"])
+        if step % t["log_every"] == 0 or done:
+            elapsed = time.perf_counter() - window_start
+            metrics.update(values, samples_per_s=window_samples / max(elapsed, 1e-9))
+            metrics["data_wait_fraction"] = window_wait / max(elapsed, 1e-9)
+            tracker.log(metrics, step)
+            window_start, window_samples, window_wait = time.perf_counter(), 0, 0.0
+        if step % t["checkpoint_every"] == 0 or done:
+            tracker.flush()
+            report(method, optimizer, step, cfg, metrics, collapsed_tagged, rank)
+        last = time.perf_counter()
+        if done:
+            break
+    tracker.flush()
+
+
+def report(method, optimizer, step: int, cfg: dict, metrics: dict, collapsed: bool, rank: int) -> None:
+    import ray.train
+
+    epoch = step // max(1, cfg["steps_per_epoch"])
+    summary = {"step": step, "epoch": epoch, "loss": float(metrics.get("loss", float("nan"))), "collapsed": collapsed}
+    if rank != 0:
+        ray.train.report(summary, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        save_state(Path(directory), method, optimizer, step, epoch, cfg, {"collapsed": collapsed})
+        ray.train.report(summary, checkpoint=ray.train.Checkpoint.from_directory(directory))

@@ -1,0 +1,335 @@
+"""Driver of a pre-training run: validate, open the MLflow run, fit with Ray Train, register the backbone.
+
+Everything that can be checked is checked before a worker starts (config, dataset, batch
+size, method, tracking server). A run that fails registers nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from mvssl_dist import __version__
+from mvssl_dist.config import ConfigError, config_hash, flatten
+from mvssl_dist.methods import canonical_name
+from mvssl_dist.tracking import connect, default_tracking_uri
+
+RUN_RECORD = "mvssl_run.json"
+
+
+class PretrainError(RuntimeError):
+    """The run failed or cannot start; one line."""
+
+
+@dataclass
+class PretrainResult:
+    run_id: str
+    run_name: str
+    model_name: str
+    model_version: str | None
+    steps: int
+    checkpoint_path: str
+    collapsed: bool
+
+
+# --------------------------------------------------------------------------- validation
+def dataset_facts(cfg: dict) -> dict:
+    path = cfg["data"]["path"]
+    if not path:
+        raise ConfigError("config: data.path is required (a DATASET_DIR written by `mvssl ingest`)")
+    root = Path(path)
+    meta_file, index_file = root / "dataset.json", root / "index.parquet"
+    if not meta_file.is_file() or not index_file.is_file():
+        raise ConfigError(f"config: data.path {path}: not an ingested dataset (no dataset.json / index.parquet)")
+    import pyarrow.parquet as pq
+
+    tracks = pq.read_metadata(index_file).num_rows
+    if tracks == 0:
+        raise ConfigError(f"config: data.path {path}: the dataset is empty (0 tracks)")
+    meta = json.loads(meta_file.read_text())
+    return {"tracks": tracks, "index_sha256": meta.get("index_sha256", ""), "hours": meta.get("total_hours", 0)}
+
+
+def derive(cfg: dict, facts: dict) -> dict:
+    """Add what the workers need: steps per epoch, total steps, CPU sizing."""
+    data, train = cfg["data"], cfg["train"]
+    try:
+        cfg["method"]["name"] = canonical_name(cfg["method"]["name"])
+    except ValueError as err:
+        raise ConfigError(f"config: method.name: {err}") from None
+    workers = train["num_workers"]
+    if workers < 1:
+        raise ConfigError("config: train.num_workers must be >= 1")
+    if data["batch_size"] % workers:
+        raise ConfigError(
+            f"config: data.batch_size {data['batch_size']} must be a multiple of train.num_workers {workers}"
+        )
+    rows = facts["tracks"] * data["pairs_per_track"]
+    if rows < data["batch_size"]:
+        raise ConfigError(
+            f"config: data.batch_size {data['batch_size']} is larger than the dataset gives per epoch "
+            f"({facts['tracks']} tracks x {data['pairs_per_track']} pairs)"
+        )
+    steps_per_epoch = rows // data["batch_size"]
+    total = train["max_steps"] if train["max_steps"] > 0 else train["epochs"] * steps_per_epoch
+    epochs_needed = -(-total // steps_per_epoch) + 1  # one spare epoch: skipped views shorten epochs
+    cfg.update(steps_per_epoch=steps_per_epoch, total_steps=total, epochs_needed=epochs_needed)
+    return cfg
+
+
+def size_cpus(cfg: dict) -> tuple[float, float]:
+    """CPUs per training worker and per views task such that the views always get a CPU.
+
+    With 2 CPUs, 2 workers at 1 CPU each leave nothing for Ray Data and the job hangs; by
+    default each training worker takes what is left after one views task, split evenly.
+    """
+    import ray
+
+    total = float(ray.cluster_resources().get("CPU", 1))
+    smallest_node = min((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=total)
+    train, data = cfg["train"], cfg["data"]
+    view_cpus = data["view_cpus"]
+    if train["cpus_per_worker"] > 0:
+        per_worker = train["cpus_per_worker"]
+    else:
+        # Fit the cluster (workers + one views task) and any single node (a worker + a views task).
+        per_worker = min(1.0, (total - view_cpus) / train["num_workers"], smallest_node - view_cpus)
+        per_worker = max(0.1, round(per_worker, 2))
+    if per_worker * train["num_workers"] + view_cpus > total + 1e-9:
+        raise ConfigError(
+            f"config: train.num_workers x cpus_per_worker ({train['num_workers']} x {per_worker}) + data.view_cpus "
+            f"({view_cpus}) exceeds the cluster's {total:g} CPUs: the views could never run"
+        )
+    return per_worker, view_cpus
+
+
+def code_version() -> str:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+# --------------------------------------------------------------------------- the run
+def latest_checkpoint(run_dir: Path):
+    """The newest checkpoint under ``run_dir`` whose state loads (a kill can leave a partial copy)."""
+    import torch
+    from ray.train import Checkpoint
+
+    candidates = sorted(run_dir.glob("checkpoint_*/state.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for state in candidates:
+        try:
+            step = torch.load(state, map_location="cpu", weights_only=True)["step"]
+        except Exception:  # partial or corrupt: try the one before
+            continue
+        return Checkpoint.from_directory(str(state.parent)), step
+    return None, 0
+
+
+def start_or_resume_run(cfg: dict, facts: dict, run_dir: Path, resume: bool) -> str:
+    import mlflow
+
+    record = run_dir / RUN_RECORD
+    client = mlflow.MlflowClient()
+    if resume:
+        if not record.is_file():
+            raise PretrainError(f"--resume {run_dir.name}: no such run under {run_dir.parent}")
+        run_id = json.loads(record.read_text())["run_id"]
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    if record.is_file():
+        raise PretrainError(f"{run_dir}: a run with this name exists; use --resume {run_dir.name} or another name")
+    tags = {
+        "method": cfg["method"]["name"],
+        "dataset_index_sha256": facts["index_sha256"],
+        "dataset_path": str(cfg["data"]["path"]),
+        "config_hash": config_hash({k: cfg[k] for k in ("method", "data", "train")}),
+        "code_version": code_version(),
+        "mlflow.runName": run_dir.name,
+    }
+    run = client.create_run(cfg["experiment_id"], tags=tags, run_name=run_dir.name)
+    params = flatten({k: cfg[k] for k in ("method", "data", "train", "tracking")})
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run.info.run_id, params=items[i : i + 100])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"run_id": run.info.run_id, "tracking_uri": cfg["tracking_uri"]}) + "\n")
+    return run.info.run_id
+
+
+def build_trainer(cfg: dict, run_dir: Path, per_worker: float, view_cpus: float, start_step: int, checkpoint):
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from mvssl_dist.train.loop import train_loop_per_worker
+    from mvssl_dist.views import views_dataset
+
+    data, train = cfg["data"], cfg["train"]
+    start_epoch = start_step // cfg["steps_per_epoch"]
+    dataset = views_dataset(
+        data["path"],
+        n_views=data["n_views"],
+        segment_s=data["segment_s"],
+        min_gap_s=data["min_gap_s"],
+        pairs_per_track=data["pairs_per_track"],
+        seed=data["seed"],
+        epoch=start_epoch,
+        num_epochs=cfg["epochs_needed"] - start_epoch,
+        augment=data["augment"] if data["augment_on"] == "workers" else None,
+        num_cpus_per_task=view_cpus,
+        stats_name=f"views-{run_dir.name}",
+    )
+    worker_cfg = dict(
+        cfg,
+        start_step=start_epoch * cfg["steps_per_epoch"],
+        threads_per_worker=max(1, int(per_worker)),
+        resume_checkpoint=checkpoint.path if checkpoint is not None else None,
+    )
+    resources = {"CPU": per_worker}
+    if train["use_gpu"]:
+        resources["GPU"] = 1
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=worker_cfg,
+        scaling_config=ScalingConfig(
+            num_workers=train["num_workers"], use_gpu=train["use_gpu"], resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=run_dir.name,
+            storage_path=str(run_dir.parent),
+            checkpoint_config=CheckpointConfig(num_to_keep=train["num_to_keep"]),
+            failure_config=FailureConfig(max_failures=train["max_failures"]),
+            worker_runtime_env={
+                "env_vars": {k: v for k, v in os.environ.items() if k.startswith(("MVSSL_", "MLFLOW_", "AWS_"))}
+            },
+        ),
+        datasets={"train": dataset},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+
+
+def finish(cfg: dict, run_id: str, checkpoint_dir: Path, model_name: str) -> tuple[str, int, bool]:
+    """Export, plot, log artifacts and register the backbone from the final checkpoint."""
+    import mlflow
+    import torch
+
+    from mvssl_dist.methods import build_method
+    from mvssl_dist.models import save_backbone
+    from mvssl_dist.tracking import log_and_register_backbone
+
+    state = torch.load(checkpoint_dir / "state.pt", map_location="cpu", weights_only=True)
+    method = build_method(cfg["method"]["name"], **cfg["method"]["options"])
+    method.load_state_dict(state["model"])
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
+        tmp = Path(tmp)
+        (tmp / "config.yaml").write_text(yaml.safe_dump({k: cfg[k] for k in ("method", "data", "train", "tracking")}))
+        mlflow.log_artifact(str(tmp / "config.yaml"))
+        torch.save(method.export_release(epoch=state["epoch"]), tmp / f"{method.release_format}_release.pt")
+        mlflow.log_artifact(str(tmp / f"{method.release_format}_release.pt"), artifact_path="export")
+        plot = plot_history(run_id, tmp / "training_curves.png")
+        if plot:
+            mlflow.log_artifact(str(plot))
+        backbone = save_backbone(
+            method.backbone, tmp / "backbone.pt", method=cfg["method"]["name"], run_id=run_id, step=state["step"]
+        )
+        tags = {
+            "method": cfg["method"]["name"],
+            "source_run_id": run_id,
+            "step": state["step"],
+            "dataset_index_sha256": cfg["dataset_index_sha256"],
+            "collapsed": str(bool(state.get("collapsed"))),
+        }
+        version = log_and_register_backbone(backbone, model_name, tags)
+    return version, state["step"], bool(state.get("collapsed"))
+
+
+def plot_history(run_id: str, out: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    panels = [
+        ("loss", "loss"),
+        ("embedding_std", "embedding std"),
+        ("effective_rank", "effective rank"),
+        ("lr", "learning rate"),
+    ]
+    histories = {k: client.get_metric_history(run_id, k) for k, _ in panels}
+    if not histories["loss"]:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3))
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        points = sorted((m.step, m.value) for m in histories[key])
+        if points:
+            ax.plot(*zip(*points, strict=True))
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
+
+
+def pretrain(
+    cfg: dict,
+    run_name: str | None = None,
+    resume: bool = False,
+    ray_address: str | None = None,
+    report: Callable[[str], None] = print,
+) -> PretrainResult:
+    """Validate, fit, register. ``cfg`` comes from :func:`mvssl_dist.config.load_config`."""
+    import mlflow
+
+    from mvssl_dist.raytools import init_ray
+
+    facts = dataset_facts(cfg)
+    cfg = derive(cfg, facts)
+    cfg["dataset_index_sha256"] = facts["index_sha256"]
+    cfg["tracking_uri"] = cfg["tracking"]["uri"] or default_tracking_uri()
+    cfg["experiment_id"] = connect(cfg["tracking_uri"], cfg["tracking"]["experiment"])
+    model_name = cfg["tracking"]["register_as"] or f"mvssl-{cfg['method']['name']}"
+    name = run_name or cfg["tracking"]["run_name"] or f"{cfg['method']['name']}-{config_hash(cfg)[:6]}-{os.getpid()}"
+    run_dir = Path(cfg["train"]["storage_path"]).resolve() / name
+    init_ray(ray_address)
+    per_worker, view_cpus = size_cpus(cfg)
+    run_id = start_or_resume_run(cfg, facts, run_dir, resume)
+    cfg["run_id"] = run_id
+    checkpoint, start_step = latest_checkpoint(run_dir) if resume else (None, 0)
+    report(
+        f"[pretrain] run {name} ({run_id}): {cfg['method']['name']}, {facts['tracks']} tracks, "
+        f"{cfg['steps_per_epoch']} steps/epoch, {cfg['total_steps']} steps, from step {start_step}; "
+        f"{cfg['train']['num_workers']} workers x {per_worker:g} CPU"
+    )
+    trainer = build_trainer(cfg, run_dir, per_worker, view_cpus, start_step, checkpoint)
+    try:
+        result = trainer.fit()
+    except Exception as err:
+        mlflow.MlflowClient().set_terminated(run_id, status="FAILED")
+        raise PretrainError(f"training failed: {str(err).strip().splitlines()[-1][:400]}") from err
+    if result.checkpoint is None:
+        mlflow.MlflowClient().set_terminated(run_id, status="FAILED")
+        raise PretrainError("training ended without a checkpoint; nothing registered")
+    with result.checkpoint.as_directory() as checkpoint_dir:
+        version, steps, collapsed = finish(cfg, run_id, Path(checkpoint_dir), model_name)
+    mlflow.MlflowClient().set_terminated(run_id, status="FINISHED")
+    return PretrainResult(run_id, name, model_name, version, steps, result.checkpoint.path, collapsed)

@@ -1,0 +1,202 @@
+"""Pre-training end to end on a tiny ingested dataset: Ray Train (2 CPU workers) + MLflow registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from catalogue import write_catalogue
+from distributed_helpers import ensure_ray
+
+from mvssl_dist.cli import main
+from mvssl_dist.config import ConfigError, load_config
+from mvssl_dist.models import load_backbone
+from mvssl_dist.train.pretrain import pretrain
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from mvssl_dist.shards import IngestOptions, ingest
+
+    ensure_ray()
+    src = tmp_path_factory.mktemp("pt_src")
+    write_catalogue(src, seconds=16.0)
+    out = tmp_path_factory.mktemp("pt_ds")
+    ingest(IngestOptions([str(src)], str(out), progress=False), report=lambda m: None)
+    return out
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return tmp_path
+
+
+def tiny(dataset, method="contrastive", **extra) -> list[str]:
+    overrides = {
+        "method.name": method,
+        "data.path": str(dataset),
+        "data.batch_size": 4,
+        "data.pairs_per_track": 2,
+        "data.shuffle_buffer": 0,
+        "train.max_steps": 3,
+        "train.checkpoint_every": 3,
+        "train.log_every": 1,
+        "train.num_workers": 2,
+    }
+    overrides.update(extra)
+    return [f"{k}={v}" for k, v in overrides.items()]
+
+
+@pytest.mark.parametrize("method", ["contrastive", "byol", "clustering", "barlow_twins", "vicreg"])
+def test_each_method_trains_and_registers_a_loadable_backbone(dataset, workdir, method):
+    cfg = load_config(ROOT / "configs" / f"{method}.yaml", tiny(dataset, method))
+    result = pretrain(cfg, run_name=f"t-{method}", report=lambda m: None)
+    assert result.steps == 3 and result.model_version == "1"
+    state = torch.load(Path(result.checkpoint_path) / "state.pt", weights_only=True)
+    trained = {k[len("student.backbone.") :]: v for k, v in state["model"].items() if k.startswith("student.backbone.")}
+    registered = load_backbone(f"models:/mvssl-{method}@latest")
+    for key, value in registered.state_dict().items():
+        torch.testing.assert_close(value, trained[key], msg=key)
+    run = mlflow.MlflowClient().get_run(result.run_id)
+    assert run.data.tags["method"] == method and run.data.tags["dataset_index_sha256"]
+    assert {"loss", "lr", "embedding_std", "effective_rank", "samples_per_s", "data_wait_fraction"} <= set(
+        run.data.metrics
+    )
+    version = mlflow.MlflowClient().get_model_version(f"mvssl-{method}", "1")
+    assert version.tags["source_run_id"] == result.run_id and version.run_id == result.run_id
+
+
+def test_registered_model_loads_in_a_fresh_process(dataset, workdir):
+    cfg = load_config(None, tiny(dataset, "contrastive", **{"tracking.register_as": "fresh"}))
+    pretrain(cfg, run_name="fresh", report=lambda m: None)
+    code = "from mvssl_dist.models import load_backbone; import torch; print(load_backbone('models:/fresh/1')(torch.zeros(1, 64000)).shape)"
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=workdir,
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"},
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "torch.Size([1, 1024])" in run.stdout
+    pyfunc = mlflow.pyfunc.load_model("models:/fresh/1")
+    assert pyfunc.predict(torch.zeros(2, 64000).numpy()).shape == (2, 1024)
+
+
+def test_stopped_run_resumes_with_the_same_mlflow_run(dataset, workdir):
+    args = [
+        "pretrain",
+        *tiny(dataset, "contrastive", **{"train.max_steps": 8, "train.checkpoint_every": 2}),
+        "--run-name",
+        "stop-me",
+    ]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}", "MVSSL_FAULT_STEP_DELAY_S": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mvssl_dist.cli", *args],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    run_dir = workdir / "mvssl_runs" / "stop-me"
+    deadline = time.time() + 400
+    while time.time() < deadline and len(list(run_dir.glob("checkpoint_*/state.pt"))) < 1:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = json.loads((run_dir / "mvssl_run.json").read_text())["run_id"]
+    assert (
+        main(
+            [
+                "pretrain",
+                *tiny(dataset, "contrastive", **{"train.max_steps": 8, "train.checkpoint_every": 2}),
+                "--resume",
+                "stop-me",
+            ]
+        )
+        == 0
+    )
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("mvssl-pretrain").experiment_id])
+    assert [r.info.run_id for r in runs] == [first]
+    steps = sorted({m.step for m in client.get_metric_history(first, "loss")})
+    assert steps == list(range(1, 9))
+    assert client.get_run(first).info.status == "FINISHED"
+
+
+def test_a_killed_worker_is_replaced_and_the_run_finishes(dataset, workdir, monkeypatch):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("MVSSL_FAULT_KILL_AT_STEP", "3")
+    monkeypatch.setenv("MVSSL_FAULT_MARKER", str(workdir / "killed"))
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    try:
+        cfg = load_config(
+            None,
+            tiny(
+                dataset, "contrastive", **{"train.max_steps": 5, "train.checkpoint_every": 2, "train.max_failures": 1}
+            ),
+        )
+        result = pretrain(cfg, run_name="faulty", ray_address=cluster.address, report=lambda m: None)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert (workdir / "killed").exists()  # the worker really was killed once
+    assert result.steps == 5 and result.model_version == "1"
+
+
+def test_contrastive_loss_goes_down_over_100_steps(dataset, workdir):
+    cfg = load_config(
+        None,
+        tiny(
+            dataset,
+            "contrastive",
+            **{"train.max_steps": 100, "train.checkpoint_every": 100, "train.lr": 5e-4, "train.warmup_epochs": 0},
+        ),
+    )
+    result = pretrain(cfg, run_name="longer", report=lambda m: None)
+    history = sorted((m.step, m.value) for m in mlflow.MlflowClient().get_metric_history(result.run_id, "loss"))
+    first = sum(v for _, v in history[:20]) / 20
+    last = sum(v for _, v in history[-20:]) / 20
+    assert last < 0.85 * first, (first, last)  # batches of 4 tracks are noisy: compare 20-step means
+
+
+def test_config_errors_fail_fast_with_the_field_named(dataset, workdir, capsys):
+    cases = [
+        (["train.lrr=1"], "unknown key 'train.lrr'"),
+        (["train.lr=fast"], "train.lr must be a number"),
+        (["data.path=/nope"], "data.path /nope: not an ingested dataset"),
+        ([f"data.path={dataset}", "method.name=simsiam"], "unknown method 'simsiam'"),
+        ([f"data.path={dataset}", "data.batch_size=512"], "larger than the dataset gives per epoch"),
+        (
+            [f"data.path={dataset}", "data.batch_size=4", "tracking.uri=http://127.0.0.1:9"],
+            "tracking server http://127.0.0.1:9",
+        ),
+    ]
+    for overrides, message in cases:
+        start = time.perf_counter()
+        assert main(["pretrain", *overrides]) == 1
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, err
+        assert time.perf_counter() - start < 60
+    with pytest.raises(ConfigError, match="data.augment_on must be one of"):
+        load_config(None, ["data.augment_on=gpu"])
