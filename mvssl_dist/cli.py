@@ -211,8 +211,93 @@ def run_pretrain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- embed
+def add_embed(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "embed",
+        help="batch-embed a library (raw audio or an ingested DATASET_DIR) to parquet with Ray Data; resumable",
+    )
+    p.add_argument("sources", nargs="+", metavar="SRC")
+    p.add_argument(
+        "--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, a checkpoint or weights file"
+    )
+    p.add_argument("--out", required=True, metavar="OUT_DIR")
+    p.add_argument("--level", choices=["track", "segment", "both"], default="track")
+    p.add_argument("--segment-s", type=float, default=4.0)
+    p.add_argument("--hop-s", type=float, default=4.0)
+    p.add_argument("--batch-size", type=int, default=64, help="clips per forward pass")
+    p.add_argument("--workers", type=int, default=1, help="model actors")
+    p.add_argument("--gpus", type=int, default=0, help="> 0: one GPU per actor, bf16")
+    p.add_argument("--ray-address")
+    p.set_defaults(run=run_embed)
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    from mvssl_dist.embed.batch import EmbedError, EmbedOptions, embed_library
+    from mvssl_dist.shards import SourceError
+
+    options = EmbedOptions(
+        args.sources,
+        args.model,
+        args.out,
+        args.level,
+        args.segment_s,
+        args.hop_s,
+        args.batch_size,
+        args.workers,
+        args.gpus,
+        args.ray_address,
+    )
+    try:
+        summary = embed_library(options)
+    except (EmbedError, SourceError) as err:
+        error(str(err))
+        return EXIT_FAILED
+    print(f"embedded {summary.tracks} tracks into {summary.out} ({summary.skipped} were already there)")
+    if summary.errors:
+        print(f"{summary.errors} input(s) failed; listed in {summary.out / 'errors.parquet'}")
+    return EXIT_OK
+
+
+def add_neighbours(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("neighbours", help="the k tracks most similar to a file or a key (cosine similarity)")
+    p.add_argument("--embeddings", required=True, metavar="OUT_DIR", help="written by `mvssl embed`")
+    query = p.add_mutually_exclusive_group(required=True)
+    query.add_argument("--query", metavar="FILE")
+    query.add_argument("--key")
+    p.add_argument("-k", type=int, default=10)
+    p.set_defaults(run=run_neighbours)
+
+
+def run_neighbours(args: argparse.Namespace) -> int:
+    import json
+
+    from mvssl_dist.audio import AudioDecodeError, decode
+    from mvssl_dist.embed import embed_track
+    from mvssl_dist.embed.batch import EmbedError, load_track_embeddings, nearest
+    from mvssl_dist.models import WeightsError, load_backbone
+
+    try:
+        keys, uris, matrix = load_track_embeddings(args.embeddings)
+        if args.key:
+            if args.key not in keys:
+                raise EmbedError(f"--key {args.key}: not in {args.embeddings}")
+            query = matrix[keys.index(args.key)]
+        else:
+            model = json.loads((Path(args.embeddings) / "embed.json").read_text())["model"]
+            query = embed_track(load_backbone(model), decode(args.query))[0]
+    except (EmbedError, WeightsError, AudioDecodeError, OSError) as err:
+        error(str(err))
+        return EXIT_FAILED
+    top, scores = nearest(matrix, query, args.k)
+    print(f"{'key':34} {'score':>7}  uri")
+    for i, score in zip(top, scores, strict=True):
+        print(f"{keys[i]:34} {score:7.4f}  {uris[i]}")
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- main
-COMMANDS = (add_embed_file, add_synth_audio, add_ingest, add_pretrain)
+COMMANDS = (add_embed_file, add_synth_audio, add_ingest, add_pretrain, add_embed, add_neighbours)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,141 @@
+"""Batch embedding with Ray Data on generated audio (+ broken files), resumable; neighbours."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from catalogue import write_catalogue
+from distributed_helpers import ensure_ray
+
+from mvssl_dist.cli import main
+from mvssl_dist.embed.batch import EmbedOptions, embed_library, load_track_embeddings, nearest
+from mvssl_dist.models import Backbone, save_backbone
+from mvssl_dist.shards import IngestOptions, ingest, uri_to_path
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    ensure_ray()
+    root = tmp_path_factory.mktemp("emb_src")
+    expected = write_catalogue(root, seconds=13.0)
+    weights = tmp_path_factory.mktemp("emb_w") / "backbone.pt"
+    torch.manual_seed(3)
+    save_backbone(Backbone(), weights)
+    return root, expected, weights
+
+
+@pytest.fixture(scope="module")
+def embedded(library, tmp_path_factory):
+    root, _, weights = library
+    out = tmp_path_factory.mktemp("emb_out")
+    summary = embed_library(EmbedOptions([str(root)], str(weights), str(out), level="both"), report=lambda m: None)
+    return out, summary
+
+
+def table(out, prefix):
+    return pa.concat_tables([pq.read_table(p) for p in sorted(out.glob(f"{prefix}-*.parquet"))]).to_pylist()
+
+
+def test_one_row_per_good_file_and_errors_listed(library, embedded):
+    _, expected, _ = library
+    out, summary = embedded
+    rows = table(out, "tracks")
+    good = {str(p) for p in expected["good"]} | {
+        str(p) for p, r in expected["rejects"].items() if r in ("too_short", "silent", "duplicate_of")
+    }
+    assert sorted(uri_to_path(r["source_uri"]) for r in rows) == sorted(good)
+    errors = pq.read_table(out / "errors.parquet").to_pylist()
+    assert {uri_to_path(e["source_uri"]) for e in errors} == {
+        str(p) for p, r in expected["rejects"].items() if r in ("empty", "not_audio", "truncated", "unreadable")
+    }
+    assert all(e["detail"] for e in errors)
+    for r in rows:
+        assert r["num_segments"] == max(1, int(np.ceil(r["duration_s"] / 4 - 1e-9)))
+    segments = table(out, "segments")
+    assert len(segments) == sum(r["num_segments"] for r in rows)
+    assert (out / "embed.json").is_file()
+
+
+def test_embeddings_equal_embed_file(library, embedded, tmp_path):
+    root, expected, weights = library
+    out, _ = embedded
+    rows = {uri_to_path(r["source_uri"]): r for r in table(out, "tracks")}
+    for path in expected["good"][:3]:
+        single = tmp_path / f"{path.stem}.npy"
+        assert main(["embed-file", str(path), "--weights", str(weights), "--out", str(single)]) == 0
+        np.testing.assert_allclose(np.array(rows[str(path)]["embedding"]), np.load(single)[0], atol=1e-5)
+
+
+def test_dataset_input_gives_the_same_vectors(library, embedded, tmp_path):
+    root, _, weights = library
+    dataset = tmp_path / "ds"
+    ingest(IngestOptions([str(root)], str(dataset), progress=False), report=lambda m: None)
+    out = tmp_path / "from_ds"
+    embed_library(EmbedOptions([str(dataset)], str(weights), str(out)), report=lambda m: None)
+    raw = {r["source_uri"]: np.array(r["embedding"]) for r in table(embedded[0], "tracks")}
+    for row in table(out, "tracks"):
+        a, b = np.array(row["embedding"]), raw[row["source_uri"]]
+        assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.999
+
+
+def test_killed_run_resumes_without_duplicates(library, tmp_path):
+    root, _, weights = library
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "mvssl_dist.cli", "embed", str(root), "--model", str(weights), "--out", str(out)]
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "MVSSL_EMBED_ROWS_PER_PART": "2"},
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(out.glob("tracks-*.parquet")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert main(["embed", str(root), "--model", str(weights), "--out", str(out)]) == 0
+    keys = [r["source_uri"] for r in table(out, "tracks")]
+    assert len(keys) == len(set(keys)) == 11
+
+
+def test_models_uri_and_neighbours(library, embedded, tmp_path, monkeypatch, capsys):
+    from mvssl_dist.tracking import connect, log_and_register_backbone
+
+    root, expected, weights = library
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    connect(os.environ["MLFLOW_TRACKING_URI"], "emb")
+    with mlflow.start_run(experiment_id=connect(os.environ["MLFLOW_TRACKING_URI"], "emb")):
+        log_and_register_backbone(weights, "emb-model", {"method": "none"})
+    out = tmp_path / "out"
+    assert (
+        main(
+            ["embed", *[str(p) for p in expected["good"][:3]], "--model", "models:/emb-model@latest", "--out", str(out)]
+        )
+        == 0
+    )
+    keys, uris, matrix = load_track_embeddings(out)
+    reference = {r["source_uri"]: np.array(r["embedding"]) for r in table(embedded[0], "tracks")}
+    for uri, vector in zip(uris, matrix, strict=True):
+        np.testing.assert_allclose(vector, reference[uri], atol=1e-5)  # same weights via the registry
+    top, scores = nearest(matrix, matrix[1], 3)
+    assert top[0] == 1 and scores[0] == pytest.approx(1.0, abs=1e-5)
+    assert main(["neighbours", "--embeddings", str(out), "--query", str(expected["good"][2]), "-k", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert expected["good"][2].name in lines[1]
+    assert main(["neighbours", "--embeddings", str(out), "--key", keys[0], "-k", "1"]) == 0
+    assert keys[0] in capsys.readouterr().out
+    assert main(["embed", str(root), "--model", "models:/nope@latest", "--out", str(tmp_path / "x")]) == 1
+    assert "models:/nope" in capsys.readouterr().err
