@@ -130,6 +130,7 @@ def test_models_uri_and_neighbours(library, embedded, tmp_path, monkeypatch, cap
     reference = {r["source_uri"]: np.array(r["embedding"]) for r in table(embedded[0], "tracks")}
     for uri, vector in zip(uris, matrix, strict=True):
         np.testing.assert_allclose(vector, reference[uri], atol=1e-5)  # same weights via the registry
+    capsys.readouterr()
     top, scores = nearest(matrix, matrix[1], 3)
     assert top[0] == 1 and scores[0] == pytest.approx(1.0, abs=1e-5)
     assert main(["neighbours", "--embeddings", str(out), "--query", str(expected["good"][2]), "-k", "2"]) == 0
