@@ -314,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def pipeline_main(command: str, argv: list[str] | None = None) -> int:
+    """Entry point of ``pipelines/<stage>.py``: the same arguments as ``mvssl <command>``."""
+    return main([command, *(sys.argv[1:] if argv is None else argv)])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -5,11 +5,11 @@ Same options as `mvssl embed`; inside a Ray job the driver joins the job's clust
 
 import sys
 
-from mvssl_dist.cli import main as cli_main
+from mvssl_dist.cli import pipeline_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli_main(["embed", *(sys.argv[1:] if argv is None else argv)])
+    return pipeline_main("embed", argv)
 
 
 if __name__ == "__main__":

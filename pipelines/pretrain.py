@@ -5,11 +5,11 @@ Same arguments as `mvssl pretrain`; inside a Ray job the driver joins the job's 
 
 import sys
 
-from mvssl_dist.cli import main as cli_main
+from mvssl_dist.cli import pipeline_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli_main(["pretrain", *(sys.argv[1:] if argv is None else argv)])
+    return pipeline_main("pretrain", argv)
 
 
 if __name__ == "__main__":
