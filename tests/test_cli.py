@@ -87,3 +87,12 @@ def test_console_script_help_and_synth(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert len(list(tmp_path.glob("track*"))) == 2 and (tmp_path / "broken" / "truncated.flac").exists()
+
+
+@pytest.mark.parametrize("stage", ["ingest", "pretrain", "embed"])
+def test_pipeline_entry_points_take_the_cli_arguments(stage):
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "pipelines" / f"{stage}.py"
+    run = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and f"usage: mvssl {stage}" in run.stdout
