@@ -116,6 +116,7 @@ class Rank0Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
+        metrics = {**metrics, **system_metrics()}
         self.buffer += [Metric(k, float(v), now, step) for k, v in metrics.items() if _finite(v)]
         if len(self.buffer) >= 200:
             self.flush()
@@ -128,6 +129,21 @@ class Rank0Tracker:
         if self.active and self.buffer:
             self.client.log_batch(self.run_id, metrics=self.buffer)
             self.buffer = []
+
+
+def system_metrics() -> dict:
+    """CPU, memory and (when present) GPU memory of this worker's machine, as ``system/*`` metrics."""
+    out = {}
+    try:
+        import psutil
+
+        out["system/cpu_percent"] = psutil.cpu_percent(interval=None)
+        out["system/memory_used_gb"] = psutil.virtual_memory().used / 1e9
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        out["system/gpu_memory_allocated_gb"] = torch.cuda.memory_allocated() / 1e9
+    return out
 
 
 def _finite(value) -> bool:
