@@ -45,6 +45,7 @@ class EmbedOptions:
     gpus: int = 0
     ray_address: str | None = None
     rows_per_part: int = int(os.environ.get("MVSSL_EMBED_ROWS_PER_PART", "256"))
+    actor_cpus: float = 1.0  # CPUs per model actor when it runs on CPU (torch threads follow)
 
 
 @dataclass
@@ -125,6 +126,11 @@ class EmbedActor:
         if tracking_uri:
             os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device == "cpu":  # Ray sets OMP_NUM_THREADS=1; use the CPUs this actor was given
+            import ray
+
+            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+            torch.set_num_threads(max(1, int(round(cpus))))
         self.model = load_backbone(model, device=self.device)
         self.batch_size, self.segment_samples = batch_size, segment_samples
 
@@ -314,7 +320,7 @@ def embed_library(options: EmbedOptions, report: Callable[[str], None] = print) 
             batch_size=8,
             concurrency=max(1, options.workers),
             num_gpus=1 if options.gpus > 0 else 0,
-            num_cpus=0 if options.gpus > 0 else 0.5,
+            num_cpus=0 if options.gpus > 0 else options.actor_cpus,
         )
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for i in range(len(batch["uri"])):
