@@ -310,6 +310,9 @@ def embed_library(options: EmbedOptions, report: Callable[[str], None] = print) 
     writer = PartWriter(out, options)
     if todo:
         init_ray(options.ray_address)
+        # leave at least one CPU for the decode tasks, whatever --workers asks for
+        total = float(ray.cluster_resources().get("CPU", 1))
+        actor_cpus = min(options.actor_cpus, max(0.25, (total - 1) / max(1, options.workers)))
         ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), 200)))
         ds = ds.map_batches(
             prepare_tracks, fn_kwargs={"segment_s": options.segment_s, "hop_s": options.hop_s}, batch_size=1, num_cpus=1
@@ -320,7 +323,7 @@ def embed_library(options: EmbedOptions, report: Callable[[str], None] = print) 
             batch_size=8,
             concurrency=max(1, options.workers),
             num_gpus=1 if options.gpus > 0 else 0,
-            num_cpus=0 if options.gpus > 0 else options.actor_cpus,
+            num_cpus=0 if options.gpus > 0 else actor_cpus,
         )
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for i in range(len(batch["uri"])):
