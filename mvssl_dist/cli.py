@@ -78,12 +78,14 @@ def write_embeddings(out: Path, rows: list) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from mvssl_dist.embed.batch import fixed_list
+
     table = pa.table(
         {
             "path": [r[0] for r in rows],
             "duration_s": [r[1] for r in rows],
             "num_segments": [r[2] for r in rows],
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1]),
+            "embedding": fixed_list(matrix),
         }
     )
     pq.write_table(table, out)
