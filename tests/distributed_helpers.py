@@ -22,6 +22,9 @@ def _entry(rank: int, world: int, port: int, fn, args) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         fn(rank, world, *args)
+        # Every rank reaches here before any tears down: a rank that destroys its
+        # gloo pairs while a peer still uses them aborts ("terminate called ...").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
