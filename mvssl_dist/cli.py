@@ -298,8 +298,80 @@ def run_neighbours(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- evaluate
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score a backbone with a frozen-feature tagging probe (ROC-AUC / PR-AUC), logged to MLflow",
+        description="TASK: mtat | jamendo-genre | jamendo-mood | jamendo-instrument | jamendo-top50 | csv:PATH "
+        "(columns uri, split, tags). Features are cached per model version under --cache-dir.",
+    )
+    p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, a weights file, random")
+    p.add_argument("--task", required=True)
+    p.add_argument("--audio-root", required=True, metavar="DIR", help="folder the task's audio paths are relative to")
+    p.add_argument("--split-dir", metavar="DIR", help="folder of the task's split files (mtat, jamendo-*)")
+    p.add_argument("--probe", choices=["mlp", "linear"], default="mlp")
+    p.add_argument("--hidden", type=int, default=512, help="hidden width of the mlp probe")
+    p.add_argument("--train-fraction", type=float, default=1.0, help="use this fraction of the train split")
+    p.add_argument("--max-epochs", type=int, default=200)
+    p.add_argument("--patience", type=int, default=10, help="epochs without validation gain before stopping")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--promote-alias", metavar="ALIAS", help="move ALIAS here if this version beats its holder")
+    p.add_argument("--max-missing", type=float, default=0.05, help="refuse above this fraction of missing audio")
+    p.add_argument("--cache-dir", default="evaluations", help="where segment features are cached per model")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.add_argument("--workers", type=int, default=1, help="model actors embedding the audio")
+    p.add_argument("--gpus", type=int, default=0)
+    p.add_argument("--ray-address")
+    p.set_defaults(run=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from mvssl_dist.evaluate import EvaluateError, EvaluateOptions, ProbeConfig, evaluate
+    from mvssl_dist.tracking import TrackingError
+
+    probe = ProbeConfig(args.probe, args.hidden, max_epochs=args.max_epochs, patience=args.patience, seed=args.seed)
+    options = EvaluateOptions(
+        args.model,
+        args.task,
+        args.audio_root,
+        args.split_dir,
+        probe,
+        args.train_fraction,
+        args.promote_alias,
+        args.max_missing,
+        args.cache_dir,
+        args.tracking_uri,
+        workers=args.workers,
+        gpus=args.gpus,
+        ray_address=args.ray_address,
+    )
+    try:
+        result = evaluate(options)
+    except (EvaluateError, TrackingError) as err:
+        error(str(err))
+        return EXIT_FAILED
+    print_evaluation(result)
+    return EXIT_OK
+
+
+def print_evaluation(result) -> None:
+    m = result.metrics
+    print(f"task {result.task}: {m['tracks']} test tracks, {m['tags_scored']} tags scored")
+    print(f"  ROC-AUC macro {m['roc_auc_macro']:.4f}  micro {m['roc_auc_micro']:.4f}")
+    print(f"  PR-AUC  macro {m['pr_auc_macro']:.4f}  micro {m['pr_auc_micro']:.4f}")
+    if result.missing:
+        print(f"  {len(result.missing)} task track(s) had no audio or failed to decode (listed in the run)")
+    print(
+        f"MLflow run {result.run_id}"
+        + (f" (model {result.model_name} v{result.model_version})" if result.model_version else "")
+    )
+    if result.promotion_note:
+        print(f"alias: {result.promotion_note}")
+
+
 # --------------------------------------------------------------------------- main
-COMMANDS = (add_embed_file, add_synth_audio, add_ingest, add_pretrain, add_embed, add_neighbours)
+COMMANDS = (add_embed_file, add_synth_audio, add_ingest, add_pretrain, add_embed, add_neighbours, add_evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:

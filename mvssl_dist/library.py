@@ -1,7 +1,8 @@
 """Write a small synthetic music library to disk: real encoded files in mixed formats.
 
 Used by the tests, the benchmarks, ``mvssl synth-audio`` and the quickstart. Each track's
-style (and so its label) is recorded in ``labels.csv`` beside the audio.
+style and its content-determined tags are recorded in ``labels.csv`` beside the audio, with a
+train/validation/test split: the file is directly a ``csv:`` tagging task for ``mvssl evaluate``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mvssl_dist.audio.synth import STYLES, encode, render
+from mvssl_dist.audio.synth import STYLES, encode, random_style, render, style_tags
 
 DEFAULT_FORMATS = ("mp3", "flac", "ogg", "wav", "m4a")
 
@@ -23,6 +24,13 @@ class LibraryTrack:
     path: Path
     style: str
     seconds: float
+    tags: tuple[str, ...] = ()
+    split: str = "train"
+
+
+def split_of(i: int) -> str:
+    """Three in five tracks train, one validates, one tests."""
+    return ("train", "train", "train", "validation", "test")[i % 5]
 
 
 def write_library(
@@ -33,24 +41,29 @@ def write_library(
     sample_rate: int = 44100,
     seed: int = 0,
     broken: bool = False,
+    varied: bool = False,
 ) -> list[LibraryTrack]:
-    """Render ``tracks`` tracks (styles and formats in rotation) and, optionally, broken files."""
+    """Render ``tracks`` tracks and, optionally, broken files.
+
+    Styles rotate through :data:`STYLES`, or with ``varied`` every track draws its own
+    attributes (:func:`random_style`); formats rotate through ``formats``.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     rng = np.random.default_rng(seed)
     for i in range(tracks):
-        style = STYLES[i % len(STYLES)]
+        style = random_style(rng) if varied else STYLES[i % len(STYLES)]
         fmt = formats[i % len(formats)]
         length = float(seconds * rng.uniform(0.9, 1.1))
         path = out / f"track{i:04d}_{style.name}.{fmt}"
         if not path.exists():
             encode(path, render(style, length, sample_rate, seed=seed * 100_000 + i), sample_rate, fmt)
-        written.append(LibraryTrack(path, style.name, length))
+        written.append(LibraryTrack(path, style.name, length, tuple(style_tags(style)), split_of(i)))
     with open(out / "labels.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["uri", "style"])
-        writer.writerows([[t.path.name, t.style] for t in written])
+        writer.writerow(["uri", "style", "split", "tags"])
+        writer.writerows([[t.path.name, t.style, t.split, ",".join(t.tags)] for t in written])
     if broken:
         write_broken_files(out / "broken")
     return written

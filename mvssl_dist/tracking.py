@@ -116,11 +116,19 @@ def log_and_register_backbone(backbone_file: Path, name: str, tags: dict[str, st
     The new version is what ``models:/NAME@latest`` (= ``models:/NAME/latest``) resolves to;
     ``alias`` optionally points another alias at it too.
     """
+    import shutil
+    import tempfile
+
     import mlflow
     import numpy as np
 
     from mvssl_dist import __version__
 
+    if Path(backbone_file).name != BACKBONE_ARTIFACT:  # the loader looks the artifact up by this name
+        with tempfile.TemporaryDirectory() as tmp:
+            renamed = Path(tmp) / BACKBONE_ARTIFACT
+            shutil.copyfile(backbone_file, renamed)
+            return log_and_register_backbone(renamed, name, tags, alias)
     info = mlflow.pyfunc.log_model(
         name=MODEL_ARTIFACT_PATH,
         python_model=_pyfunc_class()(),

@@ -41,6 +41,53 @@ STYLES = (
     Style("plucked_folk", 96, 62, MAJOR, (1.0, 0.7, 0.5, 0.4, 0.3, 0.2, 0.1), 0.15, "backbeat", bass=False),
 )
 
+# Attributes a track draws independently of each other: each becomes one tag, so a probe
+# has to hear timbre, tempo, mode, rhythm and bass separately (not just tell 4 styles apart).
+LEADS = {
+    "pluck": ((1.0, 0.7, 0.5, 0.4, 0.3, 0.2, 0.1), 0.15),
+    "organ": ((1.0, 0.0, 0.8, 0.0, 0.6, 0.0, 0.4), 0.6),
+    "flute": ((1.0, 0.1, 0.05), 1.2),
+    "brass": ((1.0, 0.5, 0.33, 0.25, 0.2), 0.25),
+}
+TEMPI = {"slow": (66.0, 92.0), "fast": (118.0, 150.0)}
+MODES = {"major": MAJOR, "minor": MINOR}
+DRUMS = ("none", "four", "backbeat")
+
+
+def style_tags(style: Style) -> list[str]:
+    """The content-determined tags of a style: lead timbre, tempo class, mode, drums, bass."""
+    lead = next((k for k, (h, _) in LEADS.items() if h == style.lead_harmonics), "other")
+    tempo = "fast" if style.tempo_bpm >= 110 else "slow"
+    mode = "major" if style.scale == MAJOR else "minor"
+    return [
+        f"lead:{lead}",
+        f"tempo:{tempo}",
+        f"mode:{mode}",
+        f"drums:{style.drums}",
+        "bass" if style.bass else "no_bass",
+    ]
+
+
+def random_style(rng: np.random.Generator) -> Style:
+    """A style whose every attribute is drawn independently (tempo and key vary within a class too)."""
+    lead = str(rng.choice(list(LEADS)))
+    tempo = str(rng.choice(list(TEMPI)))
+    mode = str(rng.choice(list(MODES)))
+    drums = str(rng.choice(DRUMS))
+    bass = bool(rng.integers(0, 2))
+    harmonics, decay = LEADS[lead]
+    return Style(
+        f"{lead}-{tempo}-{mode}-{drums}{'-bass' if bass else ''}",
+        float(rng.uniform(*TEMPI[tempo])),
+        int(rng.integers(55, 67)),
+        MODES[mode],
+        harmonics,
+        decay,
+        drums,
+        bass,
+    )
+
+
 ENCODERS = {
     # extension: (container format, codec, sample format, fixed rate or None)
     "wav": ("wav", "pcm_s16le", "s16", None),

@@ -1,0 +1,131 @@
+"""Probes on frozen segment embeddings, as the reference evaluates: train on segments with a
+sigmoid multi-label loss, early-stop on validation, predict a track as the mean over its segments.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class ProbeConfig:
+    kind: str = "mlp"  # mlp (one hidden layer: Linear + BatchNorm + ReLU, then Linear) | linear
+    hidden: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 256
+    max_epochs: int = 200
+    patience: int = 10  # epochs without validation improvement before stopping
+    seed: int = 0
+
+
+@dataclass
+class SplitFeatures:
+    """One split: every segment embedding, the track each belongs to, the tracks' labels."""
+
+    segments: np.ndarray  # [segments, dim] float32
+    owner: np.ndarray  # [segments] int, index into labels
+    labels: np.ndarray  # [tracks, tags] float32
+
+    def segment_labels(self) -> np.ndarray:
+        return self.labels[self.owner]
+
+
+@dataclass
+class ProbeResult:
+    model: nn.Module
+    epochs: int
+    best_epoch: int
+    history: list[dict] = field(default_factory=list)
+
+
+class Probe(nn.Module):
+    """Standardises with the train statistics (kept as buffers), then the classifier."""
+
+    def __init__(self, dim: int, tags: int, cfg: ProbeConfig, mean: np.ndarray, std: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+        if cfg.kind == "linear":
+            self.classifier = nn.Linear(dim, tags)
+        elif cfg.kind == "mlp":
+            self.classifier = nn.Sequential(
+                nn.Linear(dim, cfg.hidden, bias=False),
+                nn.BatchNorm1d(cfg.hidden),
+                nn.ReLU(),
+                nn.Linear(cfg.hidden, tags),
+            )
+        else:
+            raise ValueError(f"--probe {cfg.kind}: must be mlp or linear")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier((x - self.mean) / self.std)
+
+
+@torch.inference_mode()
+def track_scores(model: nn.Module, split: SplitFeatures, batch_size: int = 4096) -> np.ndarray:
+    """``[tracks, tags]``: the mean over each track's segments of the sigmoid outputs."""
+    model.eval()
+    probs = np.concatenate(
+        [
+            torch.sigmoid(model(torch.from_numpy(split.segments[s : s + batch_size]))).numpy()
+            for s in range(0, len(split.segments), batch_size)
+        ]
+    )
+    sums = np.zeros((len(split.labels), probs.shape[1]), np.float64)
+    np.add.at(sums, split.owner, probs)
+    counts = np.bincount(split.owner, minlength=len(split.labels))[:, None]
+    return (sums / np.maximum(counts, 1)).astype(np.float32)
+
+
+def validation_score(model: nn.Module, val: SplitFeatures) -> float:
+    """Macro ROC-AUC over the tags validation can score; minus the BCE when it can score none."""
+    from mvssl_dist.evaluate.metrics import scorable
+
+    scores = track_scores(model, val)
+    keep = scorable(val.labels)
+    if keep.any():
+        from sklearn.metrics import roc_auc_score
+
+        return float(roc_auc_score(val.labels[:, keep], scores[:, keep], average="macro"))
+    clipped = np.clip(scores, 1e-7, 1 - 1e-7)
+    return float(np.mean(val.labels * np.log(clipped) + (1 - val.labels) * np.log(1 - clipped)))
+
+
+def train_probe(train: SplitFeatures, val: SplitFeatures, cfg: ProbeConfig) -> ProbeResult:
+    torch.manual_seed(cfg.seed)
+    x = torch.from_numpy(np.ascontiguousarray(train.segments, np.float32))
+    y = torch.from_numpy(train.segment_labels().astype(np.float32))
+    mean, std = train.segments.mean(axis=0), train.segments.std(axis=0) + 1e-6
+    model = Probe(x.shape[1], y.shape[1], cfg, mean, std)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = nn.BCEWithLogitsLoss()
+    generator = torch.Generator().manual_seed(cfg.seed)
+    best, best_epoch, best_state, history = -np.inf, 0, copy.deepcopy(model.state_dict()), []
+    drop_last = len(x) > cfg.batch_size and len(x) % cfg.batch_size == 1  # BatchNorm needs 2+ rows
+    epoch = 0
+    for epoch in range(1, cfg.max_epochs + 1):
+        model.train()
+        order = torch.randperm(len(x), generator=generator)
+        total = 0.0
+        for start in range(0, len(x) - (1 if drop_last else 0), cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            loss = loss_fn(model(x[idx]), y[idx])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += float(loss.detach()) * len(idx)
+        score = validation_score(model, val)
+        history.append({"epoch": epoch, "train_loss": total / len(x), "val_score": score})
+        if score > best:
+            best, best_epoch, best_state = score, epoch, copy.deepcopy(model.state_dict())
+        elif epoch - best_epoch >= cfg.patience:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return ProbeResult(model, epoch, best_epoch, history)

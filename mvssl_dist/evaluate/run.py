@@ -1,0 +1,238 @@
+"""Driver of one evaluation: task -> audio check -> cached segment features -> probe -> metrics -> MLflow.
+
+Features come from the batch-embedding pipeline (``mvssl embed --level segment``) and are kept
+in ``<cache_dir>/<model>-v<version>/features``: a second probe on the same model version (other
+task, other probe, other train fraction) embeds only the tracks it has not seen.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mvssl_dist.evaluate.metrics import TagScore, tagging_metrics
+from mvssl_dist.evaluate.probe import ProbeConfig, SplitFeatures, track_scores, train_probe
+from mvssl_dist.evaluate.tasks import SPLITS, Task, limit_train, load_task
+from mvssl_dist.models.backbone import EMBEDDING_DIM
+
+EXPERIMENT = "mvssl-evaluate"
+
+
+class EvaluateError(RuntimeError):
+    """The evaluation cannot run; one line."""
+
+
+@dataclass
+class EvaluateOptions:
+    model: str
+    task: str
+    audio_root: str
+    split_dir: str | None = None
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    train_fraction: float = 1.0
+    promote_alias: str | None = None
+    max_missing: float = 0.05  # refuse when a larger fraction of the task's audio is missing/undecodable
+    cache_dir: str = "evaluations"
+    tracking_uri: str | None = None
+    experiment: str = EXPERIMENT
+    workers: int = 1
+    gpus: int = 0
+    ray_address: str | None = None
+
+
+@dataclass
+class EvaluateResult:
+    task: str
+    metrics: dict
+    per_tag: list[TagScore]
+    missing: list[tuple[str, str]]
+    features_dir: Path
+    run_id: str | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+    promoted: bool | None = None
+    promotion_note: str = ""
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------- model identity
+def model_identity(model: str) -> tuple[str, str, dict]:
+    """``(pinned model URI, cache folder name, registry facts)``; an alias is pinned to its version."""
+    from mvssl_dist.embed.batch import model_facts
+    from mvssl_dist.models import WeightsError, load_backbone
+
+    try:
+        load_backbone(model)  # one-line error now rather than inside a Ray actor later
+        facts = model_facts(model)
+    except WeightsError as err:
+        raise EvaluateError(str(err)) from None
+    except Exception as err:  # the registry answered but the alias/version does not exist
+        raise EvaluateError(f"--model {model}: {str(err).splitlines()[0]}") from None
+    if "model_version" in facts:
+        name, version = facts["model_name"], facts["model_version"]
+        return f"models:/{name}/{version}", f"{name}-v{version}", facts
+    if model == "random" or model.startswith("random:"):
+        return model, model.replace(":", "-"), facts
+    digest = hashlib.sha256(Path(model).read_bytes()).hexdigest()[:12] if Path(model).is_file() else "dir"
+    return model, f"{Path(model).stem}-{digest}", facts
+
+
+# --------------------------------------------------------------------------- audio
+def track_uri(audio_root: str, path: str) -> str:
+    from mvssl_dist.shards.uris import path_to_uri
+
+    if "://" in path:
+        return path
+    if "://" in audio_root:
+        return audio_root.rstrip("/") + "/" + path
+    return path_to_uri(path if os.path.isabs(path) else os.path.join(audio_root, path))
+
+
+def find_missing(task: Task, audio_root: str) -> tuple[dict[int, str], list[tuple[str, str]]]:
+    """``({track index: uri} of present tracks, [(path, reason)] of missing ones)``; remote URIs are trusted."""
+    from mvssl_dist.shards.uris import uri_to_path
+
+    present, missing = {}, []
+    for i, track in enumerate(task.tracks):
+        uri = track_uri(audio_root, track.path)
+        if uri.startswith("file://") and not os.path.isfile(uri_to_path(uri)):
+            missing.append((track.path, "not_found"))
+        else:
+            present[i] = uri
+    return present, missing
+
+
+def check_missing(missing: list, total: int, limit: float, listing: Path, audio_root: str) -> None:
+    write_missing(listing, missing)
+    if total and len(missing) / total > limit:
+        raise EvaluateError(
+            f"{len(missing)} of {total} task tracks are missing or undecodable under {audio_root} "
+            f"(first: {missing[0][0]}: {missing[0][1]}); more than --max-missing {limit:g}; listed in {listing}"
+        )
+
+
+def write_missing(path: Path, missing: list) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "reason"])
+        writer.writerows(missing)
+
+
+# --------------------------------------------------------------------------- features
+def embed_features(uris: list[str], model_uri: str, out: Path, options: EvaluateOptions, report) -> None:
+    from mvssl_dist.embed.batch import EmbedError, EmbedOptions, embed_library
+
+    out.mkdir(parents=True, exist_ok=True)
+    listing = out.parent / "inputs.txt"
+    listing.write_text("".join(u + "\n" for u in uris))
+    opts = EmbedOptions(
+        [str(listing)], model_uri, str(out), level="segment", workers=options.workers, gpus=options.gpus
+    )
+    opts.ray_address = options.ray_address
+    try:
+        embed_library(opts, report=report)
+    except EmbedError as err:
+        raise EvaluateError(str(err)) from None
+
+
+def read_features(out: Path, wanted: set[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """``({uri: [segments, 1024]}, {uri: failure reason})`` for the wanted URIs."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    found: dict[str, list] = {}
+    for part in sorted(out.glob("segments-*.parquet")):
+        table = pq.read_table(part, columns=["source_uri", "segment", "embedding"])
+        table = table.filter(pc.is_in(table["source_uri"], value_set=pa.array(sorted(wanted), pa.string())))
+        if not table.num_rows:
+            continue
+        flat = table.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False)
+        matrix = flat.reshape(-1, EMBEDDING_DIM)
+        for uri, seg, row in zip(table["source_uri"].to_pylist(), table["segment"].to_pylist(), matrix, strict=True):
+            found.setdefault(uri, []).append((seg, row))
+    features = {u: np.stack([r for _, r in sorted(rows, key=lambda x: x[0])]) for u, rows in found.items()}
+    failed = {}
+    errors = out / "errors.parquet"
+    if errors.is_file():
+        for row in pq.read_table(errors).to_pylist():
+            if row["source_uri"] in wanted and row["source_uri"] not in features:
+                failed[row["source_uri"]] = row["reason"]
+    return features, failed
+
+
+def split_features(task: Task, present: dict[int, str], features: dict[str, np.ndarray], split: str) -> SplitFeatures:
+    segments, owner, labels = [], [], []
+    for i, track in enumerate(task.tracks):
+        if track.split != split or present.get(i) not in features:
+            continue
+        matrix = features[present[i]]
+        segments.append(matrix)
+        owner += [len(labels)] * len(matrix)
+        labels.append(track.labels)
+    if not labels:
+        raise EvaluateError(f"task {task.name}: no {split} track has audio features")
+    return SplitFeatures(np.concatenate(segments).astype(np.float32), np.array(owner), np.stack(labels))
+
+
+# --------------------------------------------------------------------------- driver
+def evaluate(options: EvaluateOptions, report: Callable[[str], None] = print) -> EvaluateResult:
+    from mvssl_dist.evaluate.tasks import TaskError
+    from mvssl_dist.tracking import default_tracking_uri
+
+    start = time.perf_counter()
+    tracking_uri = options.tracking_uri or default_tracking_uri()
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    if not 0 <= options.max_missing <= 1:
+        raise EvaluateError(f"--max-missing {options.max_missing}: must be in [0, 1]")
+    try:
+        task = limit_train(load_task(options.task, options.split_dir), options.train_fraction)
+    except TaskError as err:
+        raise EvaluateError(str(err)) from None
+    if "://" not in options.audio_root and not os.path.isdir(options.audio_root):
+        raise EvaluateError(f"--audio-root {options.audio_root}: no such directory")
+    model_uri, cache_name, facts = model_identity(options.model)
+    if options.promote_alias and "model_version" not in facts:
+        raise EvaluateError(f"--promote-alias needs a registered model (models:/NAME@ALIAS), not {options.model}")
+    base = Path(options.cache_dir).resolve() / cache_name
+    counts = {s: len(task.split(s)) for s in SPLITS}
+    report(
+        f"[evaluate] task {task.name}: {len(task.vocabulary)} tags, " + ", ".join(f"{k} {v}" for k, v in counts.items())
+    )
+    present, missing = find_missing(task, options.audio_root)
+    listing = base / f"missing-{task.slug()}.csv"
+    check_missing(missing, len(task.tracks), options.max_missing, listing, options.audio_root)
+    report(f"[evaluate] features of {model_uri} in {base / 'features'}")
+    embed_features(sorted(set(present.values())), model_uri, base / "features", options, report)
+    features, failed = read_features(base / "features", set(present.values()))
+    for i, uri in list(present.items()):
+        if uri not in features:
+            missing.append((task.tracks[i].path, failed.get(uri, "no_features")))
+    check_missing(missing, len(task.tracks), options.max_missing, listing, options.audio_root)
+    if missing:
+        report(f"[evaluate] {len(missing)} task track(s) missing or undecodable, listed in {listing}")
+    splits = {s: split_features(task, present, features, s) for s in SPLITS}
+    report(f"[evaluate] training a {options.probe.kind} probe on {len(splits['train'].segments)} segments")
+    probe = train_probe(splits["train"], splits["validation"], options.probe)
+    try:
+        metrics, per_tag = tagging_metrics(
+            splits["test"].labels, track_scores(probe.model, splits["test"]), task.vocabulary
+        )
+    except ValueError as err:
+        raise EvaluateError(f"task {task.name}, test split: {err}") from None
+    metrics.update(probe_epochs=probe.epochs, probe_best_epoch=probe.best_epoch)
+    result = EvaluateResult(task.slug(), metrics, per_tag, missing, base / "features")
+    result.model_name, result.model_version = facts.get("model_name"), facts.get("model_version")
+    result.seconds = time.perf_counter() - start
+    from mvssl_dist.evaluate.report import log_evaluation
+
+    log_evaluation(result, options, task, facts, probe.history, listing, tracking_uri)
+    return result

@@ -1,0 +1,327 @@
+"""Evaluation: task readers in the exact MTAT / MTG-Jamendo formats, the safe unpickler,
+metrics against scikit-learn, probes on generated music, MLflow tags and alias promotion."""
+
+from __future__ import annotations
+
+import csv
+import os
+import pickle
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from distributed_helpers import ensure_ray
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from mvssl_dist.audio.synth import STYLES, encode, render, style_tags
+from mvssl_dist.cli import main
+from mvssl_dist.evaluate import (
+    EvaluateError,
+    EvaluateOptions,
+    ProbeConfig,
+    TaskError,
+    evaluate,
+    load_string_list,
+    load_task,
+    tagging_metrics,
+    track_scores,
+    train_probe,
+)
+from mvssl_dist.evaluate.report import promote
+from mvssl_dist.evaluate.run import read_features, split_features, track_uri
+from mvssl_dist.models import Backbone, save_backbone
+from mvssl_dist.tracking import connect, log_and_register_backbone
+
+MTAT_SPLITS = {"train": "train", "validation": "valid", "test": "test"}
+
+
+# --------------------------------------------------------------------------- fixtures in the exact formats
+def write_mtat_fixture(root, tracks_per_split=(24, 8, 8), seconds=6.0, missing=()):
+    """MTAT layout: audio/<dir>/<name>.mp3; splits/{train,valid,test}_list_pub.cP + y_*_pub.npy (50 columns).
+
+    Track i has style STYLES[i % 4]; its tags (lead, tempo, mode, drums, bass) are columns of a
+    50-tag vocabulary listed in splits/tags.txt, so labels follow the audio content.
+    """
+    vocabulary = sorted({t for s in STYLES for t in style_tags(s)})
+    names = vocabulary + [f"unused{i:02d}" for i in range(50 - len(vocabulary))]
+    audio, splits = root / "audio", root / "splits"
+    splits.mkdir(parents=True)
+    (splits / "tags.txt").write_text("\n".join(names) + "\n")
+    i = 0
+    for split, count in zip(MTAT_SPLITS.values(), tracks_per_split, strict=True):
+        entries, labels = [], np.zeros((count, 50), np.int64)
+        for row in range(count):
+            style = STYLES[i % 4]
+            entry = f"{i % 16:x}/track{i:03d}_{style.name}.npy"  # the .cP lists name .npy files
+            entries.append(entry)
+            labels[row, [names.index(t) for t in style_tags(style)]] = 1
+            if entry not in missing:
+                path = audio / entry.replace(".npy", ".mp3")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                encode(path, render(style, seconds, 22050, seed=500 + i), 22050, "mp3")
+            i += 1
+        (splits / f"{split}_list_pub.cP").write_bytes(pickle.dumps(entries, protocol=2))
+        np.save(splits / f"y_{split}_pub.npy", labels)
+    return audio, splits, names
+
+
+def write_jamendo_fixture(root):
+    folder = root / "data" / "splits" / "split-0"
+    folder.mkdir(parents=True)
+    header = ["TRACK_ID", "ARTIST_ID", "ALBUM_ID", "PATH", "DURATION", "TAGS"]
+    rows = {
+        "train": [
+            ("track_0000001", "14/1.mp3", ["genre---rock", "genre---pop"]),
+            ("track_0000002", "15/2.mp3", ["genre---jazz"]),
+        ],
+        "validation": [("track_0000003", "16/3.mp3", ["genre---rock"])],
+        "test": [("track_0000004", "17/4.mp3", ["genre---jazz", "genre---pop"])],
+    }
+    for split, items in rows.items():
+        with open(folder / f"autotagging_genre-{split}.tsv", "w", newline="") as handle:
+            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+            writer.writerow(header)
+            for track, path, tags in items:
+                writer.writerow([track, "artist_000001", "album_000001", path, "212.5", *tags])
+    return folder
+
+
+# --------------------------------------------------------------------------- readers
+def test_mtat_reader_parses_the_exact_format(tmp_path):
+    audio, splits, names = write_mtat_fixture(tmp_path, (4, 2, 2), seconds=1.0)
+    task = load_task("mtat", splits)
+    assert task.vocabulary == names and len(task.tracks) == 8
+    assert [len(task.split(s)) for s in ("train", "validation", "test")] == [4, 2, 2]
+    first = task.split("train")[0]
+    assert first.path == "0/track000_bright_pop.mp3" and (audio / first.path).is_file()
+    assert sorted(names[j] for j in np.flatnonzero(first.labels)) == sorted(style_tags(STYLES[0]))
+    (splits / "tags.txt").unlink()
+    assert load_task("mtat", splits).vocabulary[:2] == ["tag00", "tag01"]
+
+
+def test_mtat_reader_rejects_labels_that_do_not_match_the_list(tmp_path):
+    _, splits, _ = write_mtat_fixture(tmp_path, (4, 2, 2), seconds=1.0)
+    np.save(splits / "y_valid_pub.npy", np.zeros((3, 50)))
+    with pytest.raises(TaskError, match=r"y_valid_pub.npy: shape \(3, 50\), expected \(2, 50\)"):
+        load_task("mtat", splits)
+    np.save(splits / "y_valid_pub.npy", np.zeros((2, 50)))
+    (splits / "test_list_pub.cP").unlink()
+    with pytest.raises(TaskError, match="test_list_pub.cP: split file not found"):
+        load_task("mtat", splits)
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_crafted_pickle_runs_no_code(tmp_path):
+    marker = tmp_path / "pwned"
+    crafted = tmp_path / "train_list_pub.cP"
+    crafted.write_bytes(pickle.dumps(["a.npy", _Exploit(marker)], protocol=2))
+    with pytest.raises(TaskError, match="refused to load posix.system"):
+        load_string_list(crafted)
+    assert not marker.exists()
+    # the same bytes through the standard unpickler do run the command: the test is meaningful
+    pickle.loads(crafted.read_bytes())
+    assert marker.exists()
+    for protocol in (0, 2, 4, 5):
+        ok = tmp_path / f"ok{protocol}.cP"
+        ok.write_bytes(pickle.dumps(["a/b.npy", "c/d.npy"], protocol=protocol))
+        assert load_string_list(ok) == ["a/b.npy", "c/d.npy"]
+    not_list = tmp_path / "dict.cP"
+    not_list.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(TaskError, match="expected a pickled list of strings, got dict"):
+        load_string_list(not_list)
+
+
+def test_jamendo_reader_parses_the_exact_format(tmp_path):
+    write_jamendo_fixture(tmp_path)
+    task = load_task("jamendo-genre", tmp_path)
+    assert task.vocabulary == ["genre---jazz", "genre---pop", "genre---rock"]
+    test = task.split("test")[0]
+    assert (test.track_id, test.path, test.labels.tolist()) == ("track_0000004", "17/4.mp3", [1, 1, 0])
+    with pytest.raises(TaskError, match="autotagging_moodtheme-train.tsv: split file not found"):
+        load_task("jamendo-mood", tmp_path)
+    bad = tmp_path / "data/splits/split-0/autotagging_genre-test.tsv"
+    bad.write_text(bad.read_text().replace("genre---jazz", "mood/theme---happy"))
+    with pytest.raises(TaskError, match=r"autotagging_genre-test.tsv:2: tag 'mood/theme---happy' is not a genre tag"):
+        load_task("jamendo-genre", tmp_path)
+
+
+def test_csv_task_errors_name_the_problem(tmp_path):
+    path = tmp_path / "task.csv"
+    path.write_text('uri,split,tags\na.mp3,train,rock\nb.mp3,validation,rock\nc.mp3,test,"rock,jazz"\n')
+    with pytest.raises(TaskError, match="test track c.mp3 has tag 'jazz' that no train track has"):
+        load_task(f"csv:{path}", None)
+    path.write_text("uri,tags\na.mp3,rock\n")
+    with pytest.raises(TaskError, match="missing column"):
+        load_task(f"csv:{path}", None)
+    path.write_text("uri,split,tags\na.mp3,dev,rock\n")
+    with pytest.raises(TaskError, match="task.csv:2: split 'dev'"):
+        load_task(f"csv:{path}", None)
+    with pytest.raises(TaskError, match="needs --split-dir"):
+        load_task("mtat", None)
+    with pytest.raises(TaskError, match="unknown"):
+        load_task("msd", None)
+
+
+# --------------------------------------------------------------------------- metrics
+def test_metrics_equal_scikit_learn_and_a_hand_computed_case():
+    rng = np.random.default_rng(0)
+    y = (rng.random((60, 6)) < 0.3).astype(int)
+    y[:, 5] = 0  # no positive: unscorable, left out of the macro averages
+    s = rng.random((60, 6)) + 0.5 * y
+    summary, per_tag = tagging_metrics(y, s, [f"t{i}" for i in range(6)])
+    keep = slice(0, 5)
+    assert summary["roc_auc_macro"] == pytest.approx(roc_auc_score(y[:, keep], s[:, keep], average="macro"))
+    assert summary["pr_auc_micro"] == pytest.approx(average_precision_score(y[:, keep], s[:, keep], average="micro"))
+    assert summary["tags_unscorable"] == 1 and per_tag[5].roc_auc is None
+    # tiny case by hand: positives at 0.35 and 0.8, negatives at 0.1 and 0.4 -> 3 of 4 pairs ordered
+    tiny, _ = tagging_metrics(np.array([[0], [0], [1], [1]]), np.array([[0.1], [0.4], [0.35], [0.8]]), ["x"])
+    assert tiny["roc_auc_macro"] == pytest.approx(0.75)
+    # AP: ranked 0.8(+) 0.4(-) 0.35(+) 0.1(-): precision at the two hits 1 and 2/3 -> 5/6
+    assert tiny["pr_auc_macro"] == pytest.approx(5 / 6)
+
+
+# --------------------------------------------------------------------------- probes on generated music
+@pytest.fixture(scope="module")
+def mtat(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mtat")
+    missing = ("3/track035_plucked_folk.npy",)  # in the test list, no audio: 1 of 40 is missing
+    audio, splits, names = write_mtat_fixture(root, missing=missing)
+    weights = root / "random_backbone.pt"
+    torch.manual_seed(0)
+    save_backbone(Backbone(), weights)
+    return root, audio, splits, names, weights
+
+
+@pytest.fixture(scope="module")
+def registered(mtat):
+    """The random backbone registered twice in a SQLite MLflow store (versions 1 and 2)."""
+    root, *_, weights = mtat
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    experiment = connect(uri, "eval-test")
+    for _ in range(2):
+        with mlflow.start_run(experiment_id=experiment):
+            log_and_register_backbone(weights, "mvssl-eval-test", {"method": "random"})
+    yield uri
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+@pytest.fixture(scope="module")
+def evaluated(mtat, registered):
+    ensure_ray()
+    root, audio, splits, _, _ = mtat
+    options = EvaluateOptions(
+        "models:/mvssl-eval-test/1",
+        "mtat",
+        str(audio),
+        str(splits),
+        promote_alias="champion",
+        cache_dir=str(root / "evaluations"),
+        tracking_uri=registered,
+    )
+    return options, evaluate(options, report=lambda m: None)
+
+
+@pytest.mark.slow
+def test_probe_on_a_separating_backbone_scores_high_and_is_logged(evaluated, registered):
+    options, result = evaluated
+    assert result.metrics["roc_auc_macro"] > 0.9, result.metrics
+    assert result.missing == [("3/track035_plucked_folk.mp3", "not_found")]
+    client = mlflow.MlflowClient(registered)
+    version = client.get_model_version("mvssl-eval-test", "1")
+    assert float(version.tags["eval.mtat.roc_auc_macro"]) == pytest.approx(result.metrics["roc_auc_macro"], abs=1e-6)
+    run = client.get_run(result.run_id)
+    assert run.data.tags["source_run_id"] == version.run_id and run.data.tags["model_version"] == "1"
+    assert run.data.metrics["test.pr_auc_micro"] == pytest.approx(result.metrics["pr_auc_micro"])
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"per_tag_mtat.csv", "per_tag_mtat.png", "missing-mtat.csv"} <= artifacts
+    assert result.promoted and str(client.get_model_version_by_alias("mvssl-eval-test", "champion").version) == "1"
+
+
+@pytest.mark.slow
+def test_shuffled_labels_score_chance(mtat, evaluated):
+    _, audio, splits, _, _ = mtat
+    options, result = evaluated
+    task = load_task("mtat", splits)
+    present = {i: track_uri(str(audio), t.path) for i, t in enumerate(task.tracks)}
+    features, _ = read_features(result.features_dir, set(present.values()))
+    scores = []
+    for seed in range(5):
+        perm = np.random.default_rng(seed).permutation(len(task.tracks))
+        labels = [task.tracks[j].labels for j in perm]
+        for track, label in zip(task.tracks, labels, strict=True):
+            track.labels = label
+        split = {s: split_features(task, present, features, s) for s in ("train", "validation", "test")}
+        probe = train_probe(split["train"], split["validation"], ProbeConfig(seed=seed))
+        summary, _ = tagging_metrics(split["test"].labels, track_scores(probe.model, split["test"]), task.vocabulary)
+        scores.append(summary["roc_auc_macro"])
+    assert 0.35 < np.mean(scores) < 0.65, scores
+
+
+@pytest.mark.slow
+def test_second_probe_reuses_the_cached_features(mtat, evaluated, registered):
+    _, audio, splits, _, _ = mtat
+    options, _ = evaluated
+    messages = []
+    options.probe = ProbeConfig("linear")
+    options.promote_alias = None
+    options.train_fraction = 0.5
+    result = evaluate(options, report=messages.append)
+    assert "[embed] 27 tracks, 27 already embedded, 0 to do" in messages, messages  # 12 + 8 + 8 - 1 missing
+    assert result.metrics["roc_auc_macro"] > 0.75
+
+
+def test_too_many_missing_files_refuse_to_run(mtat, registered):
+    root, audio, splits, *_ = mtat
+    options = EvaluateOptions(
+        "random:0", "mtat", str(audio), str(splits), max_missing=0.01, cache_dir=str(root / "ev2")
+    )
+    with pytest.raises(
+        EvaluateError, match=r"1 of 40 task tracks are missing .* \(first: 3/track035_plucked_folk.mp3: not_found\)"
+    ):
+        evaluate(options, report=lambda m: None)
+    listing = (root / "ev2" / "random-0" / "missing-mtat.csv").read_text().splitlines()
+    assert listing == ["path,reason", "3/track035_plucked_folk.mp3,not_found"]
+
+
+def test_promotion_moves_only_on_improvement(registered):
+    client = mlflow.MlflowClient(registered)
+    name, key = "mvssl-eval-test", "eval.demo.roc_auc_macro"
+    client.set_registered_model_alias(name, "best", "1")
+    client.set_model_version_tag(name, "1", key, "0.800000")
+    assert promote(name, "2", "best", key, 0.7)[0] is False
+    assert promote(name, "2", "best", key, 0.8)[0] is False  # a tie keeps the holder
+    assert str(client.get_model_version_by_alias(name, "best").version) == "1"
+    moved, note = promote(name, "2", "best", key, 0.81)
+    assert moved and "beats v1" in note and str(client.get_model_version_by_alias(name, "best").version) == "2"
+
+
+def test_cli_bad_input_is_one_line_and_exit_1(tmp_path, capsys):
+    code = main(["evaluate", "--model", "random", "--task", "mtat", "--audio-root", str(tmp_path)])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["mvssl: error: --task mtat needs --split-dir (the folder holding its split files)"]
+    code = main(
+        ["evaluate", "--model", "random", "--task", "mtat", "--split-dir", str(tmp_path / "nope"), "--audio-root", "."]
+    )
+    assert code == 1 and "--split-dir" in capsys.readouterr().err
+
+
+def test_pipeline_entry_point_shows_the_same_options():
+    script = os.path.join(os.path.dirname(__file__), "..", "pipelines", "evaluate.py")
+    out = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--promote-alias" in out.stdout
