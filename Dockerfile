@@ -1,12 +1,30 @@
-# mvssl-dist image. CPU by default; the deployment issue adds the GPU variant.
-# The install step is the README's first set-up line's: `pip install -e .`.
-FROM python:3.11-slim AS base
-ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+# mvssl-dist image: the package installed with the README's install step, `mvssl` on PATH.
+#
+#   CPU (default):  docker build -t mvssl-dist:0.1.0 .
+#   GPU:            docker build -t mvssl-dist:0.1.0-gpu --build-arg BASE_IMAGE=rayproject/ray:2.60.0-py311-gpu .
+#
+# The GPU variant starts from the official Ray CUDA image (drivers come from the node); torch 2.11.0's
+# default wheels carry their own CUDA runtime, so the same install step serves both.
+ARG BASE_IMAGE=python:3.11-slim
+
+# ---- build: a virtual environment with the package and its pinned dependencies
+FROM ${BASE_IMAGE} AS build
+USER root
+ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
 WORKDIR /opt/mvssl-dist
 COPY pyproject.toml README.md ./
 COPY mvssl_dist ./mvssl_dist
 COPY pipelines ./pipelines
+COPY configs ./configs
 RUN pip install -e .
-RUN mvssl --help >/dev/null
-ENTRYPOINT ["mvssl"]
-CMD ["--help"]
+
+# ---- runtime: the same base, the venv and the source tree (the install is editable)
+FROM ${BASE_IMAGE} AS runtime
+USER root
+ENV PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH MVSSL_HOME=/opt/mvssl-dist
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/mvssl-dist /opt/mvssl-dist
+WORKDIR /opt/mvssl-dist
+RUN mvssl --help >/dev/null && python -c "import ray, mlflow, torch, torchaudio, av"
+CMD ["mvssl", "--help"]

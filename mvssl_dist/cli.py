@@ -370,8 +370,51 @@ def print_evaluation(result) -> None:
         print(f"alias: {result.promotion_note}")
 
 
+# --------------------------------------------------------------------------- quickstart
+def add_quickstart(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "quickstart",
+        help="the whole product on this machine: synth library -> ingest -> pretrain -> embed -> evaluate",
+        description="Runs every stage on a local Ray and a local MLflow store (DIR/mlflow.db). Re-running "
+        "reuses what DIR already holds.",
+    )
+    p.add_argument("--workdir", default="mvssl-quickstart", metavar="DIR")
+    p.add_argument("--tracks", type=int, default=120)
+    p.add_argument("--minutes", type=float, default=8.0, help="time target; pre-training gets what is left")
+    p.add_argument("--seconds", type=float, default=20.0, help="length of each generated track")
+    p.add_argument("--steps", type=int, default=0, help="pre-training steps (default: sized from --minutes)")
+    p.add_argument("--ray-address")
+    p.set_defaults(run=run_quickstart)
+
+
+def run_quickstart(args: argparse.Namespace) -> int:
+    from mvssl_dist.quickstart import QuickstartError, QuickstartOptions
+    from mvssl_dist.quickstart import run_quickstart as run
+
+    options = QuickstartOptions(
+        args.workdir, args.tracks, args.minutes, args.seconds, args.steps, ray_address=args.ray_address
+    )
+    try:
+        result = run(options)
+    except QuickstartError as err:
+        error(str(err))
+        return EXIT_FAILED
+    times = ", ".join(f"{k} {v:.0f} s" for k, v in result.stage_seconds.items())
+    print(f"quickstart finished ({times})")
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- main
-COMMANDS = (add_embed_file, add_synth_audio, add_ingest, add_pretrain, add_embed, add_neighbours, add_evaluate)
+COMMANDS = (
+    add_embed_file,
+    add_synth_audio,
+    add_ingest,
+    add_pretrain,
+    add_embed,
+    add_neighbours,
+    add_evaluate,
+    add_quickstart,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,15 +42,17 @@ def write_library(
     seed: int = 0,
     broken: bool = False,
     varied: bool = False,
+    jobs: int = 1,
 ) -> list[LibraryTrack]:
     """Render ``tracks`` tracks and, optionally, broken files.
 
     Styles rotate through :data:`STYLES`, or with ``varied`` every track draws its own
-    attributes (:func:`random_style`); formats rotate through ``formats``.
+    attributes (:func:`random_style`); formats rotate through ``formats``. Files already there are
+    kept; ``jobs`` > 1 renders in that many processes.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, todo = [], []
     rng = np.random.default_rng(seed)
     for i in range(tracks):
         style = random_style(rng) if varied else STYLES[i % len(STYLES)]
@@ -58,8 +60,9 @@ def write_library(
         length = float(seconds * rng.uniform(0.9, 1.1))
         path = out / f"track{i:04d}_{style.name}.{fmt}"
         if not path.exists():
-            encode(path, render(style, length, sample_rate, seed=seed * 100_000 + i), sample_rate, fmt)
+            todo.append((path, style, length, sample_rate, seed * 100_000 + i, fmt))
         written.append(LibraryTrack(path, style.name, length, tuple(style_tags(style)), split_of(i)))
+    render_all(todo, jobs)
     with open(out / "labels.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["uri", "style", "split", "tags"])
@@ -67,6 +70,26 @@ def write_library(
     if broken:
         write_broken_files(out / "broken")
     return written
+
+
+def render_one(item: tuple) -> None:
+    path, style, length, sample_rate, seed, fmt = item
+    tmp = path.with_name(f".{path.name}.tmp")  # a killed run leaves no half-written track
+    with open(tmp, "wb") as handle:
+        encode(handle, render(style, length, sample_rate, seed=seed), sample_rate, fmt)
+    os.replace(tmp, path)
+
+
+def render_all(items: list[tuple], jobs: int) -> None:
+    if jobs <= 1 or len(items) < 4:
+        for item in items:
+            render_one(item)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(render_one, items, chunksize=2))
 
 
 def write_broken_files(out_dir: str | os.PathLike) -> list[Path]:

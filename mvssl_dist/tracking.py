@@ -49,6 +49,15 @@ def connect(tracking_uri: str, experiment: str) -> str:
             return found.experiment_id
         return client.create_experiment(experiment, artifact_location=default_artifact_location(tracking_uri))
     except MlflowException as err:
+        if "401" in str(err) or "UNAUTHENTICATED" in str(err):
+            raise TrackingError(
+                f"tracking server {tracking_uri}: authentication failed "
+                "(check MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)"
+            ) from None
+        if "403" in str(err) or "PERMISSION_DENIED" in str(err):
+            raise TrackingError(
+                f"tracking server {tracking_uri}: this user may not create or read experiments"
+            ) from None
         raise TrackingError(f"tracking server {tracking_uri}: {_first_line(err)}") from None
     except Exception as err:  # requests' connection errors and friends
         raise TrackingError(f"tracking server {tracking_uri} is unreachable: {_first_line(err)}") from None

@@ -32,6 +32,7 @@ class Style:
     lead_decay_s: float
     drums: str  # "four", "backbeat", "none"
     bass: bool = True
+    sections_s: float = 0.0  # > 0: every this many seconds the music moves to another key and level
 
 
 STYLES = (
@@ -85,6 +86,7 @@ def random_style(rng: np.random.Generator) -> Style:
         decay,
         drums,
         bass,
+        sections_s=float(rng.uniform(5.0, 8.0)),
     )
 
 
@@ -130,22 +132,42 @@ def render(style: Style, seconds: float, sr: int = 44100, seed: int = 0) -> np.n
     beat_s = 60.0 / style.tempo_bpm
     beats = int(seconds / beat_s) + 1
     out = np.zeros(int(seconds * sr) + 2 * sr, np.float32)
+    keys, gains = _sections(style, seconds, seed)
     for beat in range(beats):
         start = int(beat * beat_s * sr)
+        root = style.root_midi + keys[_section_of(style, beat * beat_s)]
         degree = int(rng.integers(0, len(style.scale)))
         octave = 12 * int(rng.integers(0, 2))
-        note = style.root_midi + style.scale[degree] + octave
+        note = root + style.scale[degree] + octave
         lead = tone(midi_hz(note), beat_s * 1.5, sr, style.lead_harmonics, style.lead_decay_s)
         out[start : start + len(lead)] += 0.3 * lead
         if style.bass and beat % 2 == 0:
-            bass = tone(midi_hz(style.root_midi - 24 + style.scale[degree % 3 * 2]), beat_s * 2, sr, (1.0, 0.3), 0.8)
+            bass = tone(midi_hz(root - 24 + style.scale[degree % 3 * 2]), beat_s * 2, sr, (1.0, 0.3), 0.8)
             out[start : start + len(bass)] += 0.3 * bass
     if style.drums != "none":
         drums = _drum_hits(style, beats, beat_s, sr, rng)
         n = min(len(out), len(drums))
         out[:n] += 0.4 * drums[:n]
     out = out[: int(seconds * sr)]
+    if style.sections_s > 0:
+        section = (np.arange(len(out)) / sr / style.sections_s).astype(int)
+        out = out * gains[np.minimum(section, len(gains) - 1)]
     return (0.8 * out / max(1e-6, float(np.abs(out).max()))).astype(np.float32)
+
+
+def _sections(style: Style, seconds: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per section: a transposition in semitones and a level (-12..0 dB); one section if none."""
+    if style.sections_s <= 0:
+        return np.zeros(1, int), np.ones(1, np.float32)
+    count = int(seconds / style.sections_s) + 2
+    rng = np.random.default_rng(seed + 7919)  # own stream: the notes stay those of the plain render
+    keys = rng.integers(-5, 7, count)
+    gains = (10 ** (rng.uniform(-12, 0, count) / 20)).astype(np.float32)
+    return keys, gains
+
+
+def _section_of(style: Style, t: float) -> int:
+    return int(t / style.sections_s) if style.sections_s > 0 else 0
 
 
 def encode(path, audio: np.ndarray, sr: int, kind: str | None = None) -> None:

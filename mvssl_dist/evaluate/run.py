@@ -45,6 +45,7 @@ class EvaluateOptions:
     workers: int = 1
     gpus: int = 0
     ray_address: str | None = None
+    features_dir: str | None = None  # segment embeddings already written by `mvssl embed --level segment|both`
 
 
 @dataclass
@@ -127,11 +128,10 @@ def write_missing(path: Path, missing: list) -> None:
 
 
 # --------------------------------------------------------------------------- features
-def embed_features(uris: list[str], model_uri: str, out: Path, options: EvaluateOptions, report) -> None:
+def embed_features(uris: list[str], model_uri: str, out: Path, listing: Path, options: EvaluateOptions, report) -> None:
     from mvssl_dist.embed.batch import EmbedError, EmbedOptions, embed_library
 
     out.mkdir(parents=True, exist_ok=True)
-    listing = out.parent / "inputs.txt"
     listing.write_text("".join(u + "\n" for u in uris))
     opts = EmbedOptions(
         [str(listing)], model_uri, str(out), level="segment", workers=options.workers, gpus=options.gpus
@@ -210,9 +210,10 @@ def evaluate(options: EvaluateOptions, report: Callable[[str], None] = print) ->
     present, missing = find_missing(task, options.audio_root)
     listing = base / f"missing-{task.slug()}.csv"
     check_missing(missing, len(task.tracks), options.max_missing, listing, options.audio_root)
-    report(f"[evaluate] features of {model_uri} in {base / 'features'}")
-    embed_features(sorted(set(present.values())), model_uri, base / "features", options, report)
-    features, failed = read_features(base / "features", set(present.values()))
+    features_dir = Path(options.features_dir).resolve() if options.features_dir else base / "features"
+    report(f"[evaluate] features of {model_uri} in {features_dir}")
+    embed_features(sorted(set(present.values())), model_uri, features_dir, base / "inputs.txt", options, report)
+    features, failed = read_features(features_dir, set(present.values()))
     for i, uri in list(present.items()):
         if uri not in features:
             missing.append((task.tracks[i].path, failed.get(uri, "no_features")))
@@ -229,7 +230,7 @@ def evaluate(options: EvaluateOptions, report: Callable[[str], None] = print) ->
     except ValueError as err:
         raise EvaluateError(f"task {task.name}, test split: {err}") from None
     metrics.update(probe_epochs=probe.epochs, probe_best_epoch=probe.best_epoch)
-    result = EvaluateResult(task.slug(), metrics, per_tag, missing, base / "features")
+    result = EvaluateResult(task.slug(), metrics, per_tag, missing, features_dir)
     result.model_name, result.model_version = facts.get("model_name"), facts.get("model_version")
     result.seconds = time.perf_counter() - start
     from mvssl_dist.evaluate.report import log_evaluation

@@ -101,7 +101,12 @@ def size_cpus(cfg: dict) -> tuple[float, float]:
     else:
         # Fit the cluster (workers + one views task) and any single node (a worker + a views task).
         per_worker = min(1.0, (total - view_cpus) / train["num_workers"], smallest_node - view_cpus)
-        per_worker = max(0.1, round(per_worker, 2))
+        # Keep the training total a whole number of CPUs: Ray Data's share of the cluster is what
+        # Train leaves, floor-divided per resource, so 0.5 CPU left over would give the views none.
+        whole = int(per_worker * train["num_workers"] + 1e-9)
+        if whole >= 1:
+            per_worker = whole / train["num_workers"]
+        per_worker = max(0.1, round(per_worker, 4))
     if per_worker * train["num_workers"] + view_cpus > total + 1e-9:
         raise ConfigError(
             f"config: train.num_workers x cpus_per_worker ({train['num_workers']} x {per_worker}) + data.view_cpus "
@@ -326,6 +331,10 @@ def pretrain(
     except Exception as err:
         mlflow.MlflowClient().set_terminated(run_id, status="FAILED")
         raise PretrainError(f"training failed: {str(err).strip().splitlines()[-1][:400]}") from err
+    finally:
+        from mvssl_dist.views.dataset import release_stats_actor
+
+        release_stats_actor(f"views-{run_dir.name}")
     if result.checkpoint is None:
         mlflow.MlflowClient().set_terminated(run_id, status="FAILED")
         raise PretrainError("training ended without a checkpoint; nothing registered")

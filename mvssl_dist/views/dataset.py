@@ -59,6 +59,15 @@ def stats_actor(name: str = STATS_ACTOR):
     return _HANDLES[name]
 
 
+def release_stats_actor(name: str) -> None:
+    """Kill the named counter actor (a long-lived driver would otherwise keep one per run)."""
+    import ray
+
+    handle = _HANDLES.pop(name, None)
+    if handle is not None:
+        ray.kill(handle)
+
+
 def view_stats(name: str = STATS_ACTOR) -> dict:
     """Counts so far: ``tracks``, ``rows``, ``too_short``, ``silent``, ``malformed`` and the bad keys."""
     import ray

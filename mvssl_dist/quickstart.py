@@ -1,0 +1,267 @@
+"""``mvssl quickstart``: the whole product on the embedded defaults (local Ray, local MLflow).
+
+Generate a labelled synthetic library (+ broken files) -> ingest -> pre-train contrastive with
+2 Ray Train workers -> registered model -> embed the library -> evaluate (and a random
+backbone for comparison) -> promote ``champion`` -> a summary saying where to look.
+Every stage keeps its output in the working folder; ``quickstart.json`` records what is
+done, so a re-run reuses it (and a killed pre-training run resumes from its checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MODEL_NAME = "mvssl-quickstart"
+STATE_FILE = "quickstart.json"
+
+
+class QuickstartError(RuntimeError):
+    """A stage failed; one line naming it."""
+
+
+@dataclass
+class QuickstartOptions:
+    workdir: str = "mvssl-quickstart"
+    tracks: int = 120
+    minutes: float = 8.0  # the whole run's target; pre-training gets what the other stages leave
+    seconds: float = 20.0  # length of each generated track
+    steps: int = 0  # > 0: pre-training steps (else sized from --minutes)
+    workers: int = 2  # Ray Train workers
+    ray_address: str | None = None
+
+
+@dataclass
+class QuickstartResult:
+    workdir: Path
+    state: dict
+    stage_seconds: dict = field(default_factory=dict)
+
+
+class State:
+    """``quickstart.json``: what each finished stage produced."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.is_file() else {}
+
+    def get(self, stage: str):
+        return self.data.get(stage)
+
+    def set(self, stage: str, value) -> None:
+        self.data[stage] = value
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, default=str) + "\n")
+        os.replace(tmp, self.path)
+
+
+# --------------------------------------------------------------------------- stages
+def make_library(opts: QuickstartOptions, work: Path, say) -> dict:
+    from mvssl_dist.library import write_library
+
+    jobs = os.cpu_count() or 1
+    tracks = write_library(work / "library", opts.tracks, opts.seconds, varied=True, seed=7, broken=True, jobs=jobs)
+    say(f"  {len(tracks)} tracks of ~{opts.seconds:g} s in mp3/flac/ogg/wav/m4a + 4 broken files in library/broken")
+    return {"tracks": len(tracks), "labels": str(work / "library" / "labels.csv")}
+
+
+def ingest_library(opts: QuickstartOptions, work: Path, say) -> dict:
+    from mvssl_dist.shards import IngestOptions, ingest
+
+    summary = ingest(
+        IngestOptions(
+            sources=[str(work / "library")],
+            out=str(work / "dataset"),
+            ray_address=opts.ray_address,
+            shard_target_mb=8.0,  # ~10 shards: parallel decoding now, parallel view tasks in training
+        )
+    )
+    say(f"  {summary.tracks} tracks ({summary.hours * 60:.1f} min of audio) in {work / 'dataset'}")
+    say(f"  {summary.rejects} rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.by_reason.items())))
+    return {"tracks": summary.tracks, "rejects": summary.rejects, "by_reason": summary.by_reason}
+
+
+def pretrain_steps(opts: QuickstartOptions, elapsed_s: float) -> int:
+    """Steps that fit the time left: measured ~1.3 s/step for batch 32 on 2 CPU cores, ~2.5 min for the rest."""
+    if opts.steps > 0:
+        return opts.steps
+    left_s = opts.minutes * 60 - elapsed_s - 150 - 45  # later stages; Ray Train start-up
+    return int(min(400, max(30, left_s / 1.3)))
+
+
+def pretrain_model(opts: QuickstartOptions, work: Path, tracking_uri: str, steps: int, say) -> dict:
+    from mvssl_dist.config import load_config
+    from mvssl_dist.train.pretrain import pretrain
+
+    overrides = [
+        f"data.path={work / 'dataset'}",
+        "data.batch_size=32",
+        "data.pairs_per_track=4",
+        f"train.num_workers={opts.workers}",
+        f"train.max_steps={steps}",
+        "train.warmup_epochs=1",
+        "train.checkpoint_every=50",
+        "train.log_every=5",
+        f"train.storage_path={work / 'runs'}",
+        f"tracking.uri={tracking_uri}",
+        f"tracking.register_as={MODEL_NAME}",
+    ]
+    root = Path(__file__).resolve().parents[1] / "configs" / "contrastive.yaml"
+    cfg = load_config(root if root.is_file() else None, overrides)
+    run_dir = work / "runs" / "quickstart"
+    resume = (run_dir / "mvssl_run.json").is_file()
+    if resume:
+        say("  resuming the interrupted run from its last checkpoint")
+    result = pretrain(cfg, run_name="quickstart", resume=resume, ray_address=opts.ray_address, report=say)
+    return {
+        "run_id": result.run_id,
+        "model_version": str(result.model_version),
+        "model_uri": f"models:/{MODEL_NAME}/{result.model_version}",
+        "steps": result.steps,
+        "collapsed": result.collapsed,
+    }
+
+
+def embed_tracks(opts: QuickstartOptions, work: Path, model_uri: str, say) -> dict:
+    from mvssl_dist.embed.batch import EmbedOptions, embed_library
+
+    options = EmbedOptions([str(work / "library")], model_uri, str(work / "embeddings"), level="both")
+    options.ray_address = opts.ray_address
+    summary = embed_library(options, report=say)
+    say(f"  {summary.tracks} tracks embedded, {summary.errors} inputs failed (listed in embeddings/errors.parquet)")
+    return {"tracks": summary.tracks, "errors": summary.errors, "out": str(work / "embeddings")}
+
+
+def evaluate_model(opts, work: Path, model: str, tracking_uri: str, features_dir, promote: str | None, say) -> dict:
+    from mvssl_dist.evaluate import EvaluateOptions, evaluate
+
+    options = EvaluateOptions(
+        model,
+        f"csv:{work / 'library' / 'labels.csv'}",
+        str(work / "library"),
+        promote_alias=promote,
+        cache_dir=str(work / "evaluations"),
+        tracking_uri=tracking_uri,
+        ray_address=opts.ray_address,
+        features_dir=features_dir,
+    )
+    result = evaluate(options, report=say)
+    say(
+        f"  {model}: ROC-AUC macro {result.metrics['roc_auc_macro']:.4f}, PR-AUC macro {result.metrics['pr_auc_macro']:.4f}"
+    )
+    return {
+        "model": model,
+        "run_id": result.run_id,
+        **{k: result.metrics[k] for k in ("roc_auc_macro", "pr_auc_macro", "roc_auc_micro", "pr_auc_micro")},
+        "promoted": result.promoted,
+        "promotion": result.promotion_note,
+    }
+
+
+# --------------------------------------------------------------------------- driver
+def quiet_ray_logs() -> None:
+    """Stage lines stay readable: Ray Data / Train progress logging goes to Ray's log files only."""
+    import logging
+
+    for name in ("ray.data", "ray.train", "ray.tune", "ray.air"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = print) -> QuickstartResult:
+    from mvssl_dist.tracking import default_tracking_uri
+
+    if opts.tracks < 20:
+        raise QuickstartError(
+            f"--tracks {opts.tracks}: at least 20 (the probe needs train, validation and test tracks)"
+        )
+    if opts.seconds < 12:
+        raise QuickstartError(f"--seconds {opts.seconds:g}: at least 12 (ingest keeps tracks of 12 s and more)")
+    work = Path(opts.workdir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(work)
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    state = State(work / STATE_FILE)
+    result = QuickstartResult(work, state.data)
+    import ray.data  # noqa: F401  (configures its loggers on import; quieten them after)
+
+    quiet_ray_logs()
+    start = time.perf_counter()
+
+    def stage(number: int, name: str, title: str, run: Callable[[], dict]) -> dict:
+        done = state.get(name)
+        if done is not None:
+            say(f"[{number}/6] {title}: already done (from {state.path.name})")
+            return done
+        say(f"[{number}/6] {title}")
+        t0 = time.perf_counter()
+        try:
+            value = run()
+        except Exception as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise QuickstartError(f"stage {number} ({title}) failed: {first}") from err
+        result.stage_seconds[name] = round(time.perf_counter() - t0, 1)
+        value["seconds"] = result.stage_seconds[name]
+        state.set(name, value)
+        say(f"  done in {result.stage_seconds[name]:.0f} s")
+        return value
+
+    stage(1, "library", "generating a labelled synthetic music library", lambda: make_library(opts, work, say))
+    stage(2, "ingest", "ingesting it into WebDataset shards (Ray Data)", lambda: ingest_library(opts, work, say))
+    steps = state.get("pretrain_steps") or pretrain_steps(opts, time.perf_counter() - start)
+    state.set("pretrain_steps", steps)  # a resumed run keeps the length it started with
+    trained = stage(
+        3,
+        "pretrain",
+        f"pre-training contrastive, {opts.workers} Ray Train workers, {steps} steps; registering the backbone",
+        lambda: pretrain_model(opts, work, tracking_uri, steps, say),
+    )
+    stage(
+        4,
+        "embed",
+        "embedding the library (Ray Data actor pool)",
+        lambda: embed_tracks(opts, work, trained["model_uri"], say),
+    )
+
+    def evaluate_both() -> dict:
+        ours = evaluate_model(opts, work, trained["model_uri"], tracking_uri, str(work / "embeddings"), "champion", say)
+        random = evaluate_model(opts, work, "random:0", tracking_uri, None, None, say)
+        return {"model": ours, "random": random}
+
+    stage(5, "evaluate", "probing tags on frozen embeddings: the model vs. a random backbone", evaluate_both)
+    say("[6/6] summary")
+    result.stage_seconds["total"] = round(time.perf_counter() - start, 1)
+    for line in summary_lines(work, state.data, tracking_uri):
+        say(line)
+    return result
+
+
+def summary_lines(work: Path, state: dict, tracking_uri: str) -> list[str]:
+    ing, tr, emb, ev = state["ingest"], state["pretrain"], state["embed"], state["evaluate"]
+    ours, rnd = ev["model"], ev["random"]
+    key = first_key(work / "embeddings")
+    ui = f"mlflow ui --backend-store-uri {tracking_uri} --port 5000"
+    return [
+        f"  dataset   {work / 'dataset'}: {ing['tracks']} tracks; {ing['rejects']} rejected, "
+        f"listed with reasons in {work / 'dataset' / 'rejects.parquet'}",
+        f"  model     {MODEL_NAME} v{tr['model_version']} (MLflow run {tr['run_id']}, {tr['steps']} steps); "
+        f"load it with load_backbone('models:/{MODEL_NAME}@champion')",
+        f"  probe     ROC-AUC macro {ours['roc_auc_macro']:.4f} vs. random backbone {rnd['roc_auc_macro']:.4f} "
+        f"(PR-AUC {ours['pr_auc_macro']:.4f} vs. {rnd['pr_auc_macro']:.4f}); {ours['promotion']}",
+        f"  embeddings {emb['out']}: {emb['tracks']} tracks",
+        f"  browse runs and models:  {ui}   (then open http://127.0.0.1:5000)",
+        f"  similar tracks:          mvssl neighbours --embeddings {emb['out']} --key {key} -k 5",
+    ]
+
+
+def first_key(out: Path) -> str:
+    from mvssl_dist.embed.batch import load_track_embeddings
+
+    try:
+        keys, _, _ = load_track_embeddings(out)
+    except Exception:
+        return "KEY"
+    return keys[0] if keys else "KEY"

@@ -1,0 +1,242 @@
+"""Deployment: manifests and Dockerfile checked against the code; a real `ray job submit` to a
+`ray start --head` cluster that logs over HTTP to a basic-auth `mlflow server`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from distributed_helpers import free_port
+
+from mvssl_dist.cli import build_parser, main
+from mvssl_dist.config import load_config
+from mvssl_dist.library import write_library
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+IMAGE_ROOT = "/opt/mvssl-dist"  # where the Dockerfile puts the repository
+
+
+def manifests() -> list[Path]:
+    return sorted((ROOT / "cluster").rglob("*.yaml"))
+
+
+def readme_setup_lines() -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    return [b.strip() for b in blocks[:2]]
+
+
+# --------------------------------------------------------------------------- static checks
+def test_every_manifest_parses():
+    found = {p.relative_to(ROOT).as_posix() for p in manifests()}
+    expected = {
+        "cluster/ray-up.yaml",
+        "cluster/kuberay/raycluster.yaml",
+        "cluster/kuberay/rayjob-ingest.yaml",
+        "cluster/kuberay/rayjob-pretrain.yaml",
+        "cluster/kuberay/rayjob-embed.yaml",
+        "cluster/mlflow/docker-compose.yaml",
+        "cluster/mlflow/kubernetes.yaml",
+    }
+    assert expected <= found
+    for path in manifests():
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        assert docs and all(isinstance(d, dict) for d in docs), path
+
+
+def test_rayjob_entrypoints_run_real_pipelines_with_valid_arguments():
+    jobs = sorted((ROOT / "cluster" / "kuberay").glob("rayjob-*.yaml"))
+    assert len(jobs) >= 3
+    for path in jobs:
+        spec = yaml.safe_load(path.read_text())
+        assert spec["kind"] == "RayJob" and spec["spec"]["clusterSelector"]["ray.io/cluster"] == "mvssl"
+        argv = shlex.split(spec["spec"]["entrypoint"])
+        assert argv[0] == "python", path
+        script = ROOT / Path(argv[1]).relative_to(IMAGE_ROOT)
+        assert script.is_file() and script.parent.name == "pipelines", (path, script)
+        args = [a.replace(IMAGE_ROOT, str(ROOT)) for a in argv[2:]]
+        parsed = build_parser().parse_args([script.stem, *args])  # SystemExit on any unknown option
+        if script.stem == "pretrain":
+            cfg = load_config(parsed.config, parsed.overrides)  # every override names a real key
+            assert cfg["train"]["use_gpu"] is True
+
+
+def test_raycluster_has_cpu_and_gpu_groups_with_bounds():
+    cluster = yaml.safe_load((ROOT / "cluster/kuberay/raycluster.yaml").read_text())
+    assert cluster["spec"]["enableInTreeAutoscaling"] is True
+    groups = {g["groupName"]: g for g in cluster["spec"]["workerGroupSpecs"]}
+    assert set(groups) == {"cpu", "gpu"}
+    for group in groups.values():
+        assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    gpu = groups["gpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert gpu["nvidia.com/gpu"] == 1
+    secret_names = {
+        d["metadata"]["name"]
+        for d in yaml.safe_load_all((ROOT / "cluster/kuberay/secrets.example.yaml").read_text())
+        if d["kind"] == "Secret"
+    }
+    for group in [cluster["spec"]["headGroupSpec"], *groups.values()]:
+        env = group["template"]["spec"]["containers"][0]["envFrom"]
+        assert {e["secretRef"]["name"] for e in env} <= secret_names
+
+
+def test_ray_up_config_is_consistent():
+    cfg = yaml.safe_load((ROOT / "cluster/ray-up.yaml").read_text())
+    assert cfg["head_node_type"] in cfg["available_node_types"]
+    text = (ROOT / "cluster/ray-up.yaml").read_text()
+    for script in re.findall(r"python (pipelines/\w+\.py)", text):
+        assert (ROOT / script).is_file(), script
+
+
+def test_mlflow_server_bundle_has_postgres_minio_and_basic_auth():
+    compose = yaml.safe_load((ROOT / "cluster/mlflow/docker-compose.yaml").read_text())
+    assert {"postgres", "minio", "mlflow"} <= set(compose["services"])
+    assert (ROOT / "cluster/mlflow" / compose["services"]["mlflow"]["build"] / "Dockerfile").is_file()
+    entry = (ROOT / "cluster/mlflow/entrypoint.sh").read_text()
+    assert "--app-name basic-auth" in entry and "postgresql://" in entry
+    kinds = {d["kind"] for d in yaml.safe_load_all((ROOT / "cluster/mlflow/kubernetes.yaml").read_text())}
+    assert {"Deployment", "Service", "StatefulSet", "Secret"} <= kinds
+
+
+def test_dockerfile_installs_like_the_readme_and_ci_tests_like_the_readme():
+    quickstart, tests = readme_setup_lines()
+    assert quickstart == "pip install -e . && mvssl quickstart"
+    install = quickstart.split("&&")[0].strip()
+    dockerfile = (ROOT / "Dockerfile").read_text().splitlines()
+    assert f"RUN {install}" in dockerfile
+    assert any(line.startswith("FROM ${BASE_IMAGE} AS runtime") for line in dockerfile)  # multi-stage
+    assert tests in (ROOT / ".ci/run").read_text()
+
+
+def docker_works() -> bool:
+    if not shutil.which("docker"):
+        return False
+    return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
+
+
+@pytest.mark.slow
+def test_docker_image_builds_and_runs_mvssl():
+    if not docker_works():
+        pytest.skip("no docker engine on this machine")
+    tag = "mvssl-dist:test"
+    subprocess.run(["docker", "build", "-t", tag, str(ROOT)], check=True, timeout=3000)
+    out = subprocess.run(["docker", "run", "--rm", tag, "mvssl", "--help"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "quickstart" in out.stdout
+
+
+# --------------------------------------------------------------------------- live: mlflow server + ray job submit
+ADMIN, PASSWORD = "admin", "s3cret-pass"
+
+
+def wait_for(url: str, seconds: float, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer in {seconds} s: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow_server")
+    ini = root / "basic_auth.ini"
+    ini.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{root / 'auth.db'}\n"
+        f"admin_username = {ADMIN}\nadmin_password = {PASSWORD}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    port = free_port()
+    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = root / "server.log"
+    command = [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "art")]
+    command += ["--workers", "1"]
+    with open(log, "wb") as handle:
+        proc = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=root)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health", 180, proc, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    import ray
+
+    ray.shutdown()  # `ray stop` below must not take down a test process's own Ray with it
+    port, dashboard = free_port(), free_port()
+    start = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}"]
+    start += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=2"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    subprocess.run(start, check=True, timeout=180, capture_output=True, env=env)
+    try:
+        yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}"
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop"], timeout=120, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, ray_head):
+    root = tmp_path_factory.mktemp("job_data")
+    write_library(root / "lib", tracks=6, seconds=14.0, formats=("flac", "mp3"))
+    ingest = [str(BIN / "mvssl"), "ingest", str(root / "lib"), "--out", str(root / "ds"), "--no-progress"]
+    run = subprocess.run(ingest + ["--ray-address", ray_head[0]], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return root / "ds"
+
+
+@pytest.mark.slow
+def test_wrong_credentials_fail_with_a_clear_message(mlflow_server, dataset, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
+    code = main(["pretrain", f"data.path={dataset}", "--tracking-uri", mlflow_server])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"mvssl: error: tracking server {mlflow_server}: authentication failed "
+        "(check MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)"
+    ]
+
+
+@pytest.mark.slow
+def test_ray_job_submit_pretrains_and_registers_over_http(mlflow_server, ray_head, dataset, tmp_path):
+    runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": PASSWORD}})
+    submit = [str(BIN / "ray"), "job", "submit", "--address", ray_head[1], "--working-dir", str(ROOT)]
+    submit += ["--runtime-env-json", runtime_env, "--", "python", "pipelines/pretrain.py"]
+    submit += ["--config", "configs/contrastive.yaml", "--run-name", "job-test", "--register-as", "mvssl-job-test"]
+    submit += ["--tracking-uri", mlflow_server, f"data.path={dataset}", "data.batch_size=4", "data.pairs_per_track=1"]
+    submit += ["train.max_steps=3", "train.log_every=1", f"train.storage_path={tmp_path / 'runs'}"]
+    run = subprocess.run(submit, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and "succeeded" in run.stdout, (run.stdout + run.stderr)[-4000:]
+    os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = ADMIN, PASSWORD
+    try:
+        client = mlflow.MlflowClient(mlflow_server)
+        versions = client.search_model_versions("name='mvssl-job-test'")
+        assert len(versions) == 1
+        run_data = client.get_run(versions[0].run_id)
+        assert run_data.info.status == "FINISHED" and "loss" in run_data.data.metrics
+        files = {a.path for a in client.list_artifacts(versions[0].run_id)}
+        assert "config.yaml" in files
+    finally:
+        del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]

@@ -1,0 +1,71 @@
+"""`mvssl quickstart` end to end (scaled down), then again: the second run reuses everything."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+
+import mlflow
+import pyarrow.parquet as pq
+import pytest
+
+from mvssl_dist.cli import main
+from mvssl_dist.embed.batch import load_track_embeddings
+from mvssl_dist.quickstart import MODEL_NAME
+
+pytestmark = pytest.mark.slow
+
+TRACKS, SECONDS, STEPS = 40, 14.0, 60
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    work = tmp_path_factory.mktemp("quickstart") / "work"
+    tracking = f"sqlite:///{work / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", tracking)
+        args = ["quickstart", "--workdir", str(work), "--tracks", str(TRACKS), "--seconds", str(SECONDS)]
+        args += ["--steps", str(STEPS)]
+        code = main(args)
+        started = time.perf_counter()
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            again = main(args)
+        rerun_s = time.perf_counter() - started
+    return work, tracking, code, (again, printed.getvalue()), rerun_s
+
+
+def test_every_stage_leaves_its_artefacts(quickstart):
+    work, tracking, code, _, _ = quickstart
+    assert code == 0
+    index = pq.read_table(work / "dataset" / "index.parquet")
+    rejects = pq.read_table(work / "dataset" / "rejects.parquet").to_pylist()
+    assert index.num_rows == TRACKS
+    assert sorted(r["reason"] for r in rejects) == ["empty", "not_audio", "not_audio", "truncated"]
+    client = mlflow.MlflowClient(tracking)
+    champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    assert float(champion.tags["eval.csv-labels.roc_auc_macro"]) > 0.5
+    keys, _, matrix = load_track_embeddings(work / "embeddings")
+    assert sorted(keys) == sorted(index.column("key").to_pylist()) and matrix.shape == (TRACKS, 1024)
+
+
+def test_pretraining_lowers_the_loss_and_beats_a_random_backbone(quickstart):
+    work, tracking, *_ = quickstart
+    state = json.loads((work / "quickstart.json").read_text())
+    history = sorted(
+        mlflow.MlflowClient(tracking).get_metric_history(state["pretrain"]["run_id"], "loss"), key=lambda m: m.step
+    )
+    first = sum(m.value for m in history[:5]) / 5
+    last = sum(m.value for m in history[-5:]) / 5
+    assert state["pretrain"]["steps"] == STEPS and last < 0.7 * first, (first, last)
+    ours, random = state["evaluate"]["model"], state["evaluate"]["random"]
+    assert ours["roc_auc_macro"] > random["roc_auc_macro"], (ours, random)
+
+
+def test_a_second_run_reuses_everything_and_says_where_to_look(quickstart):
+    work, tracking, _, (again, printed), rerun_s = quickstart
+    assert again == 0 and rerun_s < 60 and printed.count("already done") == 5, printed
+    assert f"mlflow ui --backend-store-uri {tracking}" in printed
+    assert f"mvssl neighbours --embeddings {work / 'embeddings'} --key " in printed
