@@ -136,7 +136,7 @@ def test_docker_image_builds_and_runs_mvssl():
 
 
 # --------------------------------------------------------------------------- live: mlflow server + ray job submit
-ADMIN, PASSWORD = "admin", "s3cret-pass"
+ADMIN, PASSWORD = "admin", "s3cret-pass-for-tests"  # MLflow wants >= 12 characters
 
 
 def wait_for(url: str, seconds: float, proc: subprocess.Popen, log: Path) -> None:
@@ -188,7 +188,11 @@ def ray_head(tmp_path_factory):
     port, dashboard = free_port(), free_port()
     start = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}"]
     start += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=2"]
+    # `ray start` turns token authentication on when a token file exists (~/.ray/auth_token) while
+    # clients default to off: say "off" explicitly, as a laptop test cluster on 127.0.0.1 may.
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_AUTH_MODE"] = "disabled"
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # job entrypoints run `python` from here
     subprocess.run(start, check=True, timeout=180, capture_output=True, env=env)
     try:
         yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}"
@@ -210,7 +214,7 @@ def dataset(tmp_path_factory, ray_head):
 def test_wrong_credentials_fail_with_a_clear_message(mlflow_server, dataset, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
-    code = main(["pretrain", f"data.path={dataset}", "--tracking-uri", mlflow_server])
+    code = main(["pretrain", f"data.path={dataset}", "data.batch_size=4", "--tracking-uri", mlflow_server])
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
