@@ -314,14 +314,15 @@ def embed_library(options: EmbedOptions, report: Callable[[str], None] = print) 
         total = float(ray.cluster_resources().get("CPU", 1))
         actor_cpus = min(options.actor_cpus, max(0.25, (total - 1) / max(1, options.workers)))
         ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), 200)))
-        # SPREAD spreads decoding over the nodes, and its differing remote args keep Ray Data from
-        # fusing decoding into the model actors (then decode and forward would run one after the other).
+        # The memory hint (a worker with torch loaded, plus a decoded hour of audio) also makes the remote args differ from
+        # the actors', which keeps Ray Data from fusing decoding into the model actors (decode and
+        # forward would then run one after the other in one process).
         ds = ds.map_batches(
             prepare_tracks,
             fn_kwargs={"segment_s": options.segment_s, "hop_s": options.hop_s},
             batch_size=1,
             num_cpus=1,
-            scheduling_strategy="SPREAD",
+            memory=512 * 1024**2,
         )
         ds = ds.map_batches(
             EmbedActor,
