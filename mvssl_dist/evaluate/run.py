@@ -81,8 +81,10 @@ def model_identity(model: str) -> tuple[str, str, dict]:
         return f"models:/{name}/{version}", f"{name}-v{version}", facts
     if model == "random" or model.startswith("random:"):
         return model, model.replace(":", "-"), facts
-    digest = hashlib.sha256(Path(model).read_bytes()).hexdigest()[:12] if Path(model).is_file() else "dir"
-    return model, f"{Path(model).stem}-{digest}", facts
+    path = Path(model).resolve()
+    # a weights file by its content; a checkpoint folder (its state.pt is rewritten in place) by its path
+    digest = hashlib.sha256(path.read_bytes() if path.is_file() else str(path).encode()).hexdigest()[:12]
+    return model, f"{path.stem}-{digest}", facts
 
 
 # --------------------------------------------------------------------------- audio
