@@ -129,8 +129,9 @@ def pretrain_model(opts: QuickstartOptions, work: Path, tracking_uri: str, steps
 def embed_tracks(opts: QuickstartOptions, work: Path, model_uri: str, say) -> dict:
     from mvssl_dist.embed.batch import EmbedOptions, embed_library
 
-    options = EmbedOptions([str(work / "library")], model_uri, str(work / "embeddings"), level="both")
-    options.ray_address = opts.ray_address
+    options = EmbedOptions(
+        [str(work / "library")], model_uri, str(work / "embeddings"), level="both", ray_address=opts.ray_address
+    )
     summary = embed_library(options, report=say)
     say(f"  {summary.tracks} tracks embedded, {summary.errors} inputs failed (listed in embeddings/errors.parquet)")
     return {"tracks": summary.tracks, "errors": summary.errors, "out": str(work / "embeddings")}
@@ -138,6 +139,7 @@ def embed_tracks(opts: QuickstartOptions, work: Path, model_uri: str, say) -> di
 
 def evaluate_model(opts, work: Path, model: str, tracking_uri: str, features_dir, promote: str | None, say) -> dict:
     from mvssl_dist.evaluate import EvaluateOptions, evaluate
+    from mvssl_dist.evaluate.report import SUMMARY_KEYS
 
     options = EvaluateOptions(
         model,
@@ -156,7 +158,7 @@ def evaluate_model(opts, work: Path, model: str, tracking_uri: str, features_dir
     return {
         "model": model,
         "run_id": result.run_id,
-        **{k: result.metrics[k] for k in ("roc_auc_macro", "pr_auc_macro", "roc_auc_micro", "pr_auc_micro")},
+        **{k: result.metrics[k] for k in SUMMARY_KEYS},
         "promoted": result.promoted,
         "promotion": result.promotion_note,
     }

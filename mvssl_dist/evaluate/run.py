@@ -67,13 +67,10 @@ class EvaluateResult:
 def model_identity(model: str) -> tuple[str, str, dict]:
     """``(pinned model URI, cache folder name, registry facts)``; an alias is pinned to its version."""
     from mvssl_dist.embed.batch import model_facts
-    from mvssl_dist.models import WeightsError, load_backbone
 
+    # Weights are loaded (and a bad file reported in one line) by embed_library, in the driver.
     try:
-        load_backbone(model)  # one-line error now rather than inside a Ray actor later
         facts = model_facts(model)
-    except WeightsError as err:
-        raise EvaluateError(str(err)) from None
     except Exception as err:  # the registry answered but the alias/version does not exist
         raise EvaluateError(f"--model {model}: {str(err).splitlines()[0]}") from None
     if "model_version" in facts:
@@ -136,9 +133,14 @@ def embed_features(uris: list[str], model_uri: str, out: Path, listing: Path, op
     out.mkdir(parents=True, exist_ok=True)
     listing.write_text("".join(u + "\n" for u in uris))
     opts = EmbedOptions(
-        [str(listing)], model_uri, str(out), level="segment", workers=options.workers, gpus=options.gpus
+        [str(listing)],
+        model_uri,
+        str(out),
+        level="segment",
+        workers=options.workers,
+        gpus=options.gpus,
+        ray_address=options.ray_address,
     )
-    opts.ray_address = options.ray_address
     try:
         embed_library(opts, report=report)
     except EmbedError as err:
