@@ -49,3 +49,12 @@ def write_catalogue(root: Path, seconds: float = 14.0) -> dict:
     shutil.copy(good[0], zoo / "zz_copy.mp3")
     rejects[zoo / "zz_copy.mp3"] = "duplicate_of"
     return {"good": good, "rejects": rejects}
+
+
+def ingested_catalogue(src: Path, out: Path, seconds: float, **options) -> Path:
+    """:func:`write_catalogue` into ``src``, then ingest it into ``out`` (extra ``IngestOptions`` allowed)."""
+    from mvssl_dist.shards import IngestOptions, ingest
+
+    write_catalogue(src, seconds=seconds)
+    ingest(IngestOptions([str(src)], str(out), progress=False, **options), report=lambda m: None)
+    return out

@@ -13,7 +13,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from catalogue import write_catalogue
+from catalogue import ingested_catalogue
 from distributed_helpers import ensure_ray
 
 from mvssl_dist.cli import main
@@ -27,14 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from mvssl_dist.shards import IngestOptions, ingest
-
     ensure_ray()
-    src = tmp_path_factory.mktemp("pt_src")
-    write_catalogue(src, seconds=16.0)
-    out = tmp_path_factory.mktemp("pt_ds")
-    ingest(IngestOptions([str(src)], str(out), progress=False), report=lambda m: None)
-    return out
+    return ingested_catalogue(tmp_path_factory.mktemp("pt_src"), tmp_path_factory.mktemp("pt_ds"), 16.0)
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ import threading
 import numpy as np
 import pytest
 import torch
-from catalogue import write_catalogue
+from catalogue import ingested_catalogue
 from distributed_helpers import ensure_ray
 from scipy import stats
 
-from mvssl_dist.shards import IngestOptions, ingest, read_tracks
+from mvssl_dist.shards import read_tracks
 from mvssl_dist.views import (
     ViewSpec,
     collate_views,
@@ -80,11 +80,8 @@ def test_draw_views_redraws_then_gives_up_on_silence():
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     ensure_ray()
-    root = tmp_path_factory.mktemp("views_src")
-    write_catalogue(root, seconds=20.0)
-    out = tmp_path_factory.mktemp("views_ds")
-    ingest(IngestOptions([str(root)], str(out), shard_target_mb=1, progress=False), report=lambda m: None)
-    return out
+    src, out = tmp_path_factory.mktemp("views_src"), tmp_path_factory.mktemp("views_ds")
+    return ingested_catalogue(src, out, 20.0, shard_target_mb=1)
 
 
 def _collect(ds):
