@@ -17,6 +17,7 @@ from mvssl_dist.views import (
     ViewSpec,
     collate_views,
     draw_starts,
+    draw_track_views,
     draw_views,
     is_silent,
     iter_view_batches,
@@ -74,6 +75,25 @@ def test_draw_views_redraws_then_gives_up_on_silence():
     pcm[:] = 3000
     views, status = draw_views(pcm, 3000.0, SPEC, rng)
     assert status == "ok" and views.shape == (2, 64000) and views.dtype == np.int16
+
+
+@pytest.mark.parametrize("draws", [1, 40])  # 1: each segment summed on its own; 40: prefix sums
+def test_vectorised_draws_apply_the_same_silence_rule(draws):
+    rng = np.random.default_rng(3)
+    loudness = np.repeat(rng.choice([0.0, 0.05, 1.0], size=40), 16000)  # 1 s blocks: silent, quiet, loud
+    pcm = np.round(rng.standard_normal(len(loudness)) * loudness * 3000).astype(np.int16)
+    track_rms = float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2)))
+    kept = 0
+    for _ in range(30):
+        starts, status = draw_track_views(pcm, track_rms, SPEC, rng, draws)
+        assert status in ("ok", "silent") and (status == "ok") == (len(starts) == draws)
+        for row in starts:
+            assert not any(is_silent(pcm[s : s + 64000], track_rms) for s in row)
+            assert abs(row[0] - row[1]) >= 128000
+        kept += len(starts)
+    assert kept > 0
+    starts, status = draw_track_views(pcm[:100], track_rms, SPEC, rng, draws)
+    assert status == "too_short" and starts.shape == (0, 2)
 
 
 # ----------------------------------------------------------------- the Ray Data dataset

@@ -112,19 +112,25 @@ def _parse_group(shard: str, key: str, parts: dict[str, bytes]) -> Member | Malf
     return Member(key, meta, pcm)
 
 
-def read_shard(fileobj: BinaryIO, shard: str) -> Iterator[Member | Malformed]:
-    """Stream a shard tar: yields each track, or a :class:`Malformed` record for what is bad."""
+def read_shard(fileobj: BinaryIO, shard: str, wanted: set[str] | None = None) -> Iterator[Member | Malformed]:
+    """Read a shard tar: yields each track (only ``wanted`` keys when given), or a :class:`Malformed`
+    record for what is bad.
+
+    A seekable file is read in random-access mode: each payload is one read, and members
+    not wanted are skipped without reading them (stream mode copies 10 KB records, ~20x slower).
+    """
     seen: set[str] = set()
     key, parts = None, {}
+    seekable = getattr(fileobj, "seekable", lambda: False)()
     try:
-        with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+        with tarfile.open(fileobj=fileobj, mode="r:" if seekable else "r|") as tar:
             for info in tar:
                 match = MEMBER_NAME.match(info.name)
                 if not info.isfile() or match is None:
                     yield Malformed(shard, info.name, "invalid member name or type")
                     continue
                 if match["key"] != key:
-                    if key is not None:
+                    if key is not None and (wanted is None or key in wanted):
                         yield _parse_group(shard, key, parts)
                     key, parts = match["key"], {}
                     if key in seen:
@@ -132,10 +138,10 @@ def read_shard(fileobj: BinaryIO, shard: str) -> Iterator[Member | Malformed]:
                         key = None
                         continue
                     seen.add(key)
-                if key is None:
+                if key is None or (wanted is not None and key not in wanted):
                     continue
                 parts[match["ext"]] = tar.extractfile(info).read()
     except tarfile.TarError as err:
         yield Malformed(shard, "<tar>", f"corrupt tar: {err}")
-    if key is not None:
+    if key is not None and (wanted is None or key in wanted):
         yield _parse_group(shard, key, parts)

@@ -45,9 +45,7 @@ def shard_keys(dataset_dir: str | Path) -> dict[str, set[str]]:
 def iter_shard_members(path: Path, wanted: set[str] | None = None) -> Iterator[Member | Malformed]:
     """Members of one shard file (only ``wanted`` keys when given), malformed ones included."""
     with open(path, "rb") as handle:
-        for item in read_shard(handle, path.name):
-            if isinstance(item, Malformed) or wanted is None or item.key in wanted:
-                yield item
+        yield from read_shard(handle, path.name, wanted)
 
 
 def read_tracks(dataset_dir: str | Path) -> Iterator[Track]:

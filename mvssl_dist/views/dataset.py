@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from mvssl_dist.shards.format import INT16_SCALE, Malformed
 from mvssl_dist.shards.reader import iter_shard_members, load_index
-from mvssl_dist.views.sampling import SILENCE_THRESHOLD, ViewSpec, draw_view_starts, track_rng
+from mvssl_dist.views.sampling import SILENCE_THRESHOLD, ViewSpec, draw_track_views, track_rng
 
 log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
@@ -84,15 +84,15 @@ def _record_stats(name: str, counts: dict, malformed: list[str]) -> None:
         log.info("views: %s", counts)
 
 
-def shard_views(item: Mapping, spec: ViewSpec) -> tuple[dict, dict, list[str]]:
-    """Views for every wanted track of one shard: (block, counts, malformed member names).
+def shard_picks(item: Mapping, spec: ViewSpec) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], dict, list[str]]:
+    """Draw the views of every wanted track of one shard: (shuffled picks, counts, malformed names).
 
-    Starts are drawn first; the audio is then copied once, straight into the (shuffled)
-    rows of a preallocated ``[rows, n_views, samples]`` int16 array.
+    A pick is ``(key, pcm, starts)``: no audio is copied yet, so a shard drawn 25 times costs
+    the shard's memory, not 25 copies of it.
     """
     seed, epoch, draws = int(item["seed"]), int(item["epoch"]), int(item["pairs_per_track"])
     rms = dict(zip(item["keys"], item["rms"], strict=True))
-    picks: list[tuple[str, np.ndarray, np.ndarray]] = []  # (key, pcm, starts)
+    picks: list[tuple[str, np.ndarray, np.ndarray]] = []
     counts = {"tracks": 0, "rows": 0, "too_short": 0, "silent": 0, "malformed": 0}
     malformed = []
     for member in iter_shard_members(Path(item["path"]), set(item["keys"])):
@@ -102,39 +102,48 @@ def shard_views(item: Mapping, spec: ViewSpec) -> tuple[dict, dict, list[str]]:
             log.warning("views: skipping malformed member %s in %s: %s", member.name, member.shard, member.reason)
             continue
         counts["tracks"] += 1
-        rng = track_rng(seed, epoch, member.key)
-        for _ in range(draws):
-            starts, status = draw_view_starts(member.pcm, rms[member.key], spec, rng)
-            if starts is None:
-                counts[status] += 1
-                break  # a track that cannot give views now will not on the next draw either
-            picks.append((member.key, member.pcm, starts))
+        rows, status = draw_track_views(member.pcm, rms[member.key], spec, track_rng(seed, epoch, member.key), draws)
+        if status != "ok":
+            counts[status] += 1  # a track that cannot give views now will not on the next draw either
+        picks += [(member.key, member.pcm, starts) for starts in rows]
     counts["rows"] = len(picks)
     order = np.random.default_rng([seed, epoch, int(item["shard_index"])]).permutation(len(picks))
+    return [picks[i] for i in order], counts, malformed
+
+
+def cut_views(picks: Sequence[tuple[str, np.ndarray, np.ndarray]], spec: ViewSpec) -> dict:
+    """``{"key": [rows], "views": int16 [rows, n_views, samples]}``: one copy of each slice."""
     views = np.empty((len(picks), spec.n_views, spec.segment_samples), np.int16)
     keys = np.empty(len(picks), dtype=object)
-    for row, pick in zip(order, picks, strict=True):
-        keys[row] = pick[0]
-        for v, start in enumerate(pick[2]):
-            views[row, v] = pick[1][start : start + spec.segment_samples]
-    return {"key": keys, "views": views}, counts, malformed
+    for row, (key, pcm, starts) in enumerate(picks):
+        keys[row] = key
+        for v, start in enumerate(starts):
+            views[row, v] = pcm[start : start + spec.segment_samples]
+    return {"key": keys, "views": views}
+
+
+def shard_views(item: Mapping, spec: ViewSpec) -> tuple[dict, dict, list[str]]:
+    """All views of one shard in one block: (block, counts, malformed member names)."""
+    picks, counts, malformed = shard_picks(item, spec)
+    return cut_views(picks, spec), counts, malformed
 
 
 def views_block(batch: dict, spec: ViewSpec, chains: list, dtype: str, stats_name: str | None, rows_per_block: int):
     """``map_batches`` generator: shard descriptions -> Arrow blocks of at most ``rows_per_block`` rows.
 
-    The views column is a fixed-size binary column over the numpy buffer (zero copy; Ray's
-    tensor extension type costs ~100 us per clip to build). Small blocks keep memory reused.
+    Rows are cut block by block (the first block leaves as soon as the shard is drawn, and a
+    task holds one block of views at a time). The views column is a fixed-size binary column
+    over the numpy buffer (zero copy; Ray's tensor extension type costs ~100 us per clip to build).
     """
     total, bad = {}, []
     for i in range(len(batch["path"])):
-        block, counts, malformed = shard_views({k: batch[k][i] for k in batch}, spec)
+        picks, counts, malformed = shard_picks({k: batch[k][i] for k in batch}, spec)
         bad += malformed
         for k, v in counts.items():
             total[k] = total.get(k, 0) + v
-        for start in range(0, len(block["key"]), rows_per_block):
-            views = finish_views(block["views"][start : start + rows_per_block], batch, chains, dtype)
-            yield views_table(block["key"][start : start + rows_per_block], views)
+        for chunk, start in enumerate(range(0, len(picks), rows_per_block)):
+            block = cut_views(picks[start : start + rows_per_block], spec)
+            yield views_table(block["key"], finish_views(block["views"], batch, chains, dtype, chunk))
     if stats_name:
         _record_stats(stats_name, total, bad)
 
@@ -148,20 +157,35 @@ def views_table(keys: np.ndarray, views: np.ndarray) -> pa.Table:
     return pa.table({"key": pa.array(list(keys), pa.string()), "views": column}).replace_schema_metadata(meta)
 
 
-def table_views(table: pa.Table) -> tuple[list[str], np.ndarray]:
-    """Inverse of :func:`views_table`: (keys, ``[rows, n_views, samples]`` array, zero copy when possible)."""
+def table_views(table: pa.Table, writable: bool = False) -> tuple[list[str], np.ndarray]:
+    """Inverse of :func:`views_table`: (keys, ``[rows, n_views, samples]`` array).
+
+    Zero copy when the column is one chunk and ``writable`` is false; otherwise the chunks are
+    copied once, straight into one new array (never combined first and then copied again).
+    """
     meta = table.schema.metadata or {}
     shape = json.loads(meta.get(b"views_shape", b"[2, 64000]"))
     dtype = np.dtype(meta.get(b"views_dtype", b"<i2").decode())
-    column = table.column("views").combine_chunks()
-    offset = column.offset * column.type.byte_width
-    buffer = column.buffers()[1]
-    flat = np.frombuffer(buffer, dtype=np.uint8, count=len(column) * column.type.byte_width, offset=offset)
-    return table.column("key").to_pylist(), flat.view(dtype).reshape(len(column), *shape)
+    chunks = [_chunk_array(c, dtype, shape) for c in table.column("views").chunks]
+    if len(chunks) == 1 and not writable:
+        views = chunks[0]
+    else:
+        views = np.empty((table.num_rows, *shape), dtype)
+        np.concatenate(chunks, out=views) if chunks else None
+    return table.column("key").to_pylist(), views
 
 
-def finish_views(views: np.ndarray, batch: dict, chains: list, dtype: str) -> np.ndarray:
-    """Augment on this CPU worker when a chain is configured, and cast to the requested dtype."""
+def _chunk_array(chunk: pa.FixedSizeBinaryArray, dtype: np.dtype, shape: list[int]) -> np.ndarray:
+    width = chunk.type.byte_width
+    flat = np.frombuffer(chunk.buffers()[1], np.uint8, count=len(chunk) * width, offset=chunk.offset * width)
+    return flat.view(dtype).reshape(len(chunk), *shape)
+
+
+def finish_views(views: np.ndarray, batch: dict, chains: list, dtype: str, chunk: int = 0) -> np.ndarray:
+    """Augment on this CPU worker when a chain is configured, and cast to the requested dtype.
+
+    The augmentation generator is seeded by (seed, epoch, shard, chunk): reproducible, and
+    each block of a shard gets its own draws."""
     if not any(chains) and dtype == "int16":
         return views
     floats = views.astype(np.float32) / INT16_SCALE
@@ -170,8 +194,9 @@ def finish_views(views: np.ndarray, batch: dict, chains: list, dtype: str) -> np
 
         from mvssl_dist.views.augment import augment_views
 
-        seed = int(batch["seed"][0]) * 1_000_003 + int(batch["epoch"][0]) * 10_007 + int(batch["shard_index"][0])
-        floats = augment_views(torch.from_numpy(floats), chains, torch.Generator().manual_seed(seed)).numpy()
+        seed = np.random.SeedSequence([int(batch[k][0]) for k in ("seed", "epoch", "shard_index")] + [chunk])
+        generator = torch.Generator().manual_seed(int(seed.generate_state(1, np.uint64)[0] >> 1))
+        floats = augment_views(torch.from_numpy(floats), chains, generator).numpy()
     return floats if dtype == "float32" else np.round(np.clip(floats, -1, 1) * 32767).astype(np.int16)
 
 
@@ -274,8 +299,8 @@ def collate_views():
 
     class CollateViews(ArrowBatchCollateFn):
         def __call__(self, batch: pa.Table) -> dict:
-            keys, views = table_views(batch)
-            return {"views": torch.from_numpy(views.copy() if not views.flags.writeable else views), "key": keys}
+            keys, views = table_views(batch, writable=True)  # torch wants a writable buffer: one copy
+            return {"views": torch.from_numpy(views), "key": keys}
 
     return CollateViews()
 

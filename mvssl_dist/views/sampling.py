@@ -39,7 +39,12 @@ def draw_starts(length: int, spec: ViewSpec, rng: np.random.Generator) -> np.nda
     slack = length - spec.min_track_samples()
     if slack < 0:
         return None
-    offsets = np.sort(rng.integers(0, slack + 1, size=spec.n_views))
+    return _placements(slack, spec, rng, 1)[0]
+
+
+def _placements(slack: int, spec: ViewSpec, rng: np.random.Generator, draws: int) -> np.ndarray:
+    """``[draws, n_views]`` time-ordered starts (see :func:`draw_starts`)."""
+    offsets = np.sort(rng.integers(0, slack + 1, size=(draws, spec.n_views)), axis=1)
     return offsets + np.arange(spec.n_views) * (spec.segment_samples + spec.gap_samples)
 
 
@@ -52,21 +57,67 @@ def is_silent(segment: np.ndarray, track_rms: float, threshold: float = SILENCE_
     return 10 * math.log(rms / track_rms) < threshold
 
 
+def _energy_function(pcm: np.ndarray, spec: ViewSpec, draws: int):
+    """``starts [..] -> sum of squares of each segment``, exact in int64.
+
+    When the draws will touch more samples than the track holds, one prefix sum over the
+    track makes every segment O(1); otherwise each segment is summed on its own.
+    """
+    length = spec.segment_samples
+    if draws * spec.n_views * length > len(pcm):
+        prefix = np.concatenate(([0], np.cumsum(np.square(pcm, dtype=np.int64))))
+        return lambda starts: prefix[starts + length] - prefix[starts]
+
+    def direct(starts: np.ndarray) -> np.ndarray:
+        flat = [np.dot(x := pcm[s : s + length].astype(np.int64), x) for s in starts.ravel()]
+        return np.array(flat, np.int64).reshape(starts.shape)
+
+    return direct
+
+
+def draw_track_views(
+    pcm: np.ndarray, track_rms: float, spec: ViewSpec, rng: np.random.Generator, draws: int = 1
+) -> tuple[np.ndarray, str]:
+    """``[rows, n_views]`` start samples of up to ``draws`` non-silent view sets (no audio copied).
+
+    Vectorised over the draws. A silent draw (any segment failing :func:`is_silent`'s rule) is
+    redrawn up to ``max_redraws`` times; if it stays silent the track stops there (``"silent"``,
+    earlier rows kept). ``"too_short"``: no rows. The views of a row come back in a random
+    order (not time order), so no view index is systematically earlier.
+    """
+    n = spec.n_views
+    slack = len(pcm) - spec.min_track_samples()
+    if slack < 0:
+        return np.empty((0, n), np.int64), "too_short"
+    # silent <=> rms < track_rms * exp(threshold / 10) <=> energy < L * (that rms)^2
+    floor = spec.segment_samples * (max(track_rms, 0.0) * math.exp(spec.silence_threshold / 10)) ** 2
+    energy = _energy_function(pcm, spec, draws)
+    starts = _placements(slack, spec, rng, draws)
+    status = "ok"
+
+    def silent(candidates: np.ndarray) -> np.ndarray:
+        sums = energy(candidates)
+        return ((sums < floor) | (sums <= 0)).any(axis=1)
+
+    for row in np.flatnonzero(silent(starts)):
+        for _ in range(spec.max_redraws):
+            candidate = _placements(slack, spec, rng, 1)
+            if not silent(candidate)[0]:
+                starts[row] = candidate[0]
+                break
+        else:
+            starts, status = starts[:row], "silent"
+            break
+    order = np.argsort(rng.random(starts.shape), axis=1)
+    return np.take_along_axis(starts, order, axis=1), status
+
+
 def draw_view_starts(
     pcm: np.ndarray, track_rms: float, spec: ViewSpec, rng: np.random.Generator
 ) -> tuple[np.ndarray | None, str]:
-    """Start samples of the views (no copy of the audio), or ``(None, why)``.
-
-    Redraws up to ``max_redraws`` times when a segment is silent. The starts come back in a
-    random order (not time order), so no view index is systematically earlier.
-    """
-    for _ in range(spec.max_redraws + 1):
-        starts = draw_starts(len(pcm), spec, rng)
-        if starts is None:
-            return None, "too_short"
-        if not any(is_silent(pcm[s : s + spec.segment_samples], track_rms, spec.silence_threshold) for s in starts):
-            return starts[rng.permutation(spec.n_views)], "ok"
-    return None, "silent"
+    """Start samples of one set of views (no copy of the audio), or ``(None, why)``."""
+    starts, status = draw_track_views(pcm, track_rms, spec, rng, 1)
+    return (starts[0], status) if len(starts) else (None, status)
 
 
 def draw_views(
