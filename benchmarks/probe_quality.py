@@ -22,8 +22,9 @@ from mvssl_dist.quickstart import QuickstartOptions, run_quickstart
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "seed_compat" / "contrastive_backbone_only.pt"
 
 
-def scores(model: str, work: Path, seeds: int) -> tuple[list[float], list[float]]:
-    roc, pr = [], []
+def scores(model: str, work: Path, seeds: int) -> tuple[list[float], list[float], dict[str, list[float]]]:
+    """(ROC-AUC macro per seed, PR-AUC macro per seed, {tag: ROC-AUC per seed})."""
+    roc, pr, per_tag = [], [], {}
     for seed in range(seeds):
         options = EvaluateOptions(
             model,
@@ -36,7 +37,9 @@ def scores(model: str, work: Path, seeds: int) -> tuple[list[float], list[float]
         result = evaluate(options, report=lambda m: None)
         roc.append(result.metrics["roc_auc_macro"])
         pr.append(result.metrics["pr_auc_macro"])
-    return roc, pr
+        for tag in result.per_tag:
+            per_tag.setdefault(tag.tag, []).append(tag.roc_auc)
+    return roc, pr, per_tag
 
 
 def summary(values: list[float]) -> str:
@@ -60,8 +63,14 @@ def main(argv: list[str] | None = None) -> None:
     rows = {name: scores(model, work, args.seeds) for name, model in candidates}
     print(f"probe on {work / 'library' / 'labels.csv'} test split, MLP, {args.seeds} seeds (mean ± sd)")
     print(f"{'backbone':42} {'ROC-AUC macro':>18} {'PR-AUC macro':>18}")
-    for name, (roc, pr) in rows.items():
+    for name, (roc, pr, _) in rows.items():
         print(f"{name:42} {summary(roc):>18} {summary(pr):>18}")
+    print("\nROC-AUC per tag (mean over seeds); a tag near 1.0 for the random backbone leaves no room to win:")
+    short = [name.split(" (")[0][:22] for name in rows]
+    print(f"{'tag':16}" + "".join(f"{n:>24}" for n in short))
+    for tag in sorted(next(iter(rows.values()))[2]):
+        cells = [[v for v in per[2][tag] if v is not None] for per in rows.values()]
+        print(f"{tag:16}" + "".join(f"{statistics.mean(c):>24.3f}" if c else f"{'n/a':>24}" for c in cells))
     trained, random_ = rows[candidates[0][0]], rows["random initialisation"]
     margin = statistics.mean(trained[0]) - statistics.mean(random_[0])
     print(f"margin (pre-trained - random), ROC-AUC macro: {margin:+.4f}")

@@ -96,3 +96,11 @@ def test_pipeline_entry_points_take_the_cli_arguments(stage):
     script = Path(__file__).resolve().parents[1] / "pipelines" / f"{stage}.py"
     run = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and f"usage: mvssl {stage}" in run.stdout
+
+
+def test_quickstart_refuses_tracks_that_ingest_would_reject(tmp_path, capsys):
+    # tracks vary by +-10% around --seconds: 12 s would give some tracks under ingest's 12 s minimum
+    assert main(["quickstart", "--workdir", str(tmp_path), "--seconds", "12"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--seconds 12: at least 13.4" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "library").exists()

@@ -328,15 +328,33 @@ def embed_library(options: EmbedOptions, report: Callable[[str], None] = print) 
             EmbedActor,
             fn_constructor_args=(options.model, options.batch_size, int(options.segment_s * SAMPLE_RATE), tracking_uri),
             batch_size=8,
-            concurrency=max(1, options.workers),
+            compute=ray.data.ActorPoolStrategy(size=max(1, options.workers)),
             num_gpus=1 if options.gpus > 0 else 0,
             num_cpus=0 if options.gpus > 0 else actor_cpus,
         )
+        progress = Progress(len(todo), start, report)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for i in range(len(batch["uri"])):
                 writer.add({k: batch[k][i] for k in batch})
+            progress.add(len(batch["uri"]))
     writer.flush()
     return finalize(out, options, facts, len(items) - len(todo), time.perf_counter() - start)
+
+
+class Progress:
+    """One line when the first results arrive, then one per tenth of the work."""
+
+    def __init__(self, total: int, start: float, report: Callable[[str], None]) -> None:
+        self.total, self.start, self.report, self.done, self.next_tenth = total, start, report, 0, 1
+
+    def add(self, tracks: int) -> None:
+        elapsed = time.perf_counter() - self.start
+        if self.done == 0:
+            self.report(f"[embed] first results after {elapsed:.1f} s")
+        self.done += tracks
+        if self.done * 10 >= self.next_tenth * self.total:
+            self.next_tenth = self.done * 10 // self.total + 1
+            self.report(f"[embed] {self.done}/{self.total} tracks, {elapsed:.1f} s")
 
 
 def finalize(out: Path, options: EmbedOptions, facts: dict, skipped: int, seconds: float) -> EmbedSummary:

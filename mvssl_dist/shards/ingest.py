@@ -333,7 +333,7 @@ def run_units(out: Path, todo: dict[int, list[str]], options: IngestOptions, rep
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = options.progress
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map(process_unit, num_cpus=1, concurrency=options.workers or None)
+    ds = ds.map(process_unit, num_cpus=1, compute=ray.data.TaskPoolStrategy(size=options.workers or None))
     done = 0
     for result in ds.iter_rows():
         done += 1

@@ -286,7 +286,7 @@ def views_dataset(
         },
         batch_size=1,
         num_cpus=num_cpus_per_task,
-        concurrency=concurrency,
+        compute=ray.data.TaskPoolStrategy(size=concurrency),
         batch_format="numpy",
         zero_copy_batch=True,
     )
