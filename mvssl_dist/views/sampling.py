@@ -58,7 +58,7 @@ def is_silent(segment: np.ndarray, track_rms: float, threshold: float = SILENCE_
 
 
 def _energy_function(pcm: np.ndarray, spec: ViewSpec, draws: int):
-    """``starts [..] -> sum of squares of each segment``, exact in int64.
+    """``starts [..] -> sum of squares of each segment``, exact (int64 prefix sums or float64 dots).
 
     When the draws will touch more samples than the track holds, one prefix sum over the
     track makes every segment O(1); otherwise each segment is summed on its own.
@@ -68,9 +68,9 @@ def _energy_function(pcm: np.ndarray, spec: ViewSpec, draws: int):
         prefix = np.concatenate(([0], np.cumsum(np.square(pcm, dtype=np.int64))))
         return lambda starts: prefix[starts + length] - prefix[starts]
 
-    def direct(starts: np.ndarray) -> np.ndarray:
-        flat = [np.dot(x := pcm[s : s + length].astype(np.int64), x) for s in starts.ravel()]
-        return np.array(flat, np.int64).reshape(starts.shape)
+    def direct(starts: np.ndarray) -> np.ndarray:  # float64 sums of int16 squares are exact below 2**53
+        flat = [np.dot(x := pcm[s : s + length].astype(np.float64), x) for s in starts.ravel()]
+        return np.array(flat).reshape(starts.shape)
 
     return direct
 
