@@ -8,7 +8,9 @@ on its own core); (a) decode the compressed file for every pair and cut two clip
 training is usually written); (b) cut the same clips from int16 PCM already in memory with
 numpy (no I/O, no checks). All on the same tracks in the same run.
 
-This machine is noisy, so the paths run in interleaved rounds and each ratio is the median of
+One full untimed pass first warms Ray, its workers and its object store (the first pass of a
+fresh object store faults its pages in and runs 2-3x slower). This machine is noisy, so the paths
+run in interleaved rounds and each ratio is the median of
 the per-round ratios. End to end is given twice: over the whole pass (one Ray Data execution
 start-up and the first shard's read included, ~0.5-1 s) and in steady state (from the first
 batch on), which is what a training run of hours sees.
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     if not (dataset / "dataset.json").is_file():
         options = IngestOptions([str(f) for f in files], str(dataset), shard_target_mb=16, progress=False)
         ingest(options, report=lambda m: None)
-    end_to_end(dataset, 1)  # warm-up: worker processes and imports
+    end_to_end(dataset, args.pairs_per_track)  # warm-up: worker processes, imports, object store pages
     pcm = [np.round(t.audio * 32768).astype(np.int16) for t in read_tracks(dataset)]
     rates: dict[str, list[float]] = {"whole": [], "steady": [], "own": [], "bare": []}
     for round_ in range(args.rounds):
