@@ -1,6 +1,6 @@
 """Views throughput: the Ray Data views dataset vs. a decode-per-pair loop and a bare slice loop.
 
-    python benchmarks/views.py [--minutes 20] [--pairs-per-track 1000] [--rounds 3]
+    python benchmarks/views.py [--minutes 20] [--pairs-per-track 1000] [--rounds 5]
 
 (end-to-end) `views_dataset` with 1 CPU task slot, reading tars from disk, drawing, checking
 silence, cutting and batching, consumed as torch batches by this process (the training side,
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--pairs-per-track", type=int, default=1000, help="draws per track read (more = longer run)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workdir", default="/tmp/mvssl-bench-views")
     args = parser.parse_args(argv)
     work = Path(args.workdir)
