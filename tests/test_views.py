@@ -280,3 +280,11 @@ def test_augmentation_runs_on_the_view_workers(dataset):
         assert list(a["key"]) == list(b["key"])
         np.testing.assert_array_equal(a["views"][:, 0], b["views"][:, 0])
         np.testing.assert_array_equal(a["views"][:, 1], -b["views"][:, 1])
+
+
+def test_a_track_without_level_gives_no_views():
+    pcm = np.full(400_000, 3000, np.int16)
+    for draws in (1, 40):  # both energy paths
+        starts, status = draw_track_views(pcm, 0.0, SPEC, np.random.default_rng(0), draws)
+        assert status == "silent" and len(starts) == 0
+        assert is_silent(pcm[:64000], 0.0)  # the rule it follows

@@ -122,6 +122,10 @@ def read_shard(fileobj: BinaryIO, shard: str, wanted: set[str] | None = None) ->
     seen: set[str] = set()
     key, parts = None, {}
     seekable = getattr(fileobj, "seekable", lambda: False)()
+
+    def keep(name: str | None) -> bool:
+        return name is not None and (wanted is None or name in wanted)
+
     try:
         with tarfile.open(fileobj=fileobj, mode="r:" if seekable else "r|") as tar:
             for info in tar:
@@ -130,7 +134,7 @@ def read_shard(fileobj: BinaryIO, shard: str, wanted: set[str] | None = None) ->
                     yield Malformed(shard, info.name, "invalid member name or type")
                     continue
                 if match["key"] != key:
-                    if key is not None and (wanted is None or key in wanted):
+                    if keep(key):
                         yield _parse_group(shard, key, parts)
                     key, parts = match["key"], {}
                     if key in seen:
@@ -138,10 +142,10 @@ def read_shard(fileobj: BinaryIO, shard: str, wanted: set[str] | None = None) ->
                         key = None
                         continue
                     seen.add(key)
-                if key is None or (wanted is not None and key not in wanted):
+                if not keep(key):
                     continue
                 parts[match["ext"]] = tar.extractfile(info).read()
     except tarfile.TarError as err:
         yield Malformed(shard, "<tar>", f"corrupt tar: {err}")
-    if key is not None and (wanted is None or key in wanted):
+    if keep(key):
         yield _parse_group(shard, key, parts)

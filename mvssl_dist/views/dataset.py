@@ -168,10 +168,10 @@ def table_views(table: pa.Table, writable: bool = False) -> tuple[list[str], np.
     dtype = np.dtype(meta.get(b"views_dtype", b"<i2").decode())
     chunks = [_chunk_array(c, dtype, shape) for c in table.column("views").chunks]
     if len(chunks) == 1 and not writable:
-        views = chunks[0]
-    else:
-        views = np.empty((table.num_rows, *shape), dtype)
-        np.concatenate(chunks, out=views) if chunks else None
+        return table.column("key").to_pylist(), chunks[0]
+    views = np.empty((table.num_rows, *shape), dtype)
+    if chunks:
+        np.concatenate(chunks, out=views)
     return table.column("key").to_pylist(), views
 
 

@@ -89,8 +89,10 @@ def draw_track_views(
     slack = len(pcm) - spec.min_track_samples()
     if slack < 0:
         return np.empty((0, n), np.int64), "too_short"
-    # silent <=> rms < track_rms * exp(threshold / 10) <=> energy < L * (that rms)^2
-    floor = spec.segment_samples * (max(track_rms, 0.0) * math.exp(spec.silence_threshold / 10)) ** 2
+    # silent <=> rms < track_rms * exp(threshold / 10) <=> energy < L * (that rms)^2; every segment
+    # of a track without level is silent (as in is_silent)
+    level = track_rms * math.exp(spec.silence_threshold / 10)
+    floor = spec.segment_samples * level**2 if track_rms > 0 else math.inf
     energy = _energy_function(pcm, spec, draws)
     starts = _placements(slack, spec, rng, draws)
     status = "ok"
