@@ -10,13 +10,15 @@ usage example: decode a file, chunk it, forward in batches of 4, with torch's de
 threads (both cores). Targets: a/b >= 0.8, a/c >= 3 on 2 cores.
 
 (a') is `mvssl embed` on the same audio already ingested (a DATASET_DIR: int16 shards, no
-decoding), the input a GPU job should use. (a) is given over the whole run (Ray Data start-up and the actor's model load included) and
-in steady state (from the first results on). Paths run in interleaved rounds; medians.
+decoding), the input a GPU job should use. (a) is given over the whole run (Ray Data start-up
+and the actor's model load included) and in steady state (between the first and the last
+progress line). Paths run in interleaved rounds; medians.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import statistics
 import sys
@@ -55,15 +57,26 @@ def reference_loop(model: Backbone, files: list[Path], clips: int, threads: int)
 
 
 def end_to_end(sources: list[str], weights: Path, out: Path, clips: int) -> tuple[float, float]:
-    """(clips/s over the whole run, clips/s from the first results on)."""
+    """(clips/s over the whole run, clips/s between the first and the last progress line).
+
+    Progress lines (``[embed] k/N tracks``) give how much was done when; the tracks of the first
+    line and the time before it are left out of the steady rate.
+    """
     shutil.rmtree(out, ignore_errors=True)
-    marks: list[float] = []
+    marks: list[tuple[float, int]] = []
+
+    def report(message: str) -> None:
+        if match := re.match(r"\[embed\] (\d+)/(\d+) tracks", message):
+            marks.append((time.perf_counter(), int(match[1])))
+
     options = EmbedOptions(sources, str(weights), str(out), batch_size=64)
     start = time.perf_counter()
-    summary = embed_library(options, report=lambda m: marks.append(time.perf_counter()) if "first" in m else None)
+    summary = embed_library(options, report=report)
     end = time.perf_counter()
-    assert summary.errors == 0, summary
-    return clips / (end - start), clips / (end - (marks[0] if marks else start))
+    assert summary.errors == 0 and marks, summary
+    (t0, done0), (t1, done1) = marks[0], marks[-1]
+    steady = clips * (done1 - done0) / done1 / (t1 - t0) if t1 > t0 else clips / (end - start)
+    return clips / (end - start), steady
 
 
 def decode_rate(files: list[Path], clips_per_file: float) -> float:

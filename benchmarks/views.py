@@ -10,10 +10,10 @@ numpy (no I/O, no checks). All on the same tracks in the same run.
 
 One full untimed pass first warms Ray, its workers and its object store (the first pass of a
 fresh object store faults its pages in and runs 2-3x slower). This machine is noisy, so the paths
-run in interleaved rounds and each ratio is the median of
-the per-round ratios. End to end is given twice: over the whole pass (one Ray Data execution
-start-up and the first shard's read included, ~0.5-1 s) and in steady state (from the first
-batch on), which is what a training run of hours sees.
+run in interleaved rounds and each ratio is the median of the per-round ratios. End to end is
+given twice: over the whole pass (one Ray Data execution start-up and the first shard's read
+included, ~0.5-1 s) and in steady state (after the first batch, whose clips are not counted),
+which is what a training run of hours sees.
 """
 
 from __future__ import annotations
@@ -47,17 +47,17 @@ def in_process(dataset: Path, pairs: int) -> tuple[int, float]:
     return clips, time.perf_counter() - start
 
 
-def end_to_end(dataset: Path, pairs: int, seed: int = 0) -> tuple[int, float, float]:
-    """(clips, seconds for the whole pass, seconds from the first batch to the last)."""
+def end_to_end(dataset: Path, pairs: int, seed: int = 0) -> tuple[float, float]:
+    """(clips/s over the whole pass, clips/s after the first batch: its clips and wait left out)."""
     ds = views_dataset(dataset, pairs_per_track=pairs, seed=seed, concurrency=1, stats_name=None)
     start = time.perf_counter()
-    clips, first = 0, None
+    clips, first, first_clips = 0, None, 0
     for batch in ds.iter_torch_batches(batch_size=256, collate_fn=collate_views()):
-        if first is None:
-            first, clips_before = time.perf_counter(), clips
         clips += batch["views"].shape[0] * batch["views"].shape[1]
+        if first is None:
+            first, first_clips = time.perf_counter(), clips
     end = time.perf_counter()
-    return clips, end - start, (end - first) * clips / max(1, clips - clips_before)
+    return clips / (end - start), (clips - first_clips) / max(end - first, 1e-9)
 
 
 def decode_per_pair(files: list[Path], pairs: int) -> tuple[int, float]:
@@ -104,12 +104,12 @@ def main(argv: list[str] | None = None) -> None:
     pcm = [np.round(t.audio * 32768).astype(np.int16) for t in read_tracks(dataset)]
     rates: dict[str, list[float]] = {"whole": [], "steady": [], "own": [], "bare": []}
     for round_ in range(args.rounds):
-        clips, whole_s, steady_s = end_to_end(dataset, args.pairs_per_track, seed=round_ + 1)
-        rates["whole"].append(clips / whole_s)
-        rates["steady"].append(clips / steady_s)
-        rates["own"].append(ratio(*in_process(dataset, args.pairs_per_track // 4)))
-        rates["bare"].append(ratio(*bare_slices(pcm, args.pairs_per_track // 4)))
-    dec = ratio(*decode_per_pair(files, 25))
+        whole, steady = end_to_end(dataset, args.pairs_per_track, seed=round_ + 1)
+        rates["whole"].append(whole)
+        rates["steady"].append(steady)
+        rates["own"].append(per_second(*in_process(dataset, args.pairs_per_track // 4)))
+        rates["bare"].append(per_second(*bare_slices(pcm, args.pairs_per_track // 4)))
+    dec = per_second(*decode_per_pair(files, 25))
     median = {k: statistics.median(v) for k, v in rates.items()}
     bare = statistics.median(w / b for w, b in zip(rates["whole"], rates["bare"], strict=True))
     bare_steady = statistics.median(s / b for s, b in zip(rates["steady"], rates["bare"], strict=True))
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"CPU cores of view workers to feed one GPU at {GPU_CLIPS_PER_S} clips/s: {cores:.1f} (steady state)")
 
 
-def ratio(clips: int, seconds: float) -> float:
+def per_second(clips: int, seconds: float) -> float:
     return clips / seconds
 
 
