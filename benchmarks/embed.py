@@ -2,8 +2,8 @@
 
     python benchmarks/embed.py [--minutes 40] [--rounds 2] [--workdir /tmp/mvssl-bench-embed]
 
-(a) `embed_library` end to end: Ray Data decode tasks on one core, one model actor on the
-other (one torch thread: the actor's one CPU); (b) a bare batched forward pass over the same
+(a) `embed_library` end to end: one model actor (one torch thread: the actor's one CPU) and
+Ray Data decode tasks (two per CPU) on the CPU it leaves; (b) a bare batched forward pass over the same
 pre-cut clips, no I/O, on one torch thread: the model's cores are equal in (a) and (b), so
 a/b says how well decoding overlaps the model; (c) a sequential loop as in the reference
 usage example: decode a file, chunk it, forward in batches of 4, with torch's default

@@ -46,6 +46,10 @@ class EmbedOptions:
     ray_address: str | None = None
     rows_per_part: int = int(os.environ.get("MVSSL_EMBED_ROWS_PER_PART", "256"))
     actor_cpus: float = 1.0  # CPUs per model actor when it runs on CPU (torch threads follow)
+    # Two decode tasks per CPU: one task's hand-off gap (return, next task scheduled) is filled by
+    # the other's work. Measured on 2 cores: +30% steady-state embedding rate over 1 task per CPU
+    # (4 per CPU: no better, and a slower start).
+    decode_cpus: float = 0.5
 
 
 @dataclass
@@ -321,7 +325,7 @@ def embed_library(options: EmbedOptions, report: Callable[[str], None] = print) 
             prepare_tracks,
             fn_kwargs={"segment_s": options.segment_s, "hop_s": options.hop_s},
             batch_size=1,
-            num_cpus=1,
+            num_cpus=options.decode_cpus,
             memory=512 * 1024**2,
         )
         ds = ds.map_batches(
