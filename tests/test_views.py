@@ -288,3 +288,57 @@ def test_a_track_without_level_gives_no_views():
         starts, status = draw_track_views(pcm, 0.0, SPEC, np.random.default_rng(0), draws)
         assert status == "silent" and len(starts) == 0
         assert is_silent(pcm[:64000], 0.0)  # the rule it follows
+
+
+def test_idle_backoff_sleeps_only_after_a_pass_where_nothing_moved(monkeypatch):
+    from types import SimpleNamespace
+
+    from mvssl_dist import ray_idle
+
+    slept = []
+    monkeypatch.setattr(ray_idle.time, "sleep", slept.append)
+
+    class Op:
+        def __init__(self) -> None:
+            self.metrics = SimpleNamespace(num_outputs_taken=0)
+            self.active = 1
+
+        def num_active_tasks(self) -> int:
+            return self.active
+
+    class State:
+        def __init__(self) -> None:
+            self.inputs = self.outputs = 3
+
+        def total_enqueued_input_blocks(self) -> int:
+            return self.inputs
+
+        def total_enqueued_output_blocks(self) -> int:
+            return self.outputs
+
+    op, state = Op(), State()
+    executor = SimpleNamespace(_topology={op: state})
+    backoff = ray_idle.IdleBackoff()
+    backoff.on_execution_step(executor)  # first pass: nothing to compare with
+    assert slept == []
+    backoff.on_execution_step(executor)  # nothing moved: back off
+    assert slept == [ray_idle.IDLE_SLEEP_S]
+    op.metrics.num_outputs_taken += 1  # the consumer took a block: no sleep
+    backoff.on_execution_step(executor)
+    state.outputs -= 1
+    backoff.on_execution_step(executor)
+    assert slept == [ray_idle.IDLE_SLEEP_S]
+    backoff.on_execution_step(SimpleNamespace())  # unknown internals: never sleeps, never raises
+    assert slept == [ray_idle.IDLE_SLEEP_S]
+
+
+def test_idle_backoff_joins_the_dataset_context_only(dataset, monkeypatch):
+    import ray.data
+
+    from mvssl_dist.ray_idle import IdleBackoff
+
+    ds = views_dataset(str(dataset), seed=0)
+    assert ds.context.custom_execution_callback_classes.count(IdleBackoff) == 1
+    assert IdleBackoff not in ray.data.DataContext.get_current().custom_execution_callback_classes
+    monkeypatch.setenv("MVSSL_IDLE_BACKOFF", "0")
+    assert IdleBackoff not in views_dataset(str(dataset), seed=0).context.custom_execution_callback_classes

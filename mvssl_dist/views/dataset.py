@@ -254,6 +254,7 @@ def views_dataset(
     """
     import ray
 
+    from mvssl_dist.ray_idle import with_idle_backoff
     from mvssl_dist.views.augment import per_view_chains
 
     if dtype not in ("int16", "float32"):
@@ -275,7 +276,7 @@ def views_dataset(
         stats_actor(stats_name)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds.context.execution_options.preserve_order = preserve_order  # exact batch order for reproducibility
-    return ds.map_batches(
+    ds = ds.map_batches(
         views_block,
         fn_kwargs={
             "spec": spec,
@@ -290,6 +291,7 @@ def views_dataset(
         batch_format="numpy",
         zero_copy_batch=True,
     )
+    return with_idle_backoff(ds)  # a views dataset mostly waits on training: no spinning meanwhile
 
 
 def collate_views():
