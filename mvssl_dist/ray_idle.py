@@ -45,9 +45,9 @@ class IdleBackoff(ExecutionCallback):
 
 def with_idle_backoff(ds):
     """``ds`` with :class:`IdleBackoff` in its execution callbacks (its own context only)."""
-    context = ds.context
     if os.environ.get("MVSSL_IDLE_BACKOFF", "1") == "0":
         return ds
+    context = ds.context
     if IdleBackoff not in context.custom_execution_callback_classes:
         context.custom_execution_callback_classes = [*context.custom_execution_callback_classes, IdleBackoff]
     return ds
