@@ -301,10 +301,9 @@ def test_idle_backoff_sleeps_only_after_a_pass_where_nothing_moved(monkeypatch):
     class Op:
         def __init__(self) -> None:
             self.metrics = SimpleNamespace(num_outputs_taken=0)
-            self.active = 1
 
         def num_active_tasks(self) -> int:
-            return self.active
+            return 1
 
     class State:
         def __init__(self) -> None:
