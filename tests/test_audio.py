@@ -115,3 +115,41 @@ def test_empty_bytes_and_zero_length_stream(tmp_path):
     with pytest.raises(AudioDecodeError) as info:
         decode(tmp_path / "zero.wav")
     assert info.value.reason == "zero_length"
+
+
+class _FakePacket:
+    def __init__(self, frame) -> None:
+        self.frame = frame
+
+    def decode(self):
+        return [self.frame]
+
+
+class _FakeContainer:
+    """Yields pre-made frames, as a stream whose sample format and layout change midway."""
+
+    def __init__(self, frames) -> None:
+        self.frames = frames
+
+    def demux(self, stream):
+        return [_FakePacket(f) for f in self.frames]
+
+
+def test_frames_that_change_format_midway_are_all_decoded():
+    import av
+
+    from mvssl_dist.audio.decode import RESAMPLE_BLOCK, _decode_stream
+
+    rng = np.random.default_rng(0)
+    mono = (rng.uniform(-0.5, 0.5, (1, 3000)) * 32767).astype(np.int16)
+    stereo = rng.uniform(-0.5, 0.5, (2, RESAMPLE_BLOCK + 500)).astype(np.float32)
+    frames = []
+    for data, fmt, layout in [(mono, "s16", "mono"), (stereo, "fltp", "stereo"), (mono, "s16", "mono")]:
+        frame = av.AudioFrame.from_ndarray(data, format=fmt, layout=layout)
+        frame.sample_rate = 16000
+        frames.append(frame)
+    stream = type("Stream", (), {"codec_context": type("Ctx", (), {"channels": 1})()})()
+    chunks, native, _ = _decode_stream(_FakeContainer(frames), stream, "fake", 16000)
+    expected = np.concatenate([mono[0] / 32768.0, stereo.mean(axis=0), mono[0] / 32768.0]).astype(np.float32)
+    assert native == len(expected)
+    np.testing.assert_allclose(np.concatenate(chunks), expected, atol=1e-7)
