@@ -13,18 +13,21 @@ The shared fixture is a release-format file with non-trivial but untrained weigh
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 from pathlib import Path
 
-from mvssl_dist.evaluate import EvaluateOptions, ProbeConfig, evaluate
+import numpy as np
+
+from mvssl_dist.evaluate import EvaluateOptions, ProbeConfig, compare, evaluate
 from mvssl_dist.quickstart import QuickstartOptions, run_quickstart
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "seed_compat" / "contrastive_backbone_only.pt"
 
 
-def scores(model: str, work: Path, seeds: int) -> tuple[list[float], list[float], dict[str, list[float]]]:
-    """(ROC-AUC macro per seed, PR-AUC macro per seed, {tag: ROC-AUC per seed})."""
-    roc, pr, per_tag = [], [], {}
+def scores(model: str, work: Path, seeds: int) -> tuple[list[float], list[float], dict[str, list[float]], list]:
+    """(ROC-AUC macro per seed, PR-AUC macro per seed, {tag: ROC-AUC per seed}, the results)."""
+    roc, pr, per_tag, results = [], [], {}, []
     for seed in range(seeds):
         options = EvaluateOptions(
             model,
@@ -35,11 +38,19 @@ def scores(model: str, work: Path, seeds: int) -> tuple[list[float], list[float]
             experiment="mvssl-benchmark-probe",
         )
         result = evaluate(options, report=lambda m: None)
+        results.append(result)
         roc.append(result.metrics["roc_auc_macro"])
         pr.append(result.metrics["pr_auc_macro"])
         for tag in result.per_tag:
             per_tag.setdefault(tag.tag, []).append(tag.roc_auc)
-    return roc, pr, per_tag
+    return roc, pr, per_tag, results
+
+
+def seed_mean(results: list):
+    """One result whose test scores are the mean over the probe seeds (same tracks, same order)."""
+    mean = copy.copy(results[0])
+    mean.test_scores = np.mean([r.test_scores for r in results], axis=0)
+    return mean
 
 
 def summary(values: list[float]) -> str:
@@ -63,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = {name: scores(model, work, args.seeds) for name, model in candidates}
     print(f"probe on {work / 'library' / 'labels.csv'} test split, MLP, {args.seeds} seeds (mean ± sd)")
     print(f"{'backbone':42} {'ROC-AUC macro':>18} {'PR-AUC macro':>18}")
-    for name, (roc, pr, _) in rows.items():
+    for name, (roc, pr, _, _) in rows.items():
         print(f"{name:42} {summary(roc):>18} {summary(pr):>18}")
     print("\nROC-AUC per tag (mean over seeds); a tag near 1.0 for the random backbone leaves no room to win:")
     short = [name.split(" (")[0][:22] for name in rows]
@@ -77,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"margin (pre-trained - random), PR-AUC macro:  {statistics.mean(trained[1]) - statistics.mean(random_[1]):+.4f}"
     )
+    paired = compare(seed_mean(trained[3]), seed_mean(random_[3]))
+    print(f"paired over test tracks (probe outputs averaged over seeds), ROC-AUC macro: {paired.describe()}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 MODEL_NAME = "mvssl-quickstart"
@@ -139,7 +139,6 @@ def embed_tracks(opts: QuickstartOptions, work: Path, model_uri: str, say) -> di
 
 def evaluate_model(opts, work: Path, model: str, tracking_uri: str, features_dir, promote: str | None, say) -> dict:
     from mvssl_dist.evaluate import EvaluateOptions, evaluate
-    from mvssl_dist.evaluate.report import SUMMARY_KEYS
 
     options = EvaluateOptions(
         model,
@@ -155,8 +154,13 @@ def evaluate_model(opts, work: Path, model: str, tracking_uri: str, features_dir
     say(
         f"  {model}: ROC-AUC macro {result.metrics['roc_auc_macro']:.4f}, PR-AUC macro {result.metrics['pr_auc_macro']:.4f}"
     )
+    return result
+
+
+def evaluation_record(result) -> dict:
+    from mvssl_dist.evaluate.report import SUMMARY_KEYS
+
     return {
-        "model": model,
         "run_id": result.run_id,
         **{k: result.metrics[k] for k in SUMMARY_KEYS},
         "promoted": result.promoted,
@@ -231,9 +235,17 @@ def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = print) 
     )
 
     def evaluate_both() -> dict:
+        from mvssl_dist.evaluate import compare
+
         ours = evaluate_model(opts, work, trained["model_uri"], tracking_uri, str(work / "embeddings"), "champion", say)
         random = evaluate_model(opts, work, "random:0", tracking_uri, None, None, say)
-        return {"model": ours, "random": random}
+        margin = compare(ours, random)
+        say(f"  model - random, ROC-AUC macro: {margin.describe()}")
+        return {
+            "model": {"model": trained["model_uri"], **evaluation_record(ours)},
+            "random": {"model": "random:0", **evaluation_record(random)},
+            "margin": {**asdict(margin), "verdict": margin.verdict(), "text": margin.describe()},
+        }
 
     stage(5, "evaluate", "probing tags on frozen embeddings: the model vs. a random backbone", evaluate_both)
     say("[6/6] summary")
@@ -255,6 +267,7 @@ def summary_lines(work: Path, state: dict, tracking_uri: str) -> list[str]:
         f"load it with load_backbone('models:/{MODEL_NAME}@champion')",
         f"  probe     ROC-AUC macro {ours['roc_auc_macro']:.4f} vs. random backbone {rnd['roc_auc_macro']:.4f} "
         f"(PR-AUC {ours['pr_auc_macro']:.4f} vs. {rnd['pr_auc_macro']:.4f}); {ours['promotion']}",
+        *([f"            model - random: {ev['margin']['text']}"] if "margin" in ev else []),
         f"  embeddings {emb['out']}: {emb['tracks']} tracks",
         f"  browse runs and models:  {ui}   (then open http://127.0.0.1:5000)",
         f"  similar tracks:          mvssl neighbours --embeddings {emb['out']} --key {key} -k 5",

@@ -26,6 +26,8 @@ from mvssl_dist.evaluate import (
     evaluate,
     load_string_list,
     load_task,
+    macro_roc_auc,
+    roc_auc_margin,
     tagging_metrics,
     track_scores,
     train_probe,
@@ -188,6 +190,32 @@ def test_metrics_equal_scikit_learn_and_a_hand_computed_case():
     assert tiny["roc_auc_macro"] == pytest.approx(0.75)
     # AP: ranked 0.8(+) 0.4(-) 0.35(+) 0.1(-): precision at the two hits 1 and 2/3 -> 5/6
     assert tiny["pr_auc_macro"] == pytest.approx(5 / 6)
+
+
+def test_rank_form_macro_auc_equals_scikit_learn_with_ties_and_unscorable_tags():
+    rng = np.random.default_rng(1)
+    y = (rng.random((40, 5)) < 0.4).astype(int)
+    y[:, 4] = 1  # no negative: left out, as in tagging_metrics
+    s = np.round(rng.random((40, 5)) + 0.3 * y, 1)  # rounded: many ties
+    assert macro_roc_auc(y, s) == pytest.approx(roc_auc_score(y[:, :4], s[:, :4], average="macro"), abs=1e-12)
+
+
+def test_paired_margin_resolves_a_real_gap_and_calls_equal_probes_a_tie():
+    rng = np.random.default_rng(2)
+    y = (rng.random((200, 6)) < 0.4).astype(int)
+    good, poor = rng.normal(size=y.shape) + 2.0 * y, rng.normal(size=y.shape) + 0.3 * y
+    gap = roc_auc_margin(y, good, poor, resamples=500)
+    assert gap.low > 0 and gap.verdict() == "better"
+    assert gap.difference == pytest.approx(
+        roc_auc_score(y, good, average="macro") - roc_auc_score(y, poor, average="macro")
+    )
+    assert roc_auc_margin(y, poor, good, resamples=500).verdict() == "worse"
+    same = roc_auc_margin(y, good, good + 1e-9 * rng.normal(size=y.shape), resamples=500)
+    assert same.low <= 0 <= same.high and same.verdict().startswith("a tie")
+    few = roc_auc_margin(y[:12], good[:12], poor[:12], resamples=500)  # 12 tracks cannot resolve it as well
+    assert few.high - few.low > gap.high - gap.low
+    with pytest.raises(ValueError, match="shapes differ"):
+        roc_auc_margin(y, good[:10], poor)
 
 
 # --------------------------------------------------------------------------- probes on generated music

@@ -65,10 +65,16 @@ def test_pretraining_lowers_the_loss_and_both_backbones_are_scored(quickstart):
         scored = state["evaluate"][side]
         assert 0.5 < scored["roc_auc_macro"] <= 1.0, scored
         assert client.get_run(scored["run_id"]).data.metrics["test.roc_auc_macro"] == scored["roc_auc_macro"]
+    # The margin is paired over the same test tracks and its interval brackets the difference.
+    margin = state["evaluate"]["margin"]
+    difference = state["evaluate"]["model"]["roc_auc_macro"] - state["evaluate"]["random"]["roc_auc_macro"]
+    assert margin["difference"] == pytest.approx(difference, abs=1e-9)
+    assert margin["low"] <= margin["difference"] <= margin["high"] and margin["tracks"] == TRACKS // 5
 
 
 def test_a_second_run_reuses_everything_and_says_where_to_look(quickstart):
     work, tracking, _, (again, printed), rerun_s = quickstart
     assert again == 0 and rerun_s < 60 and printed.count("already done") == 5, printed
     assert f"mlflow ui --backend-store-uri {tracking}" in printed
+    assert "model - random: " in printed and "interval" in printed
     assert f"mvssl neighbours --embeddings {work / 'embeddings'} --key " in printed

@@ -59,3 +59,71 @@ def tagging_metrics(y_true: np.ndarray, y_score: np.ndarray, vocabulary: list[st
             )
         )
     return summary, per_tag
+
+
+def macro_roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """Macro ROC-AUC over the tags with both classes, as the Mann-Whitney U statistic (ties count half).
+
+    Equal to scikit-learn's ``roc_auc_score(..., average="macro")`` on those tags (tested), and
+    vectorised over tags, so a bootstrap of a few thousand resamples takes a fraction of a second.
+    """
+    from scipy.stats import rankdata
+
+    keep = scorable(y_true)
+    y = np.asarray(y_true, np.float64)[:, keep]
+    ranks = rankdata(np.asarray(y_score, np.float64)[:, keep], axis=0)
+    positives = y.sum(axis=0)
+    negatives = len(y) - positives
+    return float((((ranks * y).sum(axis=0) - positives * (positives + 1) / 2) / (positives * negatives)).mean())
+
+
+@dataclass
+class Margin:
+    """Macro ROC-AUC of one probe minus another's on the same test tracks, with a bootstrap interval."""
+
+    difference: float
+    low: float
+    high: float
+    level: float
+    tracks: int
+
+    def verdict(self) -> str:
+        if self.low > 0:
+            return "better"
+        if self.high < 0:
+            return "worse"
+        return "a tie within the test split's noise"
+
+    def describe(self) -> str:
+        return (
+            f"{self.difference:+.4f} ({self.level:.0%} interval {self.low:+.4f} to {self.high:+.4f} "
+            f"over the {self.tracks} test tracks): {self.verdict()}"
+        )
+
+
+def roc_auc_margin(
+    y_true: np.ndarray,
+    score_a: np.ndarray,
+    score_b: np.ndarray,
+    resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Margin:
+    """Paired bootstrap over test tracks of macro ROC-AUC(a) - macro ROC-AUC(b).
+
+    ``y_true``, ``score_a``, ``score_b``: ``[tracks, tags]`` for the same tracks in the same order.
+    Each resample draws tracks with replacement and scores both probes on the tags that have both
+    classes in it, so the interval says how much of a difference the test split can resolve.
+    """
+    y_true = np.asarray(y_true)
+    if not (y_true.shape == np.shape(score_a) == np.shape(score_b)):
+        raise ValueError(f"shapes differ: labels {y_true.shape}, scores {np.shape(score_a)} and {np.shape(score_b)}")
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(resamples):
+        rows = rng.integers(0, len(y_true), len(y_true))
+        if scorable(y_true[rows]).any():
+            diffs.append(macro_roc_auc(y_true[rows], score_a[rows]) - macro_roc_auc(y_true[rows], score_b[rows]))
+    difference = macro_roc_auc(y_true, score_a) - macro_roc_auc(y_true, score_b)
+    low, high = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2]) if diffs else (difference, difference)
+    return Margin(difference, float(low), float(high), level, len(y_true))

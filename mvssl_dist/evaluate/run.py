@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mvssl_dist.evaluate.metrics import TagScore, tagging_metrics
+from mvssl_dist.evaluate.metrics import Margin, TagScore, roc_auc_margin, tagging_metrics
 from mvssl_dist.evaluate.probe import ProbeConfig, SplitFeatures, track_scores, train_probe
 from mvssl_dist.evaluate.tasks import SPLITS, Task, limit_train, load_task
 from mvssl_dist.models.backbone import EMBEDDING_DIM
@@ -61,6 +61,11 @@ class EvaluateResult:
     promoted: bool | None = None
     promotion_note: str = ""
     seconds: float = 0.0
+    # the test split's tracks (task paths), labels and track scores: two results on the same
+    # task can be compared track by track (``metrics.roc_auc_margin``)
+    test_tracks: list[str] = field(default_factory=list)
+    test_labels: np.ndarray | None = None
+    test_scores: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------- model identity
@@ -187,6 +192,23 @@ def split_features(task: Task, present: dict[int, str], features: dict[str, np.n
     return SplitFeatures(np.concatenate(segments).astype(np.float32), np.array(owner), np.stack(labels))
 
 
+def split_tracks(task: Task, present: dict[int, str], features: dict[str, np.ndarray], split: str) -> list[str]:
+    """The task paths of a split's tracks, in :func:`split_features`' order."""
+    return [t.path for i, t in enumerate(task.tracks) if t.split == split and present.get(i) in features]
+
+
+def compare(a: EvaluateResult, b: EvaluateResult, **bootstrap) -> Margin:
+    """Macro ROC-AUC of ``a`` minus ``b`` on the test tracks both scored, with a paired bootstrap interval."""
+    if a.test_scores is None or b.test_scores is None:
+        raise EvaluateError("compare: both results need their test predictions")
+    rows_b = {track: j for j, track in enumerate(b.test_tracks)}
+    both = [(i, rows_b[track]) for i, track in enumerate(a.test_tracks) if track in rows_b]
+    if not both:
+        raise EvaluateError("compare: the two evaluations share no test track")
+    ia, ib = (np.array(x) for x in zip(*both, strict=True))
+    return roc_auc_margin(a.test_labels[ia], a.test_scores[ia], b.test_scores[ib], **bootstrap)
+
+
 # --------------------------------------------------------------------------- driver
 def evaluate(options: EvaluateOptions, report: Callable[[str], None] = print) -> EvaluateResult:
     from mvssl_dist.evaluate.tasks import TaskError
@@ -227,14 +249,15 @@ def evaluate(options: EvaluateOptions, report: Callable[[str], None] = print) ->
     splits = {s: split_features(task, present, features, s) for s in SPLITS}
     report(f"[evaluate] training a {options.probe.kind} probe on {len(splits['train'].segments)} segments")
     probe = train_probe(splits["train"], splits["validation"], options.probe)
+    test_scores = track_scores(probe.model, splits["test"])
     try:
-        metrics, per_tag = tagging_metrics(
-            splits["test"].labels, track_scores(probe.model, splits["test"]), task.vocabulary
-        )
+        metrics, per_tag = tagging_metrics(splits["test"].labels, test_scores, task.vocabulary)
     except ValueError as err:
         raise EvaluateError(f"task {task.name}, test split: {err}") from None
     metrics.update(probe_epochs=probe.epochs, probe_best_epoch=probe.best_epoch)
     result = EvaluateResult(task.slug(), metrics, per_tag, missing, features_dir)
+    result.test_tracks = split_tracks(task, present, features, "test")
+    result.test_labels, result.test_scores = splits["test"].labels, test_scores
     result.model_name, result.model_version = facts.get("model_name"), facts.get("model_version")
     result.seconds = time.perf_counter() - start
     from mvssl_dist.evaluate.report import log_evaluation
