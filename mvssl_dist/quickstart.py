@@ -137,7 +137,7 @@ def embed_tracks(opts: QuickstartOptions, work: Path, model_uri: str, say) -> di
     return {"tracks": summary.tracks, "errors": summary.errors, "out": str(work / "embeddings")}
 
 
-def evaluate_model(opts, work: Path, model: str, tracking_uri: str, features_dir, promote: str | None, say) -> dict:
+def evaluate_model(opts, work: Path, model: str, tracking_uri: str, features_dir, promote: str | None, say):
     from mvssl_dist.evaluate import EvaluateOptions, evaluate
 
     options = EvaluateOptions(

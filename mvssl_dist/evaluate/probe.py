@@ -26,11 +26,12 @@ class ProbeConfig:
 
 @dataclass
 class SplitFeatures:
-    """One split: every segment embedding, the track each belongs to, the tracks' labels."""
+    """One split: every segment embedding, the track each belongs to, the tracks' labels and paths."""
 
     segments: np.ndarray  # [segments, dim] float32
     owner: np.ndarray  # [segments] int, index into labels
     labels: np.ndarray  # [tracks, tags] float32
+    tracks: list[str] = field(default_factory=list)  # the task path of each row of labels
 
     def segment_labels(self) -> np.ndarray:
         return self.labels[self.owner]

@@ -179,7 +179,7 @@ def read_features(out: Path, wanted: set[str]) -> tuple[dict[str, np.ndarray], d
 
 
 def split_features(task: Task, present: dict[int, str], features: dict[str, np.ndarray], split: str) -> SplitFeatures:
-    segments, owner, labels = [], [], []
+    segments, owner, labels, tracks = [], [], [], []
     for i, track in enumerate(task.tracks):
         if track.split != split or present.get(i) not in features:
             continue
@@ -187,14 +187,10 @@ def split_features(task: Task, present: dict[int, str], features: dict[str, np.n
         segments.append(matrix)
         owner += [len(labels)] * len(matrix)
         labels.append(track.labels)
+        tracks.append(track.path)
     if not labels:
         raise EvaluateError(f"task {task.name}: no {split} track has audio features")
-    return SplitFeatures(np.concatenate(segments).astype(np.float32), np.array(owner), np.stack(labels))
-
-
-def split_tracks(task: Task, present: dict[int, str], features: dict[str, np.ndarray], split: str) -> list[str]:
-    """The task paths of a split's tracks, in :func:`split_features`' order."""
-    return [t.path for i, t in enumerate(task.tracks) if t.split == split and present.get(i) in features]
+    return SplitFeatures(np.concatenate(segments).astype(np.float32), np.array(owner), np.stack(labels), tracks)
 
 
 def compare(a: EvaluateResult, b: EvaluateResult, **bootstrap) -> Margin:
@@ -256,8 +252,11 @@ def evaluate(options: EvaluateOptions, report: Callable[[str], None] = print) ->
         raise EvaluateError(f"task {task.name}, test split: {err}") from None
     metrics.update(probe_epochs=probe.epochs, probe_best_epoch=probe.best_epoch)
     result = EvaluateResult(task.slug(), metrics, per_tag, missing, features_dir)
-    result.test_tracks = split_tracks(task, present, features, "test")
-    result.test_labels, result.test_scores = splits["test"].labels, test_scores
+    result.test_tracks, result.test_labels, result.test_scores = (
+        splits["test"].tracks,
+        splits["test"].labels,
+        test_scores,
+    )
     result.model_name, result.model_version = facts.get("model_name"), facts.get("model_version")
     result.seconds = time.perf_counter() - start
     from mvssl_dist.evaluate.report import log_evaluation
