@@ -26,13 +26,16 @@ ATOL = 1e-5
 
 
 # ----------------------------------------------------------------- independent implementations
-def nt_xent_loops(z, temperature=0.1):
+def nt_xent_loops(z, temperature=0.1, tracks=None):
+    """With ``tracks``, a different row of the anchor's track is in no denominator."""
     views, batch, _ = z.shape
+    tracks = list(range(batch)) if tracks is None else [int(t) for t in tracks]
     items = [(v, b) for v in range(views) for b in range(batch)]
     terms = []
     for v, b in items:
         anchor = z[v, b]
-        sims = {(w, c): F.cosine_similarity(anchor, z[w, c], dim=0) / temperature for w, c in items if (w, c) != (v, b)}
+        others = [(w, c) for w, c in items if (w, c) != (v, b) and (c == b or tracks[c] != tracks[b])]
+        sims = {(w, c): F.cosine_similarity(anchor, z[w, c], dim=0) / temperature for w, c in others}
         denominator = sum(torch.exp(s) for s in sims.values())
         for w in range(views):
             if w != v:
@@ -131,6 +134,27 @@ def test_nt_xent_hand_computed():
     assert nt_xent(z)[0].item() == pytest.approx(math.log(1 + 2 * math.exp(-10)), abs=1e-6)
 
 
+@pytest.mark.parametrize("views", [2, 3])
+def test_nt_xent_leaves_same_track_rows_out_of_the_negatives(views):
+    z = torch.randn(views, 6, 8)
+    tracks = torch.tensor([7, 3, 7, 5, 3, 7])
+    assert nt_xent(z, tracks=tracks)[0].item() == pytest.approx(nt_xent_loops(z, tracks=tracks).item(), abs=ATOL)
+    assert nt_xent(z, tracks=tracks)[0].item() != pytest.approx(nt_xent(z)[0].item(), abs=1e-3)
+    distinct = torch.tensor([11, 3, 7, 5, 2, 9])  # one row per track: the reference's loss, unchanged
+    assert nt_xent(z, tracks=distinct)[0].item() == pytest.approx(nt_xent(z)[0].item(), abs=1e-6)
+
+
+def test_nt_xent_same_track_rows_hand_computed():
+    # Rows 0 and 1 are one track, row 2 another, all orthogonal, both views identical. Row 0's
+    # denominator has its positive (cos 1) and row 2's two views (cos 0); row 1's views are
+    # left out. Row 2 sees its positive and four views at cos 0.
+    e = torch.eye(3)
+    z = torch.stack([e, e])
+    loss = nt_xent(z, tracks=torch.tensor([4, 4, 9]))[0].item()
+    per_row = [math.log(1 + 2 * math.exp(-10))] * 2 + [math.log(1 + 4 * math.exp(-10))]
+    assert loss == pytest.approx(sum(per_row) / 3, abs=1e-6)
+
+
 def test_nt_xent_lower_for_aligned_than_shuffled():
     base = torch.randn(32, 16)
     aligned = torch.stack([base, base + 0.05 * torch.randn(32, 16)])
@@ -215,7 +239,7 @@ def _losses(inputs):
     z, pred, target = inputs["z"], inputs["pred"], inputs["target"]
     student, teacher, center = inputs["student"], inputs["teacher"], inputs["center"]
     return {
-        "nt_xent": nt_xent(z)[0],
+        "nt_xent": nt_xent(z, tracks=inputs["tracks"])[0],
         "byol": byol_loss(pred, target)[0],
         "clustering": clustering_loss(student, teacher, center)[0],
         "barlow_twins": barlow_twins_loss(z)[0],
@@ -229,6 +253,7 @@ def _make_inputs(seed=0, batch=8):
     inputs = {k: torch.randn(*s, generator=g, dtype=torch.float32) for k, s in shapes.items()}
     inputs["teacher"] = torch.randn(3, batch, 5, generator=g, dtype=torch.float32)
     inputs["center"] = torch.randn(1, 5, generator=g, dtype=torch.float32) * 0.1
+    inputs["tracks"] = torch.arange(batch) % (batch - 3)  # rows 0-2 share tracks with rows on the other rank
     return inputs
 
 
@@ -249,7 +274,8 @@ def _distributed_worker(rank, world, expected, expected_center, out_dir):
     for name, (loss_full, grads_full) in expected.items():
         inputs = {}
         for k, v in _make_inputs().items():
-            local = v if k == "center" else v[:, rank * half : (rank + 1) * half].clone()
+            rows = slice(rank * half, (rank + 1) * half)
+            local = v if k == "center" else v[rows].clone() if k == "tracks" else v[:, rows].clone()
             inputs[k] = local.requires_grad_(k in ("z", "pred", "student"))
         loss = _losses(inputs)[name]
         loss.backward()

@@ -126,3 +126,16 @@ def test_tiny_training_loop_decreases_the_loss(name):
         assert math.isfinite(metrics["effective_rank"]) and metrics["embedding_std"] > 0
     assert all(math.isfinite(v) for v in losses)
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
+
+
+def test_contrastive_takes_track_ids_into_its_loss():
+    torch.manual_seed(0)
+    method = build_method("contrastive").eval()
+    views = torch.randn(4, 2, 64000) * 0.1
+    values = Schedules(total_steps=1, steps_per_epoch=1, lr=1e-3).at(0)
+    with torch.no_grad():
+        plain = method(views, values)[0]
+        distinct = method(views, values, torch.tensor([1, 2, 3, 4]))[0]
+        shared = method(views, values, torch.tensor([1, 1, 3, 4]))[0]
+    assert distinct.item() == pytest.approx(plain.item(), abs=1e-6)
+    assert shared.item() < plain.item()  # fewer negatives in rows 0 and 1's denominators

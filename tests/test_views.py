@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import io
 import shutil
 import tarfile
@@ -35,6 +36,7 @@ from mvssl_dist.views.augment import (
     speed,
     validate_chain,
 )
+from mvssl_dist.views.dataset import track_ids
 
 SPEC = ViewSpec()
 
@@ -154,6 +156,14 @@ def test_float_dtype_and_torch_batches(dataset):
     batch = next(iter(ds.iter_torch_batches(batch_size=2, collate_fn=collate_views())))
     assert batch["views"].dtype == torch.float32 and batch["views"].shape == (2, 3, 64000)
     assert batch["views"].abs().max() <= 1.0 and len(batch["key"]) == 2
+    assert batch["track"].tolist() == track_ids(batch["key"]).tolist()
+
+
+def test_track_ids_are_stable_64_bit_and_equal_for_equal_keys():
+    ids = track_ids(["a/b.flac", "c.mp3", "a/b.flac"])
+    assert ids.dtype == np.int64 and ids[0] == ids[2] != ids[1]
+    # blake2b, not Python's per-process salted hash(): every Ray Train worker agrees
+    assert ids[1] == int.from_bytes(hashlib.blake2b(b"c.mp3", digest_size=8).digest(), "little", signed=True)
 
 
 @pytest.mark.slow

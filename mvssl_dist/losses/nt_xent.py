@@ -5,34 +5,46 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mvssl_dist.losses.distributed import gather
+from mvssl_dist.losses.distributed import gather, gather_no_grad
 
 LOG_FLOOR = -100.0  # the reference clamps log(ratio) at -100
 
 
-def nt_xent(z: torch.Tensor, temperature: float = 0.1) -> tuple[torch.Tensor, dict[str, float]]:
+def nt_xent(
+    z: torch.Tensor, temperature: float = 0.1, tracks: torch.Tensor | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
     """NT-Xent with cosine similarity.
 
     Args:
         z: ``[views, batch, features]`` projections; gathered across workers along ``batch``.
         temperature: softmax temperature (0.1 in the reference).
+        tracks: optional ``[batch]`` int64 track ids, gathered like ``z``. Rows of the same
+            track are not negatives of each other: they are left out of each other's
+            denominators (they are not positives either). ``None``: every row is its own track.
 
-    For every embedding (anchor) and every other view of the same track (positive):
+    For every embedding (anchor) and every other view of the same row (positive):
     ``-log(exp(s_pos) / sum_{j != anchor} exp(s_j))`` with ``s = cos / temperature``; the
     denominator runs over every other embedding of the gathered batch (the reference's
-    "negatives" mask excludes only the anchor itself). Computed as ``s_pos - logsumexp``,
-    which equals the reference's max-subtracted ratio, with the same ``log >= -100`` clamp.
-    Returns the mean over ``views * N * (views - 1)`` (anchor, positive) pairs, ``N`` the
-    gathered batch. With 2 views this is exactly the reference's value.
+    "negatives" mask excludes only the anchor itself), less other rows of the anchor's track.
+    Computed as ``s_pos - logsumexp``, which equals the reference's max-subtracted ratio, with
+    the same ``log >= -100`` clamp. Returns the mean over ``views * N * (views - 1)`` (anchor,
+    positive) pairs, ``N`` the gathered batch. With 2 views and distinct tracks (the
+    reference's setting: a catalogue far larger than a batch) this is exactly the reference's
+    value. A small library puts several rows of one track in a batch; as negatives they would
+    teach the model to tell apart two parts of the same track.
     """
     z = gather(z.float(), dim=1)
     views, batch, _ = z.shape
     flat = F.normalize(z.reshape(views * batch, -1), dim=-1)
     sim = flat @ flat.T / temperature  # [VN, VN]
     self_mask = torch.eye(views * batch, dtype=torch.bool, device=z.device)
-    log_denominator = torch.logsumexp(sim.masked_fill(self_mask, float("-inf")), dim=1, keepdim=True)
-    track = torch.arange(views * batch, device=z.device) % batch
-    positive = (track[:, None] == track[None, :]) & ~self_mask
+    row = torch.arange(views * batch, device=z.device) % batch
+    positive = (row[:, None] == row[None, :]) & ~self_mask
+    left_out = self_mask
+    if tracks is not None:
+        track = gather_no_grad(tracks.to(z.device), dim=0)[row]
+        left_out = self_mask | ((track[:, None] == track[None, :]) & (row[:, None] != row[None, :]))
+    log_denominator = torch.logsumexp(sim.masked_fill(left_out, float("-inf")), dim=1, keepdim=True)
     log_ratio = (sim - log_denominator).clamp(min=LOG_FLOOR)
     loss = -log_ratio[positive].mean()
     return loss, {"nt_xent": loss.item()}

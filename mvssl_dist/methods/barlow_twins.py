@@ -16,5 +16,5 @@ class BarlowTwins(SSLMethod):
         super().__init__(head_widths)
         self.off_coef = off_coef
 
-    def compute_loss(self, views, projections, schedule):
+    def compute_loss(self, views, projections, schedule, tracks=None):
         return barlow_twins_loss(projections, self.off_coef)

@@ -38,8 +38,9 @@ class ReleaseLayoutError(ValueError):
 class SSLMethod(nn.Module):
     """Base of every method. A subclass sets the class attributes and writes ``compute_loss``.
 
-    ``forward(views, schedule)`` is the training step's loss: ``views`` is the data's
-    ``[batch, views, samples]`` and ``schedule`` the values of :class:`Schedules.at`.
+    ``forward(views, schedule, tracks)`` is the training step's loss: ``views`` is the data's
+    ``[batch, views, samples]``, ``schedule`` the values of :class:`Schedules.at` and
+    ``tracks`` (optional) the rows' ``[batch]`` int64 track ids (:func:`track_ids`).
     """
 
     name: ClassVar[str]
@@ -63,14 +64,20 @@ class SSLMethod(nn.Module):
         return self.student.backbone
 
     def compute_loss(
-        self, views: torch.Tensor, projections: torch.Tensor, schedule: Mapping[str, float]
+        self,
+        views: torch.Tensor,
+        projections: torch.Tensor,
+        schedule: Mapping[str, float],
+        tracks: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
-    def forward(self, views: torch.Tensor, schedule: Mapping[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(
+        self, views: torch.Tensor, schedule: Mapping[str, float], tracks: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         views = views.transpose(0, 1)  # [B, V, S] -> [V, B, S]
         embeddings, projections = self.student(views)
-        loss, metrics = self.compute_loss(views, projections, schedule)
+        loss, metrics = self.compute_loss(views, projections, schedule, tracks)
         flat = embeddings.detach().reshape(-1, embeddings.shape[-1])
         metrics.update(loss=loss.item(), embedding_std=embedding_std(flat), effective_rank=effective_rank(flat))
         return loss, metrics

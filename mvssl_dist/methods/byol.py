@@ -26,6 +26,6 @@ class BYOL(SSLMethod):
             raise ValueError("predictor_widths must end with the head's output width")
         self.predictor = Head(self.student.head.out_dim, predictor_widths)
 
-    def compute_loss(self, views, projections, schedule):
+    def compute_loss(self, views, projections, schedule, tracks=None):
         prediction = torch.stack([self.predictor(p) for p in projections])
         return byol_loss(prediction, self.teacher_projections(views))

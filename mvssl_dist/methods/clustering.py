@@ -21,7 +21,7 @@ class Clustering(SSLMethod):
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, self.student.head.out_dim))
 
-    def compute_loss(self, views, projections, schedule):
+    def compute_loss(self, views, projections, schedule, tracks=None):
         teacher = self.teacher_projections(views)
         loss, metrics = clustering_loss(
             projections, teacher, self.center, schedule["student_temp"], schedule["teacher_temp"]

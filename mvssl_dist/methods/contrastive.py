@@ -16,5 +16,5 @@ class Contrastive(SSLMethod):
         super().__init__(head_widths)
         self.temperature = temperature
 
-    def compute_loss(self, views, projections, schedule):
-        return nt_xent(projections, self.temperature)
+    def compute_loss(self, views, projections, schedule, tracks=None):
+        return nt_xent(projections, self.temperature, tracks)

@@ -23,5 +23,5 @@ class VICReg(SSLMethod):
         super().__init__(head_widths)
         self.coeffs = {"inv_coeff": inv_coeff, "var_coeff": var_coeff, "cov_coeff": cov_coeff, "gamma": gamma}
 
-    def compute_loss(self, views, projections, schedule):
+    def compute_loss(self, views, projections, schedule, tracks=None):
         return vicreg_loss(projections, **self.coeffs)

@@ -254,7 +254,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         values = schedules.at(step)
         set_hyperparameters(optimizer, values["lr"], values["weight_decay"])
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss, metrics = model(views, values)
+            loss, metrics = model(views, values, batch["track"].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if t["grad_clip"] > 0:

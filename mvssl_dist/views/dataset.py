@@ -12,6 +12,7 @@ small named Ray actor: read them with :func:`view_stats`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -294,15 +295,23 @@ def views_dataset(
     return with_idle_backoff(ds)  # a views dataset mostly waits on training: no spinning meanwhile
 
 
+def track_ids(keys: Sequence[str]) -> np.ndarray:
+    """``[rows]`` int64: a stable 64-bit id per track key, equal in every process (unlike ``hash``)."""
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little", signed=True) for k in keys],
+        np.int64,
+    )
+
+
 def collate_views():
-    """A collate function for ``iter_torch_batches``: ``{"views": torch tensor, "key": list}``."""
+    """A collate function for ``iter_torch_batches``: ``{"views", "key": list, "track": [rows] int64}``."""
     import torch
     from ray.data.collate_fn import ArrowBatchCollateFn
 
     class CollateViews(ArrowBatchCollateFn):
         def __call__(self, batch: pa.Table) -> dict:
             keys, views = table_views(batch, writable=True)  # torch wants a writable buffer: one copy
-            return {"views": torch.from_numpy(views), "key": keys}
+            return {"views": torch.from_numpy(views), "key": keys, "track": torch.from_numpy(track_ids(keys))}
 
     return CollateViews()
 
