@@ -88,8 +88,19 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"margin (pre-trained - random), PR-AUC macro:  {statistics.mean(trained[1]) - statistics.mean(random_[1]):+.4f}"
     )
-    paired = compare(seed_mean(trained[3]), seed_mean(random_[3]))
-    print(f"paired over test tracks (probe outputs averaged over seeds), ROC-AUC macro: {paired.describe()}")
+    a, b = seed_mean(trained[3]), seed_mean(random_[3])
+    print(f"paired over test tracks (probe outputs averaged over seeds), ROC-AUC macro: {compare(a, b).describe()}")
+    print("the same, tag family by family (where a gap lies, and whether the test split can tell):")
+    for family, tags in tag_families([t.tag for t in a.per_tag]).items():
+        print(f"  {family:8} {compare(a, b, tags=tags).describe()}")
+
+
+def tag_families(tags: list[str]) -> dict[str, list[str]]:
+    """``lead:brass`` -> ``lead``; ``bass`` and ``no_bass`` -> ``bass``."""
+    families: dict[str, list[str]] = {}
+    for tag in tags:
+        families.setdefault(tag.split(":")[0].removeprefix("no_"), []).append(tag)
+    return families
 
 
 if __name__ == "__main__":

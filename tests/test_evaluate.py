@@ -33,7 +33,7 @@ from mvssl_dist.evaluate import (
     train_probe,
 )
 from mvssl_dist.evaluate.report import promote
-from mvssl_dist.evaluate.run import read_features, split_features, track_uri
+from mvssl_dist.evaluate.run import EvaluateResult, compare, read_features, split_features, track_uri
 from mvssl_dist.models import Backbone, save_backbone
 from mvssl_dist.tracking import connect, log_and_register_backbone
 
@@ -216,6 +216,36 @@ def test_paired_margin_resolves_a_real_gap_and_calls_equal_probes_a_tie():
     assert few.high - few.low > gap.high - gap.low
     with pytest.raises(ValueError, match="shapes differ"):
         roc_auc_margin(y, good[:10], poor)
+
+
+def test_compare_pairs_tracks_by_path_and_narrows_to_chosen_tags(tmp_path):
+    rng = np.random.default_rng(3)
+    y = (rng.random((120, 4)) < 0.5).astype(int)
+    tracks = [f"t{i}.mp3" for i in range(120)]
+    good = rng.normal(size=y.shape) + 2.0 * y
+    poor = good.copy()
+    poor[:, :2] = rng.normal(size=(120, 2)) + 0.2 * y[:, :2]  # b is as good as a on tags c and d
+
+    def result(scores, order):
+        metrics, per_tag = tagging_metrics(y[order], scores[order], ["a", "b", "c", "d"])
+        return EvaluateResult(
+            "csv-x",
+            metrics,
+            per_tag,
+            [],
+            tmp_path,
+            test_tracks=[tracks[i] for i in order],
+            test_labels=y[order],
+            test_scores=scores[order],
+        )
+
+    first, second = result(good, np.arange(120)), result(poor, rng.permutation(120))  # rows in another order
+    assert compare(first, second, resamples=300).verdict() == "better"
+    assert compare(first, second, tags=["a", "b"], resamples=300).low > 0.2
+    same = compare(first, second, tags=["c", "d"], resamples=300)
+    assert same.difference == pytest.approx(0.0, abs=1e-12) and same.verdict().startswith("a tie")
+    with pytest.raises(EvaluateError, match="'e' is not in task csv-x"):
+        compare(first, second, tags=["e"])
 
 
 # --------------------------------------------------------------------------- probes on generated music

@@ -11,7 +11,7 @@ import csv
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -193,8 +193,9 @@ def split_features(task: Task, present: dict[int, str], features: dict[str, np.n
     return SplitFeatures(np.concatenate(segments).astype(np.float32), np.array(owner), np.stack(labels), tracks)
 
 
-def compare(a: EvaluateResult, b: EvaluateResult, **bootstrap) -> Margin:
-    """Macro ROC-AUC of ``a`` minus ``b`` on the test tracks both scored, with a paired bootstrap interval."""
+def compare(a: EvaluateResult, b: EvaluateResult, tags: Sequence[str] | None = None, **bootstrap) -> Margin:
+    """Macro ROC-AUC of ``a`` minus ``b`` on the test tracks both scored, with a paired bootstrap
+    interval; over ``tags`` only when given (e.g. one family of tags, to see where a gap lies)."""
     if a.test_scores is None or b.test_scores is None:
         raise EvaluateError("compare: both results need their test predictions")
     rows_b = {track: j for j, track in enumerate(b.test_tracks)}
@@ -202,7 +203,21 @@ def compare(a: EvaluateResult, b: EvaluateResult, **bootstrap) -> Margin:
     if not both:
         raise EvaluateError("compare: the two evaluations share no test track")
     ia, ib = (np.array(x) for x in zip(*both, strict=True))
-    return roc_auc_margin(a.test_labels[ia], a.test_scores[ia], b.test_scores[ib], **bootstrap)
+    columns = tag_columns(a, tags)
+    return roc_auc_margin(
+        a.test_labels[ia][:, columns], a.test_scores[ia][:, columns], b.test_scores[ib][:, columns], **bootstrap
+    )
+
+
+def tag_columns(result: EvaluateResult, tags: Sequence[str] | None) -> np.ndarray:
+    """Column indices of ``tags`` in the result's test arrays (all columns when ``tags`` is None)."""
+    names = [t.tag for t in result.per_tag]
+    if tags is None:
+        return np.arange(len(names))
+    unknown = [t for t in tags if t not in names]
+    if unknown or not tags:
+        raise EvaluateError(f"compare: tag {unknown[0] if unknown else '(none given)'!r} is not in task {result.task}")
+    return np.array([names.index(t) for t in tags])
 
 
 # --------------------------------------------------------------------------- driver
