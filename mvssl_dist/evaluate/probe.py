@@ -86,14 +86,11 @@ def track_scores(model: nn.Module, split: SplitFeatures, batch_size: int = 4096)
 
 def validation_score(model: nn.Module, val: SplitFeatures) -> float:
     """Macro ROC-AUC over the tags validation can score; minus the BCE when it can score none."""
-    from mvssl_dist.evaluate.metrics import scorable
+    from mvssl_dist.evaluate.metrics import macro_roc_auc, scorable
 
     scores = track_scores(model, val)
-    keep = scorable(val.labels)
-    if keep.any():
-        from sklearn.metrics import roc_auc_score
-
-        return float(roc_auc_score(val.labels[:, keep], scores[:, keep], average="macro"))
+    if scorable(val.labels).any():
+        return macro_roc_auc(val.labels, scores)
     clipped = np.clip(scores, 1e-7, 1 - 1e-7)
     return float(np.mean(val.labels * np.log(clipped) + (1 - val.labels) * np.log(1 - clipped)))
 

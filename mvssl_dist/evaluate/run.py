@@ -214,9 +214,11 @@ def tag_columns(result: EvaluateResult, tags: Sequence[str] | None) -> np.ndarra
     names = [t.tag for t in result.per_tag]
     if tags is None:
         return np.arange(len(names))
+    if not tags:
+        raise EvaluateError("compare: tags is empty; give at least one tag, or None for all")
     unknown = [t for t in tags if t not in names]
-    if unknown or not tags:
-        raise EvaluateError(f"compare: tag {unknown[0] if unknown else '(none given)'!r} is not in task {result.task}")
+    if unknown:
+        raise EvaluateError(f"compare: tag {unknown[0]!r} is not in task {result.task}")
     return np.array([names.index(t) for t in tags])
 
 
@@ -266,11 +268,16 @@ def evaluate(options: EvaluateOptions, report: Callable[[str], None] = print) ->
     except ValueError as err:
         raise EvaluateError(f"task {task.name}, test split: {err}") from None
     metrics.update(probe_epochs=probe.epochs, probe_best_epoch=probe.best_epoch)
-    result = EvaluateResult(task.slug(), metrics, per_tag, missing, features_dir)
-    result.test_tracks, result.test_labels, result.test_scores = (
-        splits["test"].tracks,
-        splits["test"].labels,
-        test_scores,
+    test = splits["test"]
+    result = EvaluateResult(
+        task.slug(),
+        metrics,
+        per_tag,
+        missing,
+        features_dir,
+        test_tracks=test.tracks,
+        test_labels=test.labels,
+        test_scores=test_scores,
     )
     result.model_name, result.model_version = facts.get("model_name"), facts.get("model_version")
     result.seconds = time.perf_counter() - start
