@@ -1,11 +1,15 @@
 """Probe quality: a briefly pre-trained contrastive backbone vs. a random one vs. the shared fixture weights.
 
-    python benchmarks/probe_quality.py [--workdir mvssl-quickstart] [--steps 0] [--seeds 3]
+    python benchmarks/probe_quality.py [--workdir mvssl-quickstart] [--steps 0] [--seeds 3] [--probes mlp,knn]
 
 Runs (or reuses) the quickstart in WORKDIR: its labelled synthetic library (tags for lead timbre,
 tempo, mode, drums and bass, drawn independently per track) and its pre-trained contrastive model.
 Then the same MLP probe (same splits, same seeds) scores each backbone's frozen segment
 embeddings; features are cached per model, so only the probes are re-run per seed.
+Two probes by default: the reference's MLP (trained, early-stopped; it can build on any direction
+of the features, so on this library it reaches the ceiling from random features too) and the
+training-free weighted k-NN vote (DINO's / solo-learn's k = 20, T = 0.07), which scores how the
+embedding itself groups tracks by tag. The k-NN probe is deterministic: it runs once.
 The shared fixture is a release-format file with non-trivial but untrained weights: a second
 "no pre-training" baseline, not a trained model.
 """
@@ -25,15 +29,17 @@ from mvssl_dist.quickstart import QuickstartOptions, run_quickstart
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "seed_compat" / "contrastive_backbone_only.pt"
 
 
-def scores(model: str, work: Path, seeds: int) -> tuple[list[float], list[float], dict[str, list[float]], list]:
+def scores(
+    model: str, work: Path, seeds: int, kind: str = "mlp"
+) -> tuple[list[float], list[float], dict[str, list[float]], list]:
     """(ROC-AUC macro per seed, PR-AUC macro per seed, {tag: ROC-AUC per seed}, the results)."""
     roc, pr, per_tag, results = [], [], {}, []
-    for seed in range(seeds):
+    for seed in range(seeds if kind != "knn" else 1):
         options = EvaluateOptions(
             model,
             f"csv:{work / 'library' / 'labels.csv'}",
             str(work / "library"),
-            probe=ProbeConfig(seed=seed),
+            probe=ProbeConfig(kind, seed=seed),
             cache_dir=str(work / "evaluations"),
             experiment="mvssl-benchmark-probe",
         )
@@ -63,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", default="mvssl-quickstart")
     parser.add_argument("--tracks", type=int, default=120)
     parser.add_argument("--steps", type=int, default=0, help="pre-training steps (0: the quickstart's choice)")
-    parser.add_argument("--seeds", type=int, default=3, help="probe seeds per backbone")
+    parser.add_argument("--seeds", type=int, default=3, help="probe seeds per backbone (trained probes)")
+    parser.add_argument("--probes", default="mlp,knn", help="comma-separated: mlp, linear, knn")
     args = parser.parse_args(argv)
     work = Path(args.workdir).resolve()
     state = run_quickstart(QuickstartOptions(str(work), args.tracks, steps=args.steps), say=lambda m: None).state
@@ -71,20 +78,27 @@ def main(argv: list[str] | None = None) -> None:
     candidates.append(("random initialisation", "random:0"))
     if FIXTURE.is_file():
         candidates.append(("shared fixture weights (untrained)", str(FIXTURE)))
-    rows = {name: scores(model, work, args.seeds) for name, model in candidates}
-    print(f"probe on {work / 'library' / 'labels.csv'} test split, MLP, {args.seeds} seeds (mean ± sd)")
+    for kind in args.probes.split(","):
+        rows = {name: scores(model, work, args.seeds, kind) for name, model in candidates}
+        print_probe(kind, rows, work, args.seeds)
+
+
+def print_probe(kind: str, rows: dict, work: Path, seeds: int) -> None:
+    runs = f"{seeds} seeds (mean ± sd)" if kind != "knn" else "deterministic (one run)"
+    print(f"\n== {kind} probe on {work / 'library' / 'labels.csv'} test split, {runs}")
     print(f"{'backbone':42} {'ROC-AUC macro':>18} {'PR-AUC macro':>18}")
     for name, (roc, pr, _, _) in rows.items():
         print(f"{name:42} {summary(roc):>18} {summary(pr):>18}")
-    print("\nROC-AUC per tag (mean over seeds); a tag near 1.0 for the random backbone leaves no room to win:")
+    print("ROC-AUC per tag (mean over seeds); a tag near 1.0 for the random backbone leaves no room to win:")
     short = [name.split(" (")[0][:22] for name in rows]
     print(f"{'tag':16}" + "".join(f"{n:>24}" for n in short))
     for tag in sorted(next(iter(rows.values()))[2]):
         cells = [[v for v in per[2][tag] if v is not None] for per in rows.values()]
         print(f"{tag:16}" + "".join(f"{statistics.mean(c):>24.3f}" if c else f"{'n/a':>24}" for c in cells))
-    trained, random_ = rows[candidates[0][0]], rows["random initialisation"]
-    margin = statistics.mean(trained[0]) - statistics.mean(random_[0])
-    print(f"margin (pre-trained - random), ROC-AUC macro: {margin:+.4f}")
+    trained, random_ = next(iter(rows.values())), rows["random initialisation"]
+    print(
+        f"margin (pre-trained - random), ROC-AUC macro: {statistics.mean(trained[0]) - statistics.mean(random_[0]):+.4f}"
+    )
     print(
         f"margin (pre-trained - random), PR-AUC macro:  {statistics.mean(trained[1]) - statistics.mean(random_[1]):+.4f}"
     )

@@ -310,8 +310,14 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", required=True)
     p.add_argument("--audio-root", required=True, metavar="DIR", help="folder the task's audio paths are relative to")
     p.add_argument("--split-dir", metavar="DIR", help="folder of the task's split files (mtat, jamendo-*)")
-    p.add_argument("--probe", choices=["mlp", "linear"], default="mlp")
+    p.add_argument(
+        "--probe",
+        choices=["mlp", "linear", "knn"],
+        default="mlp",
+        help="mlp (the reference's), linear, or knn (training-free weighted k-NN vote on the embeddings)",
+    )
     p.add_argument("--hidden", type=int, default=512, help="hidden width of the mlp probe")
+    p.add_argument("--k", type=int, default=20, help="neighbours of the knn probe (0: chosen on validation)")
     p.add_argument("--train-fraction", type=float, default=1.0, help="use this fraction of the train split")
     p.add_argument("--max-epochs", type=int, default=200)
     p.add_argument("--patience", type=int, default=10, help="epochs without validation gain before stopping")
@@ -330,7 +336,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from mvssl_dist.evaluate import EvaluateError, EvaluateOptions, ProbeConfig, evaluate
     from mvssl_dist.tracking import TrackingError
 
-    probe = ProbeConfig(args.probe, args.hidden, max_epochs=args.max_epochs, patience=args.patience, seed=args.seed)
+    probe = ProbeConfig(
+        args.probe, args.hidden, max_epochs=args.max_epochs, patience=args.patience, seed=args.seed, k=args.k
+    )
     options = EvaluateOptions(
         args.model,
         args.task,

@@ -137,13 +137,16 @@ def embed_tracks(opts: QuickstartOptions, work: Path, model_uri: str, say) -> di
     return {"tracks": summary.tracks, "errors": summary.errors, "out": str(work / "embeddings")}
 
 
-def evaluate_model(opts, work: Path, model: str, tracking_uri: str, features_dir, promote: str | None, say):
-    from mvssl_dist.evaluate import EvaluateOptions, evaluate
+def evaluate_model(
+    opts, work: Path, model: str, tracking_uri: str, features_dir, promote: str | None, say, probe: str = "mlp"
+):
+    from mvssl_dist.evaluate import EvaluateOptions, ProbeConfig, evaluate
 
     options = EvaluateOptions(
         model,
         f"csv:{work / 'library' / 'labels.csv'}",
         str(work / "library"),
+        probe=ProbeConfig(probe),
         promote_alias=promote,
         cache_dir=str(work / "evaluations"),
         tracking_uri=tracking_uri,
@@ -152,7 +155,8 @@ def evaluate_model(opts, work: Path, model: str, tracking_uri: str, features_dir
     )
     result = evaluate(options, report=say)
     say(
-        f"  {model}: ROC-AUC macro {result.metrics['roc_auc_macro']:.4f}, PR-AUC macro {result.metrics['pr_auc_macro']:.4f}"
+        f"  {model}, {probe} probe: ROC-AUC macro {result.metrics['roc_auc_macro']:.4f}, "
+        f"PR-AUC macro {result.metrics['pr_auc_macro']:.4f}"
     )
     return result
 
@@ -237,15 +241,24 @@ def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = print) 
     def evaluate_both() -> dict:
         from mvssl_dist.evaluate import compare
 
-        ours = evaluate_model(opts, work, trained["model_uri"], tracking_uri, str(work / "embeddings"), "champion", say)
-        random = evaluate_model(opts, work, "random:0", tracking_uri, None, None, say)
-        margin = compare(ours, random)
-        say(f"  model - random, ROC-AUC macro: {margin.describe()}")
-        return {
-            "model": {"model": trained["model_uri"], **evaluation_record(ours)},
-            "random": {"model": "random:0", **evaluation_record(random)},
-            "margin": {**asdict(margin), "verdict": margin.verdict(), "text": margin.describe()},
-        }
+        features = str(work / "embeddings")
+        record = {}
+        for probe in ("mlp", "knn"):  # the reference's trained probe (it decides champion), then k-NN
+            promote = "champion" if probe == "mlp" else None
+            ours = evaluate_model(opts, work, trained["model_uri"], tracking_uri, features, promote, say, probe)
+            random = evaluate_model(opts, work, "random:0", tracking_uri, None, None, say, probe)
+            margin = compare(ours, random)
+            say(f"  model - random, {probe} probe, ROC-AUC macro: {margin.describe()}")
+            scores = {
+                "model": {"model": trained["model_uri"], **evaluation_record(ours)},
+                "random": {"model": "random:0", **evaluation_record(random)},
+                "margin": {**asdict(margin), "verdict": margin.verdict(), "text": margin.describe()},
+            }
+            if probe == "mlp":
+                record.update(scores)
+            else:
+                record["knn"] = scores
+        return record
 
     stage(5, "evaluate", "probing tags on frozen embeddings: the model vs. a random backbone", evaluate_both)
     say("[6/6] summary")
@@ -268,9 +281,18 @@ def summary_lines(work: Path, state: dict, tracking_uri: str) -> list[str]:
         f"  probe     ROC-AUC macro {ours['roc_auc_macro']:.4f} vs. random backbone {rnd['roc_auc_macro']:.4f} "
         f"(PR-AUC {ours['pr_auc_macro']:.4f} vs. {rnd['pr_auc_macro']:.4f}); {ours['promotion']}",
         *([f"            model - random: {ev['margin']['text']}"] if "margin" in ev else []),
+        *(knn_lines(ev["knn"]) if "knn" in ev else []),
         f"  embeddings {emb['out']}: {emb['tracks']} tracks",
         f"  browse runs and models:  {ui}   (then open http://127.0.0.1:5000)",
         f"  similar tracks:          mvssl neighbours --embeddings {emb['out']} --key {key} -k 5",
+    ]
+
+
+def knn_lines(knn: dict) -> list[str]:
+    return [
+        f"  k-NN probe (training-free: how the embedding itself groups tracks by tag) ROC-AUC macro "
+        f"{knn['model']['roc_auc_macro']:.4f} vs. random backbone {knn['random']['roc_auc_macro']:.4f}",
+        f"            model - random: {knn['margin']['text']}",
     ]
 
 

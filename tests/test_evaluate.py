@@ -32,7 +32,8 @@ from mvssl_dist.evaluate import (
     track_scores,
     train_probe,
 )
-from mvssl_dist.evaluate.report import promote
+from mvssl_dist.evaluate.probe import KNN_CANDIDATES, SplitFeatures
+from mvssl_dist.evaluate.report import promote, tag_prefix
 from mvssl_dist.evaluate.run import EvaluateResult, compare, read_features, split_features, track_uri
 from mvssl_dist.models import Backbone, save_backbone
 from mvssl_dist.tracking import connect, log_and_register_backbone
@@ -248,6 +249,69 @@ def test_compare_pairs_tracks_by_path_and_narrows_to_chosen_tags(tmp_path):
         compare(first, second, tags=["e"])
 
 
+# --------------------------------------------------------------------------- the k-NN probe
+def test_knn_vote_equals_a_hand_computed_case():
+    # Train segments on a circle, standardised first: with mean 0 / std 1 per column they stay put.
+    bank = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]], np.float32)
+    labels = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]], np.float32)
+    train = SplitFeatures(bank, np.arange(4), labels)
+    val = SplitFeatures(bank[:2], np.arange(2), labels[:2])
+    probe = train_probe(train, val, ProbeConfig("knn", k=2, knn_temperature=0.5)).model
+    query = np.array([[0.8, 0.6]], np.float32)  # cosines 0.8, 0.6, -0.8, -0.6: neighbours 0 and 1
+    w0, w1 = np.exp(0.8 / 0.5), np.exp(0.6 / 0.5)
+    expected = (w0 * labels[0] + w1 * labels[1]) / (w0 + w1)
+    got = torch.sigmoid(probe(torch.from_numpy(query))).numpy()[0]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+CENTRES = np.random.default_rng(99).standard_normal((3, 16)).astype(np.float32) * 3
+
+
+def clustered(seed: int, tracks: int = 60, segments: int = 3) -> SplitFeatures:
+    """Tracks of one of 3 tags; a track's segments lie near its tag's centre (unit noise)."""
+    rng = np.random.default_rng(seed)
+    tags = rng.integers(0, 3, tracks)
+    x = CENTRES[np.repeat(tags, segments)] + rng.standard_normal((tracks * segments, CENTRES.shape[1]))
+    return SplitFeatures(
+        x.astype(np.float32), np.repeat(np.arange(tracks), segments), np.eye(3, dtype=np.float32)[tags]
+    )
+
+
+def test_knn_separates_clusters_shuffled_labels_score_chance_and_k_is_chosen_on_validation():
+    train, val, test = clustered(0), clustered(1), clustered(2)
+    fitted = train_probe(train, val, ProbeConfig("knn", k=0))
+    assert fitted.facts["probe_k"] in KNN_CANDIDATES and [r["k"] for r in fitted.history] == list(KNN_CANDIDATES)
+    best = max(fitted.history, key=lambda r: r["val_score"])
+    assert fitted.facts["probe_k"] == best["k"] and fitted.best_epoch == best["epoch"]
+    assert macro_roc_auc(test.labels, track_scores(fitted.model, test)) > 0.95
+    shuffled = []
+    for seed in range(5):
+        mixed = SplitFeatures(train.segments, train.owner, train.labels[np.random.default_rng(seed).permutation(60)])
+        probe = train_probe(mixed, val, ProbeConfig("knn")).model
+        shuffled.append(macro_roc_auc(test.labels, track_scores(probe, test)))
+    assert 0.3 < np.mean(shuffled) < 0.7, shuffled
+
+
+def test_probe_settings_that_cannot_run_are_refused_in_one_line(tmp_path, capsys):
+    split = clustered(0)
+    with pytest.raises(ValueError, match=r"--probe svm: must be one of mlp, linear, knn"):
+        train_probe(split, split, ProbeConfig("svm"))
+    code = main(
+        ["evaluate", "--model", "random", "--task", "csv:x.csv", "--audio-root", ".", "--probe", "knn", "--k", "-1"]
+    )
+    assert code == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "mvssl: error: --k -1: must be >= 0 (0 chooses k on validation)"
+    ]
+
+
+def test_version_tags_keep_probes_and_label_fractions_apart():
+    assert tag_prefix("mtat", "mlp", 1.0) == "eval.mtat"  # the reference protocol keeps the plain keys
+    assert tag_prefix("mtat", "knn", 1.0) == "eval.mtat.knn"
+    assert tag_prefix("mtat", "linear", 0.1) == "eval.mtat.linear.train0.1"
+    assert tag_prefix("mtat", "mlp", 0.5) == "eval.mtat.train0.5"
+
+
 # --------------------------------------------------------------------------- probes on generated music
 @pytest.fixture(scope="module")
 def mtat(tmp_path_factory):
@@ -341,6 +405,15 @@ def test_second_probe_reuses_the_cached_features(mtat, evaluated, registered):
     result = evaluate(options, report=messages.append)
     assert "[embed] 27 tracks, 27 already embedded, 0 to do" in messages, messages  # 12 + 8 + 8 - 1 missing
     assert result.metrics["roc_auc_macro"] > 0.75
+    # Its tags sit beside, not over, the reference-protocol ones the first evaluation wrote.
+    tags = mlflow.MlflowClient(registered).get_model_version("mvssl-eval-test", "1").tags
+    assert float(tags["eval.mtat.linear.train0.5.roc_auc_macro"]) == pytest.approx(
+        result.metrics["roc_auc_macro"], abs=1e-6
+    )
+    assert tags["eval.mtat.roc_auc_macro"] == f"{evaluated[1].metrics['roc_auc_macro']:.6f}"
+    options.probe = ProbeConfig("knn")
+    knn = evaluate(options, report=messages.append)
+    assert knn.metrics["probe_k"] == 20 and knn.metrics["roc_auc_macro"] > 0.75
 
 
 def test_too_many_missing_files_refuse_to_run(mtat, registered):

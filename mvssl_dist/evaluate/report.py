@@ -102,9 +102,7 @@ def log_evaluation(
         mlflow.log_metrics({f"test.{k}": float(v) for k, v in result.metrics.items()})
         mlflow.log_metric("tracks_missing", len(result.missing))
         for row in history:
-            mlflow.log_metrics(
-                {"probe.train_loss": row["train_loss"], "probe.val_score": row["val_score"]}, step=row["epoch"]
-            )
+            mlflow.log_metrics({f"probe.{k}": v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
         with tempfile.TemporaryDirectory() as tmp:
             table = Path(tmp) / f"per_tag_{result.task}.csv"
             write_per_tag(table, result.per_tag)
@@ -118,17 +116,26 @@ def log_evaluation(
         tag_version(result, options)
 
 
+def tag_prefix(task: str, probe: str, train_fraction: float) -> str:
+    """``eval.<task>`` for the reference protocol (MLP probe, all train labels); another probe or a
+    label fraction gets its own keys (``eval.<task>.knn``, ``eval.<task>.linear.train0.1``), so a
+    version's tags, and the alias decision, only ever compare like with like."""
+    prefix = f"eval.{task}" + ("" if probe == "mlp" else f".{probe}")
+    return prefix + ("" if train_fraction == 1 else f".train{train_fraction:g}")
+
+
 def tag_version(result, options) -> None:
     import mlflow
 
     client = mlflow.MlflowClient()
+    prefix = tag_prefix(result.task, options.probe.kind, options.train_fraction)
     for key in SUMMARY_KEYS:
         client.set_model_version_tag(
-            result.model_name, result.model_version, f"eval.{result.task}.{key}", f"{result.metrics[key]:.6f}"
+            result.model_name, result.model_version, f"{prefix}.{key}", f"{result.metrics[key]:.6f}"
         )
-    client.set_model_version_tag(result.model_name, result.model_version, f"eval.{result.task}.run_id", result.run_id)
+    client.set_model_version_tag(result.model_name, result.model_version, f"{prefix}.run_id", result.run_id)
     if options.promote_alias:
-        key = f"eval.{result.task}.roc_auc_macro"
+        key = f"{prefix}.roc_auc_macro"
         score = float(f"{result.metrics['roc_auc_macro']:.6f}")  # the value the tag holds
         result.promoted, result.promotion_note = promote(
             result.model_name, str(result.model_version), options.promote_alias, key, score

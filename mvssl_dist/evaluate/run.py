@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mvssl_dist.evaluate.metrics import Margin, TagScore, roc_auc_margin, tagging_metrics
-from mvssl_dist.evaluate.probe import ProbeConfig, SplitFeatures, track_scores, train_probe
+from mvssl_dist.evaluate.probe import ProbeConfig, SplitFeatures, check_config, track_scores, train_probe
 from mvssl_dist.evaluate.tasks import SPLITS, Task, limit_train, load_task
 from mvssl_dist.models.backbone import EMBEDDING_DIM
 
@@ -233,6 +233,10 @@ def evaluate(options: EvaluateOptions, report: Callable[[str], None] = print) ->
     if not 0 <= options.max_missing <= 1:
         raise EvaluateError(f"--max-missing {options.max_missing}: must be in [0, 1]")
     try:
+        check_config(options.probe)
+    except ValueError as err:
+        raise EvaluateError(str(err)) from None
+    try:
         task = limit_train(load_task(options.task, options.split_dir), options.train_fraction)
     except TaskError as err:
         raise EvaluateError(str(err)) from None
@@ -267,7 +271,7 @@ def evaluate(options: EvaluateOptions, report: Callable[[str], None] = print) ->
         metrics, per_tag = tagging_metrics(splits["test"].labels, test_scores, task.vocabulary)
     except ValueError as err:
         raise EvaluateError(f"task {task.name}, test split: {err}") from None
-    metrics.update(probe_epochs=probe.epochs, probe_best_epoch=probe.best_epoch)
+    metrics.update(probe_epochs=probe.epochs, probe_best_epoch=probe.best_epoch, **probe.facts)
     test = splits["test"]
     result = EvaluateResult(
         task.slug(),
