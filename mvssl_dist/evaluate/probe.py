@@ -3,8 +3,9 @@ sigmoid multi-label loss, early-stop on validation, predict a track as the mean 
 
 ``knn`` is the training-free probe of the self-supervised literature (DINO's weighted k-NN,
 solo-learn's online k-NN): a segment's tag scores are a similarity-weighted vote of its ``k``
-nearest train segments, ``k`` chosen on validation. It reads the geometry of the embedding
-itself, where a trained classifier can also build on directions the backbone never organised.
+nearest train segments (k = 20 by default, or chosen on validation). It reads the geometry of the
+embedding itself, where a trained classifier can also build on directions the backbone never
+organised.
 """
 
 from __future__ import annotations
