@@ -264,7 +264,8 @@ def evaluate(options: EvaluateOptions, report: Callable[[str], None] = print) ->
     if missing:
         report(f"[evaluate] {len(missing)} task track(s) missing or undecodable, listed in {listing}")
     splits = {s: split_features(task, present, features, s) for s in SPLITS}
-    report(f"[evaluate] training a {options.probe.kind} probe on {len(splits['train'].segments)} segments")
+    verb = "fitting" if options.probe.kind == "knn" else "training"  # k-NN: no training, a vote
+    report(f"[evaluate] {verb} a {options.probe.kind} probe on {len(splits['train'].segments)} segments")
     probe = train_probe(splits["train"], splits["validation"], options.probe)
     test_scores = track_scores(probe.model, splits["test"])
     try:
