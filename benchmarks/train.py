@@ -63,6 +63,7 @@ def ray_run(dataset: Path, batch: int, steps: int, device: str, workdir: Path) -
         f"train.use_gpu={str(gpu).lower()}",
         f"train.compile={str(gpu).lower()}",
         f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
+        f"train.storage_path={workdir / 'runs'}",  # not ./mvssl_runs in whatever folder it is run from
     ]
     result = pretrain(load_config(None, overrides), run_name=f"bench-{time.time():.0f}", report=lambda m: None)
     client = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
