@@ -105,8 +105,12 @@ def print_probe(kind: str, rows: dict, work: Path, seeds: int) -> None:
     a, b = seed_mean(trained[3]), seed_mean(random_[3])
     print(f"paired over test tracks (probe outputs averaged over seeds), ROC-AUC macro: {compare(a, b).describe()}")
     print("the same, tag family by family (where a gap lies, and whether the test split can tell):")
-    for family, tags in tag_families([t.tag for t in a.per_tag]).items():
+    families = tag_families([t.tag for t in a.per_tag])
+    for family, tags in families.items():
         print(f"  {family:8} {compare(a, b, tags=tags).describe()}")
+    if "mode" in families and len(families) > 1:  # no backbone can hear the mode (README, Evaluating)
+        audible = [t for family, tags in families.items() if family != "mode" for t in tags]
+        print(f"  all but mode (the tags a backbone can hear): {compare(a, b, tags=audible).describe()}")
 
 
 def tag_families(tags: list[str]) -> dict[str, list[str]]:
