@@ -64,8 +64,7 @@ def reference_load(path: Path) -> np.ndarray:
         frames = [f.to_ndarray() for frame in container.decode(stream) for f in to_float.resample(frame)]
         rate = stream.rate
     waveform = torch.from_numpy(np.concatenate(frames, axis=1)).mean(dim=0)
-    waveform = torchaudio.functional.resample(waveform, rate, 16000)
-    return (waveform / waveform.abs().max()).numpy()
+    return peak_normalise(torchaudio.functional.resample(waveform, rate, 16000).numpy())
 
 
 def reference_loop(model: Backbone, files: list[Path], clips: int, threads: int, load=reference_load) -> float:

@@ -14,7 +14,7 @@ for first in .whl-there/*.whl.part-00; do
   parts=$(ls "$wheel".part-* | wc -l)
   # join, and keep the result only if it is a whole zip: a wheel's central directory is at its
   # end, so a missing last part shows, and the parts wait for the next call
-  if [ -e "$wheel.part-$(printf %02d $((parts - 1)))" ] && "$PY" - "$wheel" "$parts" <<'EOF'
+  if "$PY" - "$wheel" "$parts" <<'EOF'
 import sys, zipfile, pathlib
 wheel, parts = sys.argv[1], int(sys.argv[2])
 with open(wheel, "wb") as out:

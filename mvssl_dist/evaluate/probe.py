@@ -89,11 +89,17 @@ class KnnProbe(nn.Module):
 
     def __init__(self, train: SplitFeatures, k: int, temperature: float, mean: np.ndarray, std: np.ndarray) -> None:
         super().__init__()
-        self.k, self.temperature = min(k, len(train.segments)), temperature
+        self.temperature = temperature
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
         self.register_buffer("bank", self.directions(torch.as_tensor(train.segments, dtype=torch.float32)))
         self.register_buffer("bank_labels", torch.as_tensor(train.segment_labels(), dtype=torch.float32))
+        self.use_k(k)
+
+    def use_k(self, k: int) -> KnnProbe:
+        """Vote with ``k`` neighbours (at most the bank's size); the bank is built once."""
+        self.k = min(k, len(self.bank))
+        return self
 
     def directions(self, x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.normalize((x - self.mean) / self.std, dim=1)
@@ -136,6 +142,12 @@ def validation_score(model: nn.Module, val: SplitFeatures) -> float:
     return float(np.mean(val.labels * np.log(clipped) + (1 - val.labels) * np.log(1 - clipped)))
 
 
+def train_statistics(train: SplitFeatures) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and standard deviation (+1e-6) of the train segments: both probes
+    standardise their inputs with these."""
+    return train.segments.mean(axis=0), train.segments.std(axis=0) + 1e-6
+
+
 def check_config(cfg: ProbeConfig) -> None:
     """Refuse a probe setting that cannot run, in one line naming the option (ValueError)."""
     if cfg.kind not in PROBES:
@@ -153,8 +165,7 @@ def train_probe(train: SplitFeatures, val: SplitFeatures, cfg: ProbeConfig) -> P
     torch.manual_seed(cfg.seed)
     x = torch.from_numpy(np.ascontiguousarray(train.segments, np.float32))
     y = torch.from_numpy(train.segment_labels().astype(np.float32))
-    mean, std = train.segments.mean(axis=0), train.segments.std(axis=0) + 1e-6
-    model = Probe(x.shape[1], y.shape[1], cfg, mean, std)
+    model = Probe(x.shape[1], y.shape[1], cfg, *train_statistics(train))
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = nn.BCEWithLogitsLoss()
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -186,14 +197,14 @@ def train_probe(train: SplitFeatures, val: SplitFeatures, cfg: ProbeConfig) -> P
 def fit_knn(train: SplitFeatures, val: SplitFeatures, cfg: ProbeConfig) -> ProbeResult:
     """The k-NN probe; ``cfg.k`` or, when 0, the candidate with the best validation score (smaller
     ``k`` on ties). ``history`` has one row per candidate tried."""
-    mean, std = train.segments.mean(axis=0), train.segments.std(axis=0) + 1e-6
     candidates = [cfg.k] if cfg.k else [k for k in KNN_CANDIDATES if k <= len(train.segments)] or [len(train.segments)]
+    model = KnnProbe(train, candidates[0], cfg.knn_temperature, *train_statistics(train)).eval()
     best, history = None, []
     for step, k in enumerate(candidates, 1):
-        model = KnnProbe(train, k, cfg.knn_temperature, mean, std)
-        score = validation_score(model, val)
+        score = validation_score(model.use_k(k), val)
         history.append({"epoch": step, "k": k, "val_score": score})
         if best is None or score > best[0]:
-            best = (score, step, model)
-    _, step, model = best
-    return ProbeResult(model.eval(), len(candidates), step, history, {"probe_k": model.k})
+            best = (score, step, model.k)
+    _, step, k = best
+    model.use_k(k)
+    return ProbeResult(model, len(candidates), step, history, {"probe_k": model.k})
