@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mvssl_dist.embed.core import cut_segments, peak_normalise
-from mvssl_dist.models.backbone import EMBEDDING_DIM, SAMPLE_RATE
+from mvssl_dist.constants import EMBEDDING_DIM, SAMPLE_RATE
+from mvssl_dist.embed.segments import cut_segments, peak_normalise
 from mvssl_dist.shards.ingest import atomic_write, write_parquet
 
 ERROR_SCHEMA = pa.schema([("source_uri", pa.string()), ("reason", pa.string()), ("detail", pa.string())])

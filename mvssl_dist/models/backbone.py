@@ -15,10 +15,9 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
-SAMPLE_RATE = 16000
-SEGMENT_SECONDS = 4.0
-SEGMENT_SAMPLES = int(SAMPLE_RATE * SEGMENT_SECONDS)
-EMBEDDING_DIM = 1024
+from mvssl_dist.constants import EMBEDDING_DIM, SAMPLE_RATE, SEGMENT_SAMPLES, SEGMENT_SECONDS
+
+__all__ = ["EMBEDDING_DIM", "SAMPLE_RATE", "SEGMENT_SAMPLES", "SEGMENT_SECONDS", "Backbone", "SpecFrontEnd"]
 
 
 class SpecFrontEnd(nn.Module):

@@ -18,7 +18,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from mvssl_dist.constants import SAMPLE_RATE
+
 CODECS = {"s16": "s16", "flac": "flac"}  # codec name -> member extension
 MEMBER_NAME = re.compile(r"^(?P<key>[0-9a-f]{32})\.(?P<ext>json|s16|flac)$")
 INT16_SCALE = 32768.0

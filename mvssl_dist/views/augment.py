@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-SAMPLE_RATE = 16000
+from mvssl_dist.constants import SAMPLE_RATE
 
 
 def _uniform(batch: int, low: float, high: float, gen: torch.Generator | None, device) -> torch.Tensor:

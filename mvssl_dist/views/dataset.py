@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from mvssl_dist.constants import SAMPLE_RATE
 from mvssl_dist.shards.format import INT16_SCALE, Malformed
 from mvssl_dist.shards.reader import iter_shard_members, load_index
 from mvssl_dist.views.sampling import SILENCE_THRESHOLD, ViewSpec, draw_track_views, track_rng
 
 log = logging.getLogger(__name__)
-SAMPLE_RATE = 16000
 STATS_ACTOR = "mvssl-view-stats"
 
 

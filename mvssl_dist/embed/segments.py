@@ -1,0 +1,31 @@
+"""The reference usage example's cutting of a track into segments, in numpy only.
+
+Kept free of torch so that the decode tasks of ``mvssl embed`` start without loading it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mvssl_dist.constants import SEGMENT_SAMPLES
+
+
+def peak_normalise(audio: np.ndarray) -> np.ndarray:
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    return audio / peak if peak > 0 else audio
+
+
+def cut_segments(
+    audio: np.ndarray, segment_samples: int = SEGMENT_SAMPLES, hop_samples: int | None = None
+) -> np.ndarray:
+    """``[samples]`` -> ``[n, segment_samples]``: zero-padded so the last segment is whole.
+
+    With the default hop (= segment length) this is ceil(samples / segment) segments.
+    """
+    hop = hop_samples or segment_samples
+    count = max(1, int(np.ceil(max(len(audio) - segment_samples, 0) / hop)) + 1)
+    needed = (count - 1) * hop + segment_samples
+    padded = np.zeros(needed, np.float32)
+    padded[: len(audio)] = audio
+    starts = np.arange(count) * hop
+    return np.stack([padded[s : s + segment_samples] for s in starts])
