@@ -37,6 +37,9 @@ def run_embed_file(args: argparse.Namespace) -> int:
     from mvssl_dist.embed import embed_track
     from mvssl_dist.models import WeightsError, load_backbone
 
+    if args.batch_size < 1:
+        error(f"--batch-size {args.batch_size}: must be >= 1")
+        return EXIT_USAGE
     if args.out and Path(args.out).suffix not in (".npy", ".parquet"):
         error(f"--out {args.out}: must end in .npy or .parquet")
         return EXIT_USAGE
@@ -106,6 +109,9 @@ def run_synth_audio(args: argparse.Namespace) -> int:
     from mvssl_dist.audio.synth import ENCODERS
     from mvssl_dist.library import write_library
 
+    if args.tracks < 1 or args.seconds <= 0:
+        error(f"--tracks {args.tracks} --seconds {args.seconds:g}: need at least 1 track of more than 0 s")
+        return EXIT_USAGE
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     unknown = [f for f in formats if f not in ENCODERS]
     if unknown:
@@ -229,7 +235,7 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hop-s", type=float, default=4.0)
     p.add_argument("--batch-size", type=int, default=64, help="clips per forward pass")
     p.add_argument("--workers", type=int, default=1, help="model actors")
-    p.add_argument("--gpus", type=int, default=0, help="> 0: one GPU per actor, bf16")
+    p.add_argument("--gpus", type=float, default=0, help="GPUs per model actor (1, or a fraction to share one); bf16")
     p.add_argument("--ray-address")
     p.set_defaults(run=run_embed)
 
@@ -279,6 +285,9 @@ def run_neighbours(args: argparse.Namespace) -> int:
     from mvssl_dist.embed.batch import EmbedError, load_track_embeddings, nearest
     from mvssl_dist.models import WeightsError, load_backbone
 
+    if args.k < 1:
+        error(f"-k {args.k}: must be >= 1")
+        return EXIT_USAGE
     try:
         keys, uris, matrix = load_track_embeddings(args.embeddings)
         if args.key:
@@ -327,7 +336,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", default="evaluations", help="where segment features are cached per model")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--workers", type=int, default=1, help="model actors embedding the audio")
-    p.add_argument("--gpus", type=int, default=0)
+    p.add_argument("--gpus", type=float, default=0, help="GPUs per model actor, as for `mvssl embed`")
     p.add_argument("--ray-address")
     p.set_defaults(run=run_evaluate)
 

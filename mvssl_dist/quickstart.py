@@ -188,6 +188,10 @@ def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = print) 
         raise QuickstartError(
             f"--tracks {opts.tracks}: at least 20 (the probe needs train, validation and test tracks)"
         )
+    if opts.minutes <= 0:
+        raise QuickstartError(f"--minutes {opts.minutes:g}: must be > 0")
+    if opts.steps < 0:
+        raise QuickstartError(f"--steps {opts.steps}: must be >= 0 (0 sizes pre-training from --minutes)")
     if opts.seconds * 0.9 < 12:  # track lengths vary by +-10% around --seconds
         raise QuickstartError(
             f"--seconds {opts.seconds:g}: at least 13.4 (tracks vary by 10% and ingest keeps tracks of 12 s and more)"

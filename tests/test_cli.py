@@ -104,3 +104,41 @@ def test_quickstart_refuses_tracks_that_ingest_would_reject(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "--seconds 12: at least 13.4" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "library").exists()
+
+
+def bad_numbers(music: str, weights: str, tmp: str) -> list[tuple[list[str], str]]:
+    embed = ["embed", music, "--model", weights, "--out", f"{tmp}/emb"]
+    evaluate = ["evaluate", "--model", "random", "--task", f"csv:{tmp}/labels.csv", "--audio-root", tmp]
+    return [
+        (["embed-file", music, "--weights", weights, "--batch-size", "0"], "--batch-size 0"),
+        (["synth-audio", f"{tmp}/lib", "--tracks", "0"], "--tracks 0"),
+        (["ingest", music, "--out", f"{tmp}/ds", "--workers", "0"], "--workers 0"),
+        (["ingest", music, "--out", f"{tmp}/ds", "--shard-target-mb", "0"], "--shard-target-mb 0"),
+        ([*embed, "--batch-size", "0"], "--batch-size 0"),
+        ([*embed, "--workers", "0"], "--workers 0"),
+        ([*embed, "--gpus", "2"], "--gpus 2"),
+        (["neighbours", "--embeddings", tmp, "--key", "x", "-k", "0"], "-k 0"),
+        ([*evaluate, "--hidden", "0"], "--hidden 0"),
+        ([*evaluate, "--max-epochs", "0"], "--max-epochs 0"),
+        ([*evaluate, "--patience", "0"], "--patience 0"),
+        ([*evaluate, "--workers", "0"], "--workers 0"),
+        (["quickstart", "--workdir", f"{tmp}/q", "--minutes", "0"], "--minutes 0"),
+        (["quickstart", "--workdir", f"{tmp}/q", "--steps", "-1"], "--steps -1"),
+    ]
+
+
+def test_numbers_out_of_range_are_refused_in_one_line(tmp_path, encoded_dir, weights, capsys):
+    """Each used to run on (a 0 batch crashed inside Ray, 0 workers or shards were taken as 1)."""
+    (tmp_path / "labels.csv").write_text("uri,split,tags\n")
+    for argv, flag in bad_numbers(str(encoded_dir / "music.mp3"), str(weights), str(tmp_path)):
+        assert main(argv) != 0, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and flag in err[0], (argv, err)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+def test_embed_on_gpus_without_one_is_refused_not_left_waiting(tmp_path, encoded_dir, weights, capsys):
+    argv = ["embed", str(encoded_dir / "music.mp3"), "--model", str(weights), "--out", str(tmp_path), "--gpus", "1"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["mvssl: error: --gpus 1: this machine has 0 GPUs (run on CPU with --gpus 0)"], err

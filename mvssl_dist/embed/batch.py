@@ -42,7 +42,7 @@ class EmbedOptions:
     hop_s: float = 4.0
     batch_size: int = 64
     workers: int = 1
-    gpus: int = 0
+    gpus: float = 0  # GPUs per model actor: 0 (CPU), 1, or a fraction to share one GPU between actors
     ray_address: str | None = None
     rows_per_part: int = int(os.environ.get("MVSSL_EMBED_ROWS_PER_PART", "256"))
     actor_cpus: float = 1.0  # CPUs per model actor when it runs on CPU (torch threads follow)
@@ -281,6 +281,39 @@ def model_facts(model: str) -> dict:
 
 
 # --------------------------------------------------------------------------- driver
+def check_counts(options: EmbedOptions) -> None:
+    if options.batch_size < 1:
+        raise EmbedError(f"--batch-size {options.batch_size}: must be >= 1")
+    if options.workers < 1:
+        raise EmbedError(f"--workers {options.workers}: must be >= 1")
+    if not 0 <= options.gpus <= 1:
+        raise EmbedError(f"--gpus {options.gpus:g}: GPUs per model actor, 0 to 1 (more GPUs: raise --workers)")
+
+
+def check_gpus(options: EmbedOptions, report: Callable[[str], None]) -> None:
+    """This machine's Ray without a GPU would wait forever for the actors' GPUs: refuse (before
+    starting Ray when it is not up yet). A remote cluster may be adding GPU nodes: say so."""
+    import ray
+
+    from mvssl_dist.raytools import init_ray
+
+    if options.gpus <= 0:
+        return
+    remote = bool(options.ray_address or os.environ.get("RAY_ADDRESS"))
+    if remote or ray.is_initialized():
+        init_ray(options.ray_address)
+        have = float(ray.cluster_resources().get("GPU", 0))
+    else:
+        import torch
+
+        have = float(torch.cuda.device_count())
+    if have >= options.gpus:
+        return
+    if not remote:
+        raise EmbedError(f"--gpus {options.gpus:g}: this machine has {have:g} GPUs (run on CPU with --gpus 0)")
+    report(f"[embed] the cluster has {have:g} GPUs now; waiting for one (an autoscaler must add GPU nodes)")
+
+
 def embed_library(options: EmbedOptions, report: Callable[[str], None] = print) -> EmbedSummary:
     import ray
 
@@ -294,6 +327,7 @@ def embed_library(options: EmbedOptions, report: Callable[[str], None] = print) 
         raise EmbedError("--segment-s: the backbone's attention pooling is fixed to 4 s segments")
     if options.hop_s <= 0:
         raise EmbedError("--hop-s must be > 0")
+    check_counts(options)
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or (
         default_tracking_uri() if options.model.startswith("models:/") else None
     )
@@ -313,6 +347,7 @@ def embed_library(options: EmbedOptions, report: Callable[[str], None] = print) 
     start = time.perf_counter()
     writer = PartWriter(out, options)
     if todo:
+        check_gpus(options, report)
         init_ray(options.ray_address)
         # leave at least one CPU for the decode tasks, whatever --workers asks for
         total = float(ray.cluster_resources().get("CPU", 1))
@@ -333,7 +368,7 @@ def embed_library(options: EmbedOptions, report: Callable[[str], None] = print) 
             fn_constructor_args=(options.model, options.batch_size, int(options.segment_s * SAMPLE_RATE), tracking_uri),
             batch_size=8,
             compute=ray.data.ActorPoolStrategy(size=max(1, options.workers)),
-            num_gpus=1 if options.gpus > 0 else 0,
+            num_gpus=options.gpus,
             num_cpus=0 if options.gpus > 0 else actor_cpus,
         )
         progress = Progress(len(todo), start, report)

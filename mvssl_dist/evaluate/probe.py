@@ -152,6 +152,9 @@ def check_config(cfg: ProbeConfig) -> None:
     """Refuse a probe setting that cannot run, in one line naming the option (ValueError)."""
     if cfg.kind not in PROBES:
         raise ValueError(f"--probe {cfg.kind}: must be one of {', '.join(PROBES)}")
+    for name, value in (("--hidden", cfg.hidden), ("--max-epochs", cfg.max_epochs), ("--patience", cfg.patience)):
+        if value < 1:
+            raise ValueError(f"{name} {value}: must be >= 1")
     if cfg.k < 0:
         raise ValueError(f"--k {cfg.k}: must be >= 0 (0 chooses k on validation)")
     if cfg.knn_temperature <= 0:

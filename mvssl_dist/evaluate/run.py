@@ -43,7 +43,7 @@ class EvaluateOptions:
     tracking_uri: str | None = None
     experiment: str = EXPERIMENT
     workers: int = 1
-    gpus: int = 0
+    gpus: float = 0
     ray_address: str | None = None
     features_dir: str | None = None  # segment embeddings already written by `mvssl embed --level segment|both`
 
@@ -224,6 +224,7 @@ def tag_columns(result: EvaluateResult, tags: Sequence[str] | None) -> np.ndarra
 
 # --------------------------------------------------------------------------- driver
 def evaluate(options: EvaluateOptions, report: Callable[[str], None] = print) -> EvaluateResult:
+    from mvssl_dist.embed.batch import EmbedError, EmbedOptions, check_counts
     from mvssl_dist.evaluate.tasks import TaskError
     from mvssl_dist.tracking import default_tracking_uri
 
@@ -234,7 +235,8 @@ def evaluate(options: EvaluateOptions, report: Callable[[str], None] = print) ->
         raise EvaluateError(f"--max-missing {options.max_missing}: must be in [0, 1]")
     try:
         check_config(options.probe)
-    except ValueError as err:
+        check_counts(EmbedOptions([], options.model, "", workers=options.workers, gpus=options.gpus))
+    except (ValueError, EmbedError) as err:
         raise EvaluateError(str(err)) from None
     try:
         task = limit_train(load_task(options.task, options.split_dir), options.train_fraction)

@@ -346,6 +346,10 @@ def ingest(options: IngestOptions, report: Callable[[str], None] = print) -> Ing
     """Run (or resume) an ingest; see the module docstring."""
     if options.codec not in CODECS:
         raise IngestError(f"--codec {options.codec}: unknown (known: {', '.join(CODECS)})")
+    if options.workers is not None and options.workers < 1:
+        raise IngestError(f"--workers {options.workers}: must be >= 1 (leave it out to use every CPU)")
+    if options.shard_target_mb <= 0:
+        raise IngestError(f"--shard-target-mb {options.shard_target_mb:g}: must be > 0")
     if options.min_duration_s > options.max_duration_s:
         raise IngestError("--min-duration-s must not exceed --max-duration-s")
     out = Path(options.out).expanduser().resolve()
