@@ -278,33 +278,43 @@ def add_neighbours(sub: argparse._SubParsersAction) -> None:
 
 
 def run_neighbours(args: argparse.Namespace) -> int:
-    import json
-
-    from mvssl_dist.audio import AudioDecodeError, decode
-    from mvssl_dist.embed import embed_track
-    from mvssl_dist.embed.batch import EmbedError, load_track_embeddings, nearest
-    from mvssl_dist.models import WeightsError, load_backbone
+    from mvssl_dist.embed.search import SearchError, nearest, search_index
 
     if args.k < 1:
         error(f"-k {args.k}: must be >= 1")
         return EXIT_USAGE
     try:
-        keys, uris, matrix = load_track_embeddings(args.embeddings)
+        keys, uris, matrix = search_index(args.embeddings)
         if args.key:
             if args.key not in keys:
-                raise EmbedError(f"--key {args.key}: not in {args.embeddings}")
+                raise SearchError(f"--key {args.key}: not in {args.embeddings}")
             query = matrix[keys.index(args.key)]
         else:
-            model = json.loads((Path(args.embeddings) / "embed.json").read_text())["model"]
-            query = embed_track(load_backbone(model), decode(args.query))[0]
-    except (EmbedError, WeightsError, AudioDecodeError, OSError) as err:
+            query = embed_query(args.query, Path(args.embeddings))
+    except (SearchError, OSError) as err:
         error(str(err))
         return EXIT_FAILED
-    top, scores = nearest(matrix, query, args.k)
+    top, scores = nearest(matrix, query, args.k, unit=True)
     print(f"{'key':34} {'score':>7}  uri")
     for i, score in zip(top, scores, strict=True):
         print(f"{keys[i]:34} {score:7.4f}  {uris[i]}")
     return EXIT_OK
+
+
+def embed_query(path: str, embeddings: Path):
+    """The query file's track embedding, with the model ``mvssl embed`` used for OUT_DIR."""
+    import json
+
+    from mvssl_dist.audio import AudioDecodeError, decode
+    from mvssl_dist.embed import embed_track
+    from mvssl_dist.embed.search import SearchError
+    from mvssl_dist.models import WeightsError, load_backbone
+
+    model = json.loads((embeddings / "embed.json").read_text())["model"]
+    try:
+        return embed_track(load_backbone(model), decode(path))[0]
+    except (WeightsError, AudioDecodeError) as err:
+        raise SearchError(str(err)) from None
 
 
 # --------------------------------------------------------------------------- evaluate

@@ -301,10 +301,8 @@ def knn_lines(knn: dict) -> list[str]:
 
 
 def first_key(out: Path) -> str:
-    from mvssl_dist.embed.batch import load_track_embeddings
+    import pyarrow.parquet as pq
 
-    try:
-        keys, _, _ = load_track_embeddings(out)
-    except Exception:
-        return "KEY"
+    parts = sorted(out.glob("tracks-*.parquet"))
+    keys = pq.read_table(parts[0], columns=["key"]).column("key").to_pylist() if parts else []
     return keys[0] if keys else "KEY"

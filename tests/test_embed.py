@@ -18,7 +18,8 @@ from catalogue import write_catalogue
 from distributed_helpers import ensure_ray
 
 from mvssl_dist.cli import main
-from mvssl_dist.embed.batch import EmbedOptions, embed_library, load_track_embeddings, nearest
+from mvssl_dist.embed.batch import EmbedOptions, embed_library
+from mvssl_dist.embed.search import load_track_embeddings, nearest
 from mvssl_dist.models import Backbone, save_backbone
 from mvssl_dist.shards import IngestOptions, ingest, uri_to_path
 

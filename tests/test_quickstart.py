@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mvssl_dist.cli import main
-from mvssl_dist.embed.batch import load_track_embeddings
+from mvssl_dist.embed.search import load_track_embeddings
 from mvssl_dist.quickstart import MODEL_NAME
 
 pytestmark = pytest.mark.slow

@@ -423,26 +423,3 @@ def finalize(out: Path, options: EmbedOptions, facts: dict, skipped: int, second
     }
     atomic_write(out / "embed.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2, default=str) + "\n"))
     return EmbedSummary(out, tracks, table.num_rows, skipped, seconds, by_reason)
-
-
-# --------------------------------------------------------------------------- neighbours
-def load_track_embeddings(out_dir: str | Path) -> tuple[list[str], list[str], np.ndarray]:
-    parts = sorted(Path(out_dir).glob("tracks-*.parquet"))
-    if not parts:
-        raise EmbedError(f"{out_dir}: no track embeddings (run `mvssl embed --level track|both` first)")
-    table = pa.concat_tables([pq.read_table(p) for p in parts])
-    flat = table.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False)
-    return table.column("key").to_pylist(), table.column("source_uri").to_pylist(), flat.reshape(-1, EMBEDDING_DIM)
-
-
-def nearest(matrix: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k rows of ``matrix`` by cosine similarity to ``query``: (indices, scores), best first.
-
-    One matrix-vector product and an ``argpartition``: ~1 s for a million 1024-d rows on one core.
-    """
-    norms = np.linalg.norm(matrix, axis=1)
-    scores = (matrix @ (query / max(np.linalg.norm(query), 1e-12))) / np.maximum(norms, 1e-12)
-    k = min(k, len(scores))
-    top = np.argpartition(-scores, k - 1)[:k]
-    top = top[np.argsort(-scores[top])]
-    return top, scores[top]
