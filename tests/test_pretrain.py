@@ -179,3 +179,17 @@ def test_config_errors_fail_fast_with_the_field_named(dataset, workdir, capsys):
         assert time.perf_counter() - start < 60
     with pytest.raises(ConfigError, match="data.augment_on must be one of"):
         load_config(None, ["data.augment_on=gpu"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+def test_gpu_training_without_a_gpu_is_refused_not_left_waiting(dataset, workdir, capsys):
+    """It used to start the MLflow run, then wait for ever for GPUs this machine's Ray never has."""
+    start = time.perf_counter()
+    assert main(["pretrain", *tiny(dataset, **{"train.use_gpu": "true"})]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # above it: MLflow creating its tables
+    assert err == (
+        "mvssl: error: config: train.use_gpu=true needs 2 GPUs (one per worker); this machine has 0 "
+        "(set train.use_gpu=false, or fewer train.num_workers)"
+    ), err
+    assert time.perf_counter() - start < 60
+    assert not mlflow.search_runs(search_all_experiments=True, output_format="list")

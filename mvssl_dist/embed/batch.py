@@ -295,11 +295,11 @@ def check_gpus(options: EmbedOptions, report: Callable[[str], None]) -> None:
     starting Ray when it is not up yet). A remote cluster may be adding GPU nodes: say so."""
     import ray
 
-    from mvssl_dist.raytools import init_ray
+    from mvssl_dist.raytools import init_ray, joins_cluster
 
     if options.gpus <= 0:
         return
-    remote = bool(options.ray_address or os.environ.get("RAY_ADDRESS"))
+    remote = joins_cluster(options.ray_address)
     if remote or ray.is_initialized():
         init_ray(options.ray_address)
         have = float(ray.cluster_resources().get("GPU", 0))

@@ -115,6 +115,25 @@ def size_cpus(cfg: dict) -> tuple[float, float]:
     return per_worker, view_cpus
 
 
+def check_gpus(cfg: dict, remote: bool, report: Callable[[str], None]) -> None:
+    """``train.use_gpu`` on a Ray without enough GPUs would wait for ever: refuse on this
+    machine's own Ray; on a cluster (which may autoscale) say what the job waits for."""
+    import ray
+
+    train = cfg["train"]
+    if not train["use_gpu"]:
+        return
+    have = float(ray.cluster_resources().get("GPU", 0))
+    if have >= train["num_workers"]:
+        return
+    if not remote:
+        raise ConfigError(
+            f"config: train.use_gpu=true needs {train['num_workers']} GPUs (one per worker); this machine has "
+            f"{have:g} (set train.use_gpu=false, or fewer train.num_workers)"
+        )
+    report(f"[pretrain] the cluster has {have:g} of the {train['num_workers']} GPUs asked for; waiting for the rest")
+
+
 def code_version() -> str:
     try:
         sha = subprocess.run(
@@ -305,7 +324,7 @@ def pretrain(
     """Validate, fit, register. ``cfg`` comes from :func:`mvssl_dist.config.load_config`."""
     import mlflow
 
-    from mvssl_dist.raytools import init_ray
+    from mvssl_dist.raytools import init_ray, joins_cluster
 
     facts = dataset_facts(cfg)
     cfg = derive(cfg, facts)
@@ -317,6 +336,7 @@ def pretrain(
     run_dir = Path(cfg["train"]["storage_path"]).resolve() / name
     init_ray(ray_address)
     per_worker, view_cpus = size_cpus(cfg)
+    check_gpus(cfg, joins_cluster(ray_address), report)
     run_id = start_or_resume_run(cfg, facts, run_dir, resume)
     cfg["run_id"] = run_id
     checkpoint, start_step = latest_checkpoint(run_dir) if resume else (None, 0)
