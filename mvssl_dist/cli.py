@@ -310,7 +310,10 @@ def embed_query(path: str, embeddings: Path):
     from mvssl_dist.embed.search import SearchError
     from mvssl_dist.models import WeightsError, load_backbone
 
-    model = json.loads((embeddings / "embed.json").read_text())["model"]
+    try:
+        model = json.loads((embeddings / "embed.json").read_text())["model"]
+    except (OSError, ValueError, KeyError):
+        raise SearchError(f"{embeddings / 'embed.json'}: missing or unreadable, so the model is unknown") from None
     try:
         return embed_track(load_backbone(model), decode(path))[0]
     except (WeightsError, AudioDecodeError) as err:

@@ -97,6 +97,9 @@ def test_neighbours_cli_by_key_and_bad_input(tmp_path, capsys):
     assert "--key nope: not in" in capsys.readouterr().err
     assert main(["neighbours", "--embeddings", str(tmp_path / "empty"), "--key", "x"]) == 1
     assert "no track embeddings" in capsys.readouterr().err
+    assert main(["neighbours", "--embeddings", str(tmp_path), "--query", str(tmp_path / "song.mp3")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "embed.json: missing or unreadable" in err[0], err
 
 
 @pytest.mark.parametrize("k", [1, 5])
