@@ -197,6 +197,11 @@ def fixed_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), pa.float32()), EMBEDDING_DIM)
 
 
+def embedding_matrix(column: pa.ChunkedArray) -> np.ndarray:
+    """The inverse of :func:`fixed_list`: an ``embedding`` column read back as ``[rows, 1024]`` float32."""
+    return column.combine_chunks().values.to_numpy(zero_copy_only=False).reshape(-1, EMBEDDING_DIM)
+
+
 class PartWriter:
     """Collects finished tracks and writes them in atomic part files."""
 

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mvssl_dist.constants import EMBEDDING_DIM
+from mvssl_dist.embed.batch import embedding_matrix
 
 CACHE = "search"
 
@@ -36,26 +37,26 @@ def track_parts(out_dir: str | Path) -> list[Path]:
 
 
 def load_track_embeddings(out_dir: str | Path) -> tuple[list[str], list[str], np.ndarray]:
-    """(keys, source URIs, ``[tracks, 1024]`` float32) as written, read part by part into one array."""
+    """(keys, source URIs, ``[tracks, 1024]`` float32) as written."""
     parts = track_parts(out_dir)
-    matrix = np.empty((sum(pq.read_metadata(p).num_rows for p in parts), EMBEDDING_DIM), np.float32)
-    keys, uris = fill_rows(parts, matrix, normalise=False)
-    return keys, uris, matrix
+    return read_rows(parts, np.empty((row_count(parts), EMBEDDING_DIM), np.float32), normalise=False)
 
 
-def fill_rows(parts: list[Path], matrix: np.ndarray, normalise: bool) -> tuple[list[str], list[str]]:
+def row_count(parts: list[Path]) -> int:
+    return sum(pq.read_metadata(p).num_rows for p in parts)
+
+
+def read_rows(parts: list[Path], matrix: np.ndarray, normalise: bool) -> tuple[list[str], list[str], np.ndarray]:
     """Copy each part's embeddings into ``matrix`` (no concatenated copy of the whole table)."""
     keys: list[str] = []
     uris: list[str] = []
     for part in parts:
         table = pq.read_table(part, columns=["key", "source_uri", "embedding"])
-        rows = table.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False)
-        rows = rows.reshape(-1, EMBEDDING_DIM)
-        start = len(keys)
-        matrix[start : start + len(rows)] = unit_rows(rows) if normalise else rows
+        rows = embedding_matrix(table.column("embedding"))
+        matrix[len(keys) : len(keys) + len(rows)] = unit_rows(rows) if normalise else rows
         keys += table.column("key").to_pylist()
         uris += table.column("source_uri").to_pylist()
-    return keys, uris
+    return keys, uris, matrix
 
 
 def unit_rows(rows: np.ndarray) -> np.ndarray:
@@ -65,7 +66,7 @@ def unit_rows(rows: np.ndarray) -> np.ndarray:
 
 
 def fingerprint(parts: list[Path]) -> list[list]:
-    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in parts]
+    return [[p.name, stat.st_size, stat.st_mtime_ns] for p, stat in ((p, p.stat()) for p in parts)]
 
 
 def search_index(out_dir: str | Path) -> tuple[list[str], list[str], np.ndarray]:
@@ -84,18 +85,16 @@ def search_index(out_dir: str | Path) -> tuple[list[str], list[str], np.ndarray]
     try:
         return build_index(cache, parts, source)
     except PermissionError:
-        keys, uris, matrix = load_track_embeddings(out)
-        return keys, uris, unit_rows(matrix)
+        return read_rows(parts, np.empty((row_count(parts), EMBEDDING_DIM), np.float32), normalise=True)
 
 
 def build_index(cache: Path, parts: list[Path], source: list[list]) -> tuple[list[str], list[str], np.ndarray]:
     """Write the cache under temporary names; ``source.json`` last, so a killed build is redone."""
     cache.mkdir(exist_ok=True)
     suffix = f".tmp{os.getpid()}"
-    count = sum(pq.read_metadata(p).num_rows for p in parts)
     vectors = cache / f"vectors.npy{suffix}"
-    matrix = np.lib.format.open_memmap(vectors, mode="w+", dtype=np.float32, shape=(count, EMBEDDING_DIM))
-    keys, uris = fill_rows(parts, matrix, normalise=True)
+    shape = (row_count(parts), EMBEDDING_DIM)
+    keys, uris, matrix = read_rows(parts, np.lib.format.open_memmap(vectors, "w+", np.float32, shape), normalise=True)
     matrix.flush()
     del matrix
     rows = cache / f"rows.parquet{suffix}"

@@ -20,7 +20,6 @@ import numpy as np
 from mvssl_dist.evaluate.metrics import Margin, TagScore, roc_auc_margin, tagging_metrics
 from mvssl_dist.evaluate.probe import ProbeConfig, SplitFeatures, check_config, track_scores, train_probe
 from mvssl_dist.evaluate.tasks import SPLITS, Task, limit_train, load_task
-from mvssl_dist.models.backbone import EMBEDDING_DIM
 
 EXPERIMENT = "mvssl-evaluate"
 
@@ -158,14 +157,15 @@ def read_features(out: Path, wanted: set[str]) -> tuple[dict[str, np.ndarray], d
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from mvssl_dist.embed.batch import embedding_matrix
+
     found: dict[str, list] = {}
     for part in sorted(out.glob("segments-*.parquet")):
         table = pq.read_table(part, columns=["source_uri", "segment", "embedding"])
         table = table.filter(pc.is_in(table["source_uri"], value_set=pa.array(sorted(wanted), pa.string())))
         if not table.num_rows:
             continue
-        flat = table.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False)
-        matrix = flat.reshape(-1, EMBEDDING_DIM)
+        matrix = embedding_matrix(table.column("embedding"))
         for uri, seg, row in zip(table["source_uri"].to_pylist(), table["segment"].to_pylist(), matrix, strict=True):
             found.setdefault(uri, []).append((seg, row))
     features = {u: np.stack([r for _, r in sorted(rows, key=lambda x: x[0])]) for u, rows in found.items()}
