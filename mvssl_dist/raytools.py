@@ -18,11 +18,31 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    if joins_cluster(address):
-        address = address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
         ray.init(address=address, log_to_driver=False)
     else:
         # "local": always our own instance, never a stray cluster left on this machine
         ray.init(
             address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False
         )
+
+
+def gpus_short(need: float, address: str | None = None) -> float | None:
+    """The GPUs Ray has when fewer than ``need`` (``None`` when enough, or none needed).
+
+    Asks the running Ray, joining ``address`` if need be; before this machine's own Ray is up,
+    counts the GPUs torch sees instead of starting Ray only to ask.
+    """
+    import ray
+
+    if need <= 0:
+        return None
+    if joins_cluster(address) or ray.is_initialized():
+        init_ray(address)
+        have = float(ray.cluster_resources().get("GPU", 0))
+    else:
+        import torch
+
+        have = float(torch.cuda.device_count())
+    return have if have < need else None

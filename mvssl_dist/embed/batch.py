@@ -286,35 +286,25 @@ def model_facts(model: str) -> dict:
 
 
 # --------------------------------------------------------------------------- driver
-def check_counts(options: EmbedOptions) -> None:
-    if options.batch_size < 1:
-        raise EmbedError(f"--batch-size {options.batch_size}: must be >= 1")
-    if options.workers < 1:
-        raise EmbedError(f"--workers {options.workers}: must be >= 1")
-    if not 0 <= options.gpus <= 1:
-        raise EmbedError(f"--gpus {options.gpus:g}: GPUs per model actor, 0 to 1 (more GPUs: raise --workers)")
+def check_counts(workers: int, gpus: float, batch_size: int = 1) -> None:
+    """The model actors' counts (``mvssl embed``, and ``mvssl evaluate`` which embeds through it)."""
+    if batch_size < 1:
+        raise EmbedError(f"--batch-size {batch_size}: must be >= 1")
+    if workers < 1:
+        raise EmbedError(f"--workers {workers}: must be >= 1")
+    if not 0 <= gpus <= 1:
+        raise EmbedError(f"--gpus {gpus:g}: GPUs per model actor, 0 to 1 (more GPUs: raise --workers)")
 
 
 def check_gpus(options: EmbedOptions, report: Callable[[str], None]) -> None:
-    """This machine's Ray without a GPU would wait forever for the actors' GPUs: refuse (before
-    starting Ray when it is not up yet). A remote cluster may be adding GPU nodes: say so."""
-    import ray
+    """This machine's Ray without the GPUs would wait for ever: refuse. A cluster may be adding GPU
+    nodes (autoscaling): say what the job waits for."""
+    from mvssl_dist.raytools import gpus_short, joins_cluster
 
-    from mvssl_dist.raytools import init_ray, joins_cluster
-
-    if options.gpus <= 0:
+    have = gpus_short(options.gpus, options.ray_address)
+    if have is None:
         return
-    remote = joins_cluster(options.ray_address)
-    if remote or ray.is_initialized():
-        init_ray(options.ray_address)
-        have = float(ray.cluster_resources().get("GPU", 0))
-    else:
-        import torch
-
-        have = float(torch.cuda.device_count())
-    if have >= options.gpus:
-        return
-    if not remote:
+    if not joins_cluster(options.ray_address):
         raise EmbedError(f"--gpus {options.gpus:g}: this machine has {have:g} GPUs (run on CPU with --gpus 0)")
     report(f"[embed] the cluster has {have:g} GPUs now; waiting for one (an autoscaler must add GPU nodes)")
 
@@ -332,7 +322,7 @@ def embed_library(options: EmbedOptions, report: Callable[[str], None] = print) 
         raise EmbedError("--segment-s: the backbone's attention pooling is fixed to 4 s segments")
     if options.hop_s <= 0:
         raise EmbedError("--hop-s must be > 0")
-    check_counts(options)
+    check_counts(options.workers, options.gpus, options.batch_size)
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or (
         default_tracking_uri() if options.model.startswith("models:/") else None
     )

@@ -224,7 +224,7 @@ def tag_columns(result: EvaluateResult, tags: Sequence[str] | None) -> np.ndarra
 
 # --------------------------------------------------------------------------- driver
 def evaluate(options: EvaluateOptions, report: Callable[[str], None] = print) -> EvaluateResult:
-    from mvssl_dist.embed.batch import EmbedError, EmbedOptions, check_counts
+    from mvssl_dist.embed.batch import EmbedError, check_counts
     from mvssl_dist.evaluate.tasks import TaskError
     from mvssl_dist.tracking import default_tracking_uri
 
@@ -235,7 +235,7 @@ def evaluate(options: EvaluateOptions, report: Callable[[str], None] = print) ->
         raise EvaluateError(f"--max-missing {options.max_missing}: must be in [0, 1]")
     try:
         check_config(options.probe)
-        check_counts(EmbedOptions([], options.model, "", workers=options.workers, gpus=options.gpus))
+        check_counts(options.workers, options.gpus)
     except (ValueError, EmbedError) as err:
         raise EvaluateError(str(err)) from None
     try:

@@ -115,18 +115,16 @@ def size_cpus(cfg: dict) -> tuple[float, float]:
     return per_worker, view_cpus
 
 
-def check_gpus(cfg: dict, remote: bool, report: Callable[[str], None]) -> None:
+def check_gpus(cfg: dict, ray_address: str | None, report: Callable[[str], None]) -> None:
     """``train.use_gpu`` on a Ray without enough GPUs would wait for ever: refuse on this
     machine's own Ray; on a cluster (which may autoscale) say what the job waits for."""
-    import ray
+    from mvssl_dist.raytools import gpus_short, joins_cluster
 
     train = cfg["train"]
-    if not train["use_gpu"]:
+    have = gpus_short(train["num_workers"] if train["use_gpu"] else 0, ray_address)
+    if have is None:
         return
-    have = float(ray.cluster_resources().get("GPU", 0))
-    if have >= train["num_workers"]:
-        return
-    if not remote:
+    if not joins_cluster(ray_address):
         raise ConfigError(
             f"config: train.use_gpu=true needs {train['num_workers']} GPUs (one per worker); this machine has "
             f"{have:g} (set train.use_gpu=false, or fewer train.num_workers)"
@@ -324,7 +322,7 @@ def pretrain(
     """Validate, fit, register. ``cfg`` comes from :func:`mvssl_dist.config.load_config`."""
     import mlflow
 
-    from mvssl_dist.raytools import init_ray, joins_cluster
+    from mvssl_dist.raytools import init_ray
 
     facts = dataset_facts(cfg)
     cfg = derive(cfg, facts)
@@ -336,7 +334,7 @@ def pretrain(
     run_dir = Path(cfg["train"]["storage_path"]).resolve() / name
     init_ray(ray_address)
     per_worker, view_cpus = size_cpus(cfg)
-    check_gpus(cfg, joins_cluster(ray_address), report)
+    check_gpus(cfg, ray_address, report)
     run_id = start_or_resume_run(cfg, facts, run_dir, resume)
     cfg["run_id"] = run_id
     checkpoint, start_step = latest_checkpoint(run_dir) if resume else (None, 0)
