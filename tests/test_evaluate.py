@@ -9,6 +9,7 @@ import pickle
 import subprocess
 import sys
 
+import matplotlib.pyplot
 import mlflow
 import numpy as np
 import pytest
@@ -371,6 +372,7 @@ def test_probe_on_a_separating_backbone_scores_high_and_is_logged(evaluated, reg
     assert run.data.metrics["test.pr_auc_micro"] == pytest.approx(result.metrics["pr_auc_micro"])
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"per_tag_mtat.csv", "per_tag_mtat.png", "missing-mtat.csv"} <= artifacts
+    assert not matplotlib.pyplot.get_fignums()  # the chart is logged, then closed
     assert result.promoted and str(client.get_model_version_by_alias("mvssl-eval-test", "champion").version) == "1"
 
 

@@ -45,6 +45,14 @@ def per_tag_figure(per_tag: list[TagScore], title: str):
     return fig
 
 
+def close_figure(fig) -> None:
+    """pyplot keeps every figure it made until closed: one per evaluation would pile up in a
+    process that evaluates many models (a benchmark, a notebook)."""
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
 def promote(name: str, version: str, alias: str, key: str, score: float) -> tuple[bool, str]:
     """Move ``alias`` to ``version`` only if it beats the holder's ``key`` tag (ties keep the holder)."""
     import mlflow
@@ -111,6 +119,7 @@ def log_evaluation(
                 mlflow.log_artifact(str(missing_file))
         fig = per_tag_figure(result.per_tag, f"{result.task}: per-tag scores ({options.model})")
         mlflow.log_figure(fig, f"per_tag_{result.task}.png")
+        close_figure(fig)
         result.run_id = run.info.run_id
     if result.model_version:
         tag_version(result, options)
