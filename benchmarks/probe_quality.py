@@ -1,6 +1,7 @@
 """Probe quality: a briefly pre-trained contrastive backbone vs. a random one vs. the shared fixture weights.
 
     python benchmarks/probe_quality.py [--workdir mvssl-quickstart] [--steps 0] [--seeds 3] [--probes mlp,knn]
+                                       [--layers 0]
 
 Runs (or reuses) the quickstart in WORKDIR: its labelled synthetic library (tags for lead timbre,
 tempo, mode, drums and bass, drawn independently per track) and its pre-trained contrastive model.
@@ -10,6 +11,9 @@ Two probes by default: the reference's MLP (trained, early-stopped; it can build
 of the features, so on this library it reaches the ceiling from random features too) and the
 training-free weighted k-NN vote (DINO's / solo-learn's k = 20, T = 0.07), which scores how the
 embedding itself groups tracks by tag. The k-NN probe is deterministic: it runs once.
+``--layers 0.5`` runs on a harder library (the quickstart's ``--layers``: untagged pad and
+arpeggio layers that change every section) where random features are far from the ceiling; use a
+fresh workdir for it.
 The shared fixture is a release-format file with non-trivial but untrained weights: a second
 "no pre-training" baseline, not a trained model.
 """
@@ -71,9 +75,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=0, help="pre-training steps (0: the quickstart's choice)")
     parser.add_argument("--seeds", type=int, default=3, help="probe seeds per backbone (trained probes)")
     parser.add_argument("--probes", default="mlp,knn", help="comma-separated: mlp, linear, knn")
+    parser.add_argument("--layers", type=float, default=0.0, help="the library's untagged layers (quickstart --layers)")
     args = parser.parse_args(argv)
     work = Path(args.workdir).resolve()
-    state = run_quickstart(QuickstartOptions(str(work), args.tracks, steps=args.steps), say=lambda m: None).state
+    options = QuickstartOptions(str(work), args.tracks, steps=args.steps, layers=args.layers)
+    state = run_quickstart(options, say=lambda m: None).state
     candidates = [(f"pre-trained contrastive ({state['pretrain']['steps']} steps)", state["pretrain"]["model_uri"])]
     candidates.append(("random initialisation", "random:0"))
     if FIXTURE.is_file():

@@ -413,6 +413,13 @@ def add_quickstart(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--minutes", type=float, default=8.0, help="time target; pre-training gets what is left")
     p.add_argument("--seconds", type=float, default=20.0, help="length of each generated track")
     p.add_argument("--steps", type=int, default=0, help="pre-training steps (default: sized from --minutes)")
+    p.add_argument(
+        "--layers",
+        type=float,
+        default=0.0,
+        help="a harder library: untagged pad and arpeggio layers that change every section, at this level "
+        "relative to the tagged music (e.g. 0.5; default 0: none)",
+    )
     p.add_argument("--ray-address")
     p.set_defaults(run=run_quickstart)
 
@@ -422,7 +429,13 @@ def run_quickstart(args: argparse.Namespace) -> int:
     from mvssl_dist.quickstart import run_quickstart as run
 
     options = QuickstartOptions(
-        args.workdir, args.tracks, args.minutes, args.seconds, args.steps, ray_address=args.ray_address
+        args.workdir,
+        args.tracks,
+        args.minutes,
+        args.seconds,
+        args.steps,
+        ray_address=args.ray_address,
+        layers=args.layers,
     )
     try:
         result = run(options)

@@ -43,19 +43,23 @@ def write_library(
     broken: bool = False,
     varied: bool = False,
     jobs: int = 1,
+    layers: float = 0.0,
 ) -> list[LibraryTrack]:
     """Render ``tracks`` tracks and, optionally, broken files.
 
     Styles rotate through :data:`STYLES`, or with ``varied`` every track draws its own
-    attributes (:func:`random_style`); formats rotate through ``formats``. Files already there are
-    kept; ``jobs`` > 1 renders in that many processes.
+    attributes (:func:`random_style`); formats rotate through ``formats``. ``layers`` > 0 (varied
+    styles only) adds untagged layers that change every section, at that level. Files already there
+    are kept; ``jobs`` > 1 renders in that many processes.
     """
+    if layers < 0 or (layers > 0 and not varied):
+        raise ValueError(f"layers {layers:g}: must be >= 0, and > 0 only with varied styles")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written, todo = [], []
     rng = np.random.default_rng(seed)
     for i in range(tracks):
-        style = random_style(rng) if varied else STYLES[i % len(STYLES)]
+        style = random_style(rng, layers) if varied else STYLES[i % len(STYLES)]
         fmt = formats[i % len(formats)]
         length = float(seconds * rng.uniform(0.9, 1.1))
         path = out / f"track{i:04d}_{style.name}.{fmt}"

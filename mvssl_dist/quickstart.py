@@ -32,6 +32,7 @@ class QuickstartOptions:
     seconds: float = 20.0  # length of each generated track
     steps: int = 0  # > 0: pre-training steps (else sized from --minutes)
     workers: int = 2  # Ray Train workers
+    layers: float = 0.0  # > 0: a harder library, with untagged layers that change every section
     ray_address: str | None = None
 
 
@@ -64,9 +65,25 @@ def make_library(opts: QuickstartOptions, work: Path, say) -> dict:
     from mvssl_dist.library import write_library
 
     jobs = os.cpu_count() or 1
-    tracks = write_library(work / "library", opts.tracks, opts.seconds, varied=True, seed=7, broken=True, jobs=jobs)
+    tracks = write_library(
+        work / "library", opts.tracks, opts.seconds, varied=True, seed=7, broken=True, jobs=jobs, layers=opts.layers
+    )
     say(f"  {len(tracks)} tracks of ~{opts.seconds:g} s in mp3/flac/ogg/wav/m4a + 4 broken files in library/broken")
-    return {"tracks": len(tracks), "labels": str(work / "library" / "labels.csv")}
+    return {"tracks": len(tracks), "labels": str(work / "library" / "labels.csv"), "layers": opts.layers}
+
+
+def check_reuse(opts: QuickstartOptions, made: dict | None, work: Path) -> None:
+    """Refuse options that disagree with the library ``work`` already holds (it would be reused)."""
+    if made is None:
+        return
+    for option, asked, had in (
+        ("--tracks", opts.tracks, made["tracks"]),
+        ("--layers", opts.layers, made.get("layers", 0.0)),
+    ):
+        if asked != had:
+            raise QuickstartError(
+                f"{option} {asked:g}: {work} holds a library made with {option} {had:g}; use another --workdir"
+            )
 
 
 def ingest_library(opts: QuickstartOptions, work: Path, say) -> dict:
@@ -192,6 +209,8 @@ def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = print) 
         raise QuickstartError(f"--minutes {opts.minutes:g}: must be > 0")
     if opts.steps < 0:
         raise QuickstartError(f"--steps {opts.steps}: must be >= 0 (0 sizes pre-training from --minutes)")
+    if opts.layers < 0:
+        raise QuickstartError(f"--layers {opts.layers:g}: must be >= 0")
     if opts.seconds * 0.9 < 12:  # track lengths vary by +-10% around --seconds
         raise QuickstartError(
             f"--seconds {opts.seconds:g}: at least 13.4 (tracks vary by 10% and ingest keeps tracks of 12 s and more)"
@@ -201,6 +220,7 @@ def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = print) 
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(work)
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     state = State(work / STATE_FILE)
+    check_reuse(opts, state.get("library"), work)
     result = QuickstartResult(work, state.data)
     import ray.data  # noqa: F401  (configures its loggers on import; quieten them after)
 

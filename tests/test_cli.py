@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -106,6 +107,20 @@ def test_quickstart_refuses_tracks_that_ingest_would_reject(tmp_path, capsys):
     assert not (tmp_path / "library").exists()
 
 
+def test_quickstart_refuses_options_its_workdir_was_not_made_with(tmp_path, capsys):
+    """A re-run reuses the library: other --tracks or --layers would be silently ignored."""
+    library = {"tracks": 120, "labels": str(tmp_path / "library" / "labels.csv")}  # made before --layers
+    (tmp_path / "quickstart.json").write_text(json.dumps({"library": library}))
+    for argv, said in (
+        (["--layers", "0.5"], "--layers 0.5: "),
+        (["--tracks", "60"], "--tracks 60: "),
+    ):
+        assert main(["quickstart", "--workdir", str(tmp_path), *argv]) == 1
+        err = capsys.readouterr().err.strip()
+        assert said in err and "with " + said.split(":")[0].split()[0] in err and "another --workdir" in err, err
+        assert len(err.splitlines()) == 1
+
+
 def bad_numbers(music: str, weights: str, tmp: str) -> list[tuple[list[str], str]]:
     embed = ["embed", music, "--model", weights, "--out", f"{tmp}/emb"]
     evaluate = ["evaluate", "--model", "random", "--task", f"csv:{tmp}/labels.csv", "--audio-root", tmp]
@@ -124,6 +139,7 @@ def bad_numbers(music: str, weights: str, tmp: str) -> list[tuple[list[str], str
         ([*evaluate, "--workers", "0"], "--workers 0"),
         (["quickstart", "--workdir", f"{tmp}/q", "--minutes", "0"], "--minutes 0"),
         (["quickstart", "--workdir", f"{tmp}/q", "--steps", "-1"], "--steps -1"),
+        (["quickstart", "--workdir", f"{tmp}/q", "--layers", "-1"], "--layers -1"),
     ]
 
 

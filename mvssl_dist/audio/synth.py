@@ -33,6 +33,7 @@ class Style:
     drums: str  # "four", "backbeat", "none"
     bass: bool = True
     sections_s: float = 0.0  # > 0: every this many seconds the music moves to another key and level
+    layers: float = 0.0  # > 0 (with sections): untagged pad and arpeggio layers, new in every section
 
 
 STYLES = (
@@ -69,8 +70,11 @@ def style_tags(style: Style) -> list[str]:
     ]
 
 
-def random_style(rng: np.random.Generator) -> Style:
-    """A style whose every attribute is drawn independently (tempo and key vary within a class too)."""
+def random_style(rng: np.random.Generator, layers: float = 0.0) -> Style:
+    """A style whose every attribute is drawn independently (tempo and key vary within a class too).
+
+    ``layers`` > 0 adds untagged layers that change from section to section (see :func:`_layers`).
+    """
     lead = str(rng.choice(list(LEADS)))
     tempo = str(rng.choice(list(TEMPI)))
     mode = str(rng.choice(list(MODES)))
@@ -87,6 +91,7 @@ def random_style(rng: np.random.Generator) -> Style:
         drums,
         bass,
         sections_s=float(rng.uniform(5.0, 8.0)),
+        layers=layers,
     )
 
 
@@ -152,6 +157,8 @@ def render(style: Style, seconds: float, sr: int = 44100, seed: int = 0) -> np.n
     if style.sections_s > 0:
         section = (np.arange(len(out)) / sr / style.sections_s).astype(int)
         out = out * gains[np.minimum(section, len(gains) - 1)]
+        if style.layers > 0:
+            out = out / max(1e-6, float(np.abs(out).max())) + _layers(style, len(out), sr, seed, keys)
     return (0.8 * out / max(1e-6, float(np.abs(out).max()))).astype(np.float32)
 
 
@@ -164,6 +171,38 @@ def _sections(style: Style, seconds: float, seed: int) -> tuple[np.ndarray, np.n
     keys = rng.integers(-5, 7, count)
     gains = (10 ** (rng.uniform(-12, 0, count) / 20)).astype(np.float32)
     return keys, gains
+
+
+def _layers(style: Style, n: int, sr: int, seed: int, keys: np.ndarray) -> np.ndarray:
+    """Per section, at ``style.layers`` times the tagged music's peak and each with probability
+    0.7: a sustained triad and an arpeggio at 2-8 notes/s, each with its own random harmonics.
+
+    None of it is tagged: they are what a real mix adds around the tagged instruments, and they
+    change every section, so a backbone must look past them to hear a track's tags.
+    """
+    rng = np.random.default_rng(seed + 104729)  # own stream: the notes stay those of the plain render
+    span = int(style.sections_s * sr)
+    out = np.zeros(n + span + 2 * sr, np.float32)
+    for i, start in enumerate(range(0, n, span)):
+        root = style.root_midi + int(keys[min(i, len(keys) - 1)])
+        harmonics = tuple(rng.uniform(0, 1, int(rng.integers(1, 9))))
+        if rng.random() < 0.7:
+            pad = sum(tone(midi_hz(root + step), style.sections_s, sr, harmonics, 4.0) for step in (0, 4, 7))
+            out[start : start + len(pad)] += style.layers * rng.uniform(0.2, 1.0) * pad / 3
+        if rng.random() < 0.7:
+            _arpeggio(out, start, root, style, sr, rng)
+    return out[:n]
+
+
+def _arpeggio(out: np.ndarray, start: int, root: int, style: Style, sr: int, rng: np.random.Generator) -> None:
+    rate = float(rng.uniform(2.0, 8.0))
+    harmonics = tuple(rng.uniform(0, 1, int(rng.integers(1, 9))))
+    decay = float(rng.uniform(0.05, 0.5))
+    level = style.layers * rng.uniform(0.2, 1.0)
+    for k in range(int(style.sections_s * rate)):
+        note = tone(midi_hz(root + 12 + (0, 4, 7, 12)[k % 4]), 2.0 / rate, sr, harmonics, decay)
+        at = start + int(k / rate * sr)
+        out[at : at + len(note)] += level * note
 
 
 def _section_of(style: Style, t: float) -> int:
