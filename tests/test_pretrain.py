@@ -19,7 +19,7 @@ from distributed_helpers import ensure_ray
 from mvssl_dist.cli import main
 from mvssl_dist.config import ConfigError, load_config
 from mvssl_dist.models import load_backbone
-from mvssl_dist.train.pretrain import pretrain
+from mvssl_dist.train.pretrain import epochs_to_read, pretrain
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,6 +91,25 @@ def assert_loads_in_a_fresh_process(workdir, uri):
     assert "torch.Size([1, 1024])" in run.stdout
     pyfunc = mlflow.pyfunc.load_model(uri)
     assert pyfunc.predict(torch.zeros(2, 64000).numpy()).shape == (2, 1024)
+
+
+def test_views_that_run_out_keep_every_trained_step(dataset, workdir, monkeypatch):
+    """Skipped views make epochs shorter than planned. A 1,600-step run used to stop short and
+    register its last periodic checkpoint, 40-odd trained steps earlier. Now the spare is 10 % + 1
+    epoch, and if the views still run out, the last step is checkpointed and registered."""
+    assert epochs_to_read(1600, 15) * 15 >= 1.1 * 1600 + 15 and epochs_to_read(3, 15) == 2
+    monkeypatch.setattr("mvssl_dist.train.pretrain.epochs_to_read", lambda total, per_epoch: 1)
+    said = []
+    overrides = tiny(dataset, **{"train.max_steps": 50, "train.checkpoint_every": 50})
+    result = pretrain(
+        load_config(ROOT / "configs" / "contrastive.yaml", overrides), run_name="t-out", report=said.append
+    )
+    assert 0 < result.steps < 50
+    assert torch.load(Path(result.checkpoint_path) / "state.pt", weights_only=True)["step"] == result.steps
+    version = mlflow.MlflowClient().get_model_version("mvssl-contrastive", result.model_version)
+    assert version.tags["step"] == str(result.steps)
+    assert mlflow.MlflowClient().get_run(result.run_id).data.tags["views_ran_out_at_step"] == str(result.steps)
+    assert f"the views ran out at step {result.steps} of 50" in "\n".join(said)
 
 
 def test_stopped_run_resumes_with_the_same_mlflow_run(dataset, workdir):

@@ -239,6 +239,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     waited, last = 0.0, time.perf_counter()
     window_start, window_samples, window_wait = time.perf_counter(), 0, 0.0
     metrics: dict = {}
+    reported = step
     for batch in batches:
         if skip > 0:
             skip -= 1
@@ -278,9 +279,14 @@ def train_loop_per_worker(cfg: dict) -> None:
         if step % t["checkpoint_every"] == 0 or done:
             tracker.flush()
             report(method, optimizer, step, cfg, metrics, collapsed_tagged, rank)
+            reported = step
         last = time.perf_counter()
         if done:
             break
+    if step > reported:  # the views ran out before total_steps: keep every step trained
+        tracker.tag("views_ran_out_at_step", str(step))
+        tracker.flush()
+        report(method, optimizer, step, cfg, metrics, collapsed_tagged, rank)
     tracker.flush()
 
 
