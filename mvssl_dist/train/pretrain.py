@@ -87,9 +87,10 @@ def derive(cfg: dict, facts: dict) -> dict:
 def epochs_to_read(total_steps: int, steps_per_epoch: int) -> int:
     """Epochs of views to stream for ``total_steps``, with 10 % + 1 to spare.
 
-    Skipped views (near-silent segments) make real epochs a little shorter than
-    ``steps_per_epoch``: with one spare epoch, a 1,600-step run ran out of views between steps
-    1,590 and 1,600. The loop stops at ``total_steps``, so unread epochs cost nothing.
+    Skipped views (silent after redraws) and the even split between workers make real epochs a
+    little shorter than ``steps_per_epoch``: with one spare epoch, a 1,600-step run ran out of
+    views between steps 1,590 and 1,600. The loop stops at ``total_steps``, so unread epochs cost
+    nothing.
     """
     return -(-total_steps * 11 // (10 * steps_per_epoch)) + 1
 
