@@ -27,13 +27,13 @@ def write_per_tag(path: Path, per_tag: list[TagScore]) -> None:
 
 
 def per_tag_figure(per_tag: list[TagScore], title: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """A bare ``Figure``: not registered with pyplot (nothing to close, however many evaluations a
+    process runs) and no backend switched under the caller."""
+    from matplotlib.figure import Figure
 
     scored = sorted((t for t in per_tag if t.roc_auc is not None), key=lambda t: t.roc_auc)
-    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.25 * len(scored) + 1)))
+    fig = Figure(figsize=(7, max(2.5, 0.25 * len(scored) + 1)))
+    ax = fig.subplots()
     names = [t.tag for t in scored]
     ax.barh(names, [t.roc_auc for t in scored], label="ROC-AUC", color="#4c72b0")
     ax.barh(names, [t.pr_auc for t in scored], height=0.35, label="PR-AUC", color="#dd8452")
@@ -43,14 +43,6 @@ def per_tag_figure(per_tag: list[TagScore], title: str):
     ax.legend(loc="lower right")
     fig.tight_layout()
     return fig
-
-
-def close_figure(fig) -> None:
-    """pyplot keeps every figure it made until closed: one per evaluation would pile up in a
-    process that evaluates many models (a benchmark, a notebook)."""
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
 
 
 def promote(name: str, version: str, alias: str, key: str, score: float) -> tuple[bool, str]:
@@ -119,7 +111,6 @@ def log_evaluation(
                 mlflow.log_artifact(str(missing_file))
         fig = per_tag_figure(result.per_tag, f"{result.task}: per-tag scores ({options.model})")
         mlflow.log_figure(fig, f"per_tag_{result.task}.png")
-        close_figure(fig)
         result.run_id = run.info.run_id
     if result.model_version:
         tag_version(result, options)

@@ -294,11 +294,8 @@ def finish(cfg: dict, run_id: str, checkpoint_dir: Path, model_name: str) -> tup
 
 
 def plot_history(run_id: str, out: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import mlflow
+    from matplotlib.figure import Figure  # not pyplot: no backend switched, nothing to close
 
     client = mlflow.MlflowClient()
     panels = [
@@ -310,7 +307,8 @@ def plot_history(run_id: str, out: Path) -> Path | None:
     histories = {k: client.get_metric_history(run_id, k) for k, _ in panels}
     if not histories["loss"]:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3))
+    fig = Figure(figsize=(4 * len(panels), 3))
+    axes = fig.subplots(1, len(panels))
     for ax, (key, title) in zip(axes, panels, strict=True):
         points = sorted((m.step, m.value) for m in histories[key])
         if points:
@@ -319,7 +317,6 @@ def plot_history(run_id: str, out: Path) -> Path | None:
         ax.set_xlabel("step")
     fig.tight_layout()
     fig.savefig(out, dpi=80)
-    plt.close(fig)
     return out
 
 
