@@ -342,7 +342,8 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=20, help="neighbours of the knn probe (0: chosen on validation)")
     p.add_argument("--train-fraction", type=float, default=1.0, help="use this fraction of the train split")
     p.add_argument("--max-epochs", type=int, default=200)
-    p.add_argument("--patience", type=int, default=10, help="epochs without validation gain before stopping")
+    p.add_argument("--patience", type=int, default=10, help="epochs without validation gain before stopping ...")
+    p.add_argument("--patience-steps", type=int, default=200, help="... and at least this many optimizer steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--promote-alias", metavar="ALIAS", help="move ALIAS here if this version beats its holder")
     p.add_argument("--max-missing", type=float, default=0.05, help="refuse above this fraction of missing audio")
@@ -359,7 +360,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from mvssl_dist.tracking import TrackingError
 
     probe = ProbeConfig(
-        args.probe, args.hidden, max_epochs=args.max_epochs, patience=args.patience, seed=args.seed, k=args.k
+        args.probe,
+        args.hidden,
+        max_epochs=args.max_epochs,
+        patience=args.patience,
+        patience_steps=args.patience_steps,
+        seed=args.seed,
+        k=args.k,
     )
     options = EvaluateOptions(
         args.model,

@@ -136,6 +136,7 @@ def bad_numbers(music: str, weights: str, tmp: str) -> list[tuple[list[str], str
         ([*evaluate, "--hidden", "0"], "--hidden 0"),
         ([*evaluate, "--max-epochs", "0"], "--max-epochs 0"),
         ([*evaluate, "--patience", "0"], "--patience 0"),
+        ([*evaluate, "--patience-steps", "-1"], "--patience-steps -1"),
         ([*evaluate, "--workers", "0"], "--workers 0"),
         (["quickstart", "--workdir", f"{tmp}/q", "--minutes", "0"], "--minutes 0"),
         (["quickstart", "--workdir", f"{tmp}/q", "--steps", "-1"], "--steps -1"),

@@ -293,6 +293,16 @@ def test_knn_separates_clusters_shuffled_labels_score_chance_and_k_is_chosen_on_
     assert 0.3 < np.mean(shuffled) < 0.7, shuffled
 
 
+def test_early_stopping_counts_optimizer_steps_as_well_as_epochs():
+    # Two validation tracks with equal features: every tag ties, so the score is flat from epoch 1.
+    train = clustered(0)  # 180 train segments
+    flat = SplitFeatures(np.zeros((2, 16), np.float32), np.arange(2), np.eye(3, dtype=np.float32)[[0, 1]])
+    one_step_epochs = train_probe(train, flat, ProbeConfig(batch_size=256, patience=10, patience_steps=30))
+    assert (one_step_epochs.best_epoch, one_step_epochs.epochs) == (1, 31)  # 30 steps, not 10
+    three_step_epochs = train_probe(train, flat, ProbeConfig(batch_size=64, patience=10, patience_steps=30))
+    assert (three_step_epochs.best_epoch, three_step_epochs.epochs) == (1, 11)  # 10 epochs are 30 steps
+
+
 def test_probe_settings_that_cannot_run_are_refused_in_one_line(tmp_path, capsys):
     split = clustered(0)
     with pytest.raises(ValueError, match=r"--probe svm: must be one of mlp, linear, knn"):

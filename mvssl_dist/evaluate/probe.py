@@ -26,7 +26,10 @@ class ProbeConfig:
     weight_decay: float = 1e-4
     batch_size: int = 256
     max_epochs: int = 200
-    patience: int = 10  # epochs without validation improvement before stopping
+    patience: int = 10  # epochs without validation improvement before stopping ...
+    # ... and at least this many optimizer steps. On a small train split an epoch is a step or
+    # two, and a noisy validation peak in the first epochs would end training after ~20 steps.
+    patience_steps: int = 200
     seed: int = 0
     # knn: neighbours per segment and vote temperature; 20 and 0.07 are DINO's and solo-learn's
     # defaults (not tuned here). k = 0 chooses among KNN_CANDIDATES on validation instead.
@@ -155,6 +158,8 @@ def check_config(cfg: ProbeConfig) -> None:
     for name, value in (("--hidden", cfg.hidden), ("--max-epochs", cfg.max_epochs), ("--patience", cfg.patience)):
         if value < 1:
             raise ValueError(f"{name} {value}: must be >= 1")
+    if cfg.patience_steps < 0:
+        raise ValueError(f"--patience-steps {cfg.patience_steps}: must be >= 0")
     if cfg.k < 0:
         raise ValueError(f"--k {cfg.k}: must be >= 0 (0 chooses k on validation)")
     if cfg.knn_temperature <= 0:
@@ -174,6 +179,7 @@ def train_probe(train: SplitFeatures, val: SplitFeatures, cfg: ProbeConfig) -> P
     generator = torch.Generator().manual_seed(cfg.seed)
     best, best_epoch, best_state, history = -np.inf, 0, copy.deepcopy(model.state_dict()), []
     drop_last = len(x) > cfg.batch_size and len(x) % cfg.batch_size == 1  # BatchNorm needs 2+ rows
+    steps_per_epoch = max(1, (len(x) - (1 if drop_last else 0) + cfg.batch_size - 1) // cfg.batch_size)
     epoch = 0
     for epoch in range(1, cfg.max_epochs + 1):
         model.train()
@@ -190,11 +196,17 @@ def train_probe(train: SplitFeatures, val: SplitFeatures, cfg: ProbeConfig) -> P
         history.append({"epoch": epoch, "train_loss": total / len(x), "val_score": score})
         if score > best:
             best, best_epoch, best_state = score, epoch, copy.deepcopy(model.state_dict())
-        elif epoch - best_epoch >= cfg.patience:
+        elif stalled(epoch - best_epoch, steps_per_epoch, cfg):
             break
     model.load_state_dict(best_state)
     model.eval()
     return ProbeResult(model, epoch, best_epoch, history)
+
+
+def stalled(epochs_since_best: int, steps_per_epoch: int, cfg: ProbeConfig) -> bool:
+    """Early stopping: ``cfg.patience`` epochs and ``cfg.patience_steps`` optimizer steps without a
+    validation gain."""
+    return epochs_since_best >= cfg.patience and epochs_since_best * steps_per_epoch >= cfg.patience_steps
 
 
 def fit_knn(train: SplitFeatures, val: SplitFeatures, cfg: ProbeConfig) -> ProbeResult:
