@@ -179,13 +179,13 @@ def train_probe(train: SplitFeatures, val: SplitFeatures, cfg: ProbeConfig) -> P
     generator = torch.Generator().manual_seed(cfg.seed)
     best, best_epoch, best_state, history = -np.inf, 0, copy.deepcopy(model.state_dict()), []
     drop_last = len(x) > cfg.batch_size and len(x) % cfg.batch_size == 1  # BatchNorm needs 2+ rows
-    steps_per_epoch = max(1, (len(x) - (1 if drop_last else 0) + cfg.batch_size - 1) // cfg.batch_size)
+    batch_starts = range(0, len(x) - (1 if drop_last else 0), cfg.batch_size)  # one optimizer step each
     epoch = 0
     for epoch in range(1, cfg.max_epochs + 1):
         model.train()
         order = torch.randperm(len(x), generator=generator)
         total = 0.0
-        for start in range(0, len(x) - (1 if drop_last else 0), cfg.batch_size):
+        for start in batch_starts:
             idx = order[start : start + cfg.batch_size]
             loss = loss_fn(model(x[idx]), y[idx])
             optimiser.zero_grad()
@@ -196,7 +196,7 @@ def train_probe(train: SplitFeatures, val: SplitFeatures, cfg: ProbeConfig) -> P
         history.append({"epoch": epoch, "train_loss": total / len(x), "val_score": score})
         if score > best:
             best, best_epoch, best_state = score, epoch, copy.deepcopy(model.state_dict())
-        elif stalled(epoch - best_epoch, steps_per_epoch, cfg):
+        elif stalled(epoch - best_epoch, len(batch_starts), cfg):
             break
     model.load_state_dict(best_state)
     model.eval()
