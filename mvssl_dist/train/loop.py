@@ -21,6 +21,7 @@ import torch
 
 from mvssl_dist.losses.distributed import world_size
 from mvssl_dist.methods import build_method
+from mvssl_dist.train.batchnorm import convert_cross_rank_batchnorm
 from mvssl_dist.train.schedules import Schedules
 
 STATE_FILE = "state.pt"
@@ -177,8 +178,10 @@ def maybe_fault(step: int, rank: int) -> None:
 def prepare(method, cfg: dict, device: torch.device):
     t = cfg["train"]
     on_gpu = device.type == "cuda"
-    if on_gpu and world_size() > 1:
-        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)  # SyncBN needs CUDA: plain BN on CPU
+    if world_size() > 1 and on_gpu:
+        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)  # as the reference trained
+    elif world_size() > 1 and t["cpu_sync_batchnorm"]:
+        method = convert_cross_rank_batchnorm(method)  # SyncBatchNorm refuses CPU tensors
     method = method.to(device)
     if on_gpu and t["channels_last"]:
         method = method.to(memory_format=torch.channels_last)
