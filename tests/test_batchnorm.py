@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from distributed_helpers import run_distributed
 from torch import nn
@@ -44,7 +46,7 @@ def _worker(rank: int, world: int, expected: dict, out_dir) -> None:
     (y * _weights()[rows]).sum().backward()  # the whole-batch loss is the sum of the ranks' parts
     torch.testing.assert_close(y.detach(), expected["y"][rows], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(x.grad, expected["x_grad"][rows], atol=1e-5, rtol=1e-4)
-    # the parameter's gradient is each rank's share: DDP's sum over ranks (here: x world / world) gives it
+    # each rank holds the gradient of its own part of the loss; their sum is the whole batch's
     torch.distributed.all_reduce(bn.weight.grad)
     torch.testing.assert_close(bn.weight.grad, expected["w_grad"], atol=1e-4, rtol=1e-4)
     for key, value in expected["bn"].items():
@@ -62,13 +64,12 @@ def test_single_process_and_eval_mode_are_plain_batchnorm():
     plain = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
     x = torch.randn(6, 1, 8, 8)
     plain(x)  # materialise the lazy layer
-    import copy
-
     converted = convert_cross_rank_batchnorm(copy.deepcopy(plain))
     assert isinstance(converted[1], CrossRankBatchNorm)
     assert list(converted.state_dict()) == list(plain.state_dict())
     torch.testing.assert_close(converted(x), plain(x))
-    plain.eval(), converted.eval()
+    plain.eval()
+    converted.eval()
     torch.testing.assert_close(converted(x), plain(x))
 
 
