@@ -6,8 +6,8 @@ statistics of other tracks. A contrastive network could tell positives from thos
 that batch signature instead of by the music (Chen et al., SimCLR, 2020, 2.2 "Global BN"). On GPUs
 ``torch.nn.SyncBatchNorm`` removes it (the reference trained that way); it refuses CPU tensors, so
 ``train.cpu_sync_batchnorm=true`` gives CPU workers :class:`CrossRankBatchNorm`: the same
-statistics, through gloo. Off by default: about 220 small collectives a step doubled the step time
-on 2 cores (``benchmarks/batchnorm.py``) and did not change the probe scores (README, Evaluating).
+statistics, through gloo. Off by default: about 220 small collectives a step took 2.3x the step
+time on 2 cores (``benchmarks/batchnorm.py``) and did not improve the probe scores (README, Evaluating).
 """
 
 from __future__ import annotations
@@ -15,14 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mvssl_dist.losses.distributed import world_size
-
-
-def _all_gather(x: torch.Tensor) -> torch.Tensor:
-    """``[world, *x.shape]``, with gradients back to every rank's ``x``."""
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.stack(all_gather(x.contiguous()))
+from mvssl_dist.losses.distributed import gather, world_size
 
 
 class CrossRankBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -47,7 +40,7 @@ class CrossRankBatchNorm(nn.modules.batchnorm._BatchNorm):
         local_m2 = (x - local_mean.view(shape)).pow(2).sum(dims)
         # One message per call: each rank's row count, mean and sum of squared deviations, combined
         # as Chan et al.'s parallel variance (what SyncBatchNorm does): no cancellation on large means.
-        parts = _all_gather(torch.cat([x.new_full((1,), rows), local_mean, local_m2]))
+        parts = gather(torch.cat([x.new_full((1,), rows), local_mean, local_m2])[None])  # [world, 1 + 2C]
         counts, means, m2s = parts[:, :1], parts[:, 1 : 1 + x.shape[1]], parts[:, 1 + x.shape[1] :]
         count = counts.sum().detach()
         mean = (counts * means).sum(0) / count
