@@ -52,7 +52,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "channels_last": True,  # GPU only
         "compile": False,  # GPU only
         # CPU workers: BatchNorm over the global batch too (GPUs always use SyncBatchNorm). Off by
-        # default: through gloo it took 2.3x the step time on 2 cores, and did not improve the probes.
+        # default: through gloo it took 2.0-2.3x the step time on 2 cores, and did not improve the probes.
         "cpu_sync_batchnorm": False,
         "seed": 0,
         "checkpoint_every": 200,

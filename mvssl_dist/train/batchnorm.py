@@ -6,7 +6,7 @@ statistics of other tracks. A contrastive network could tell positives from thos
 that batch signature instead of by the music (Chen et al., SimCLR, 2020, 2.2 "Global BN"). On GPUs
 ``torch.nn.SyncBatchNorm`` removes it (the reference trained that way); it refuses CPU tensors, so
 ``train.cpu_sync_batchnorm=true`` gives CPU workers :class:`CrossRankBatchNorm`: the same
-statistics, through gloo. Off by default: about 220 small collectives a step took 2.3x the step
+statistics, through gloo. Off by default: about 220 small collectives a step took 2.0-2.3x the step
 time on 2 cores (``benchmarks/batchnorm.py``) and did not improve the probe scores (README, Evaluating).
 """
 
