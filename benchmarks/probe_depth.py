@@ -21,11 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from probe_quality import tag_families
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from mvssl_dist.audio.decode import decode
 from mvssl_dist.embed.segments import cut_segments, peak_normalise
+from mvssl_dist.evaluate.metrics import scorable
 from mvssl_dist.evaluate.tasks import read_csv_task
 from mvssl_dist.models.loading import load_backbone
 
@@ -35,36 +37,49 @@ SKIPPED_FAMILIES = ("mode",)  # inaudible in the synthetic library (README, Eval
 
 @torch.no_grad()
 def depth_features(model, segments: np.ndarray) -> list[np.ndarray]:
-    """``[n, samples]`` segments of one track -> one vector per depth (mean over the segments)."""
+    """``[n, samples]`` segments of one track -> one vector per depth (mean over the segments).
+
+    The backbone's own forward pass runs; hooks keep the outputs of stages 3 and 4 on the way.
+    """
+    stages = {}
     net = model.embedding
-    x = model.melspec(torch.from_numpy(segments)).to(net.conv1.weight.dtype)
-    for conv, bn in ((net.conv1, net.bn1), (net.conv2, net.bn2), (net.conv3, net.bn3)):
-        x = net.relu(bn(conv(x)))
-    stage3 = net.layer3(net.layer2(net.layer1(net.avgpool(x))))
-    stage4 = net.layer4(stage3)
-    per_depth = (stage3.mean((2, 3)), stage4.mean((2, 3)), stage4.amax((2, 3)), net.attnpool(stage4))
+    hooks = [
+        stage.register_forward_hook(lambda _m, _i, out, key=key: stages.__setitem__(key, out))
+        for key, stage in (("3", net.layer3), ("4", net.layer4))
+    ]
+    try:
+        embedding = model(torch.from_numpy(segments))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    per_depth = (stages["3"].mean((2, 3)), stages["4"].mean((2, 3)), stages["4"].amax((2, 3)), embedding)
     return [v.mean(0).numpy() for v in per_depth]
 
 
-def family(tag: str) -> str:
-    return tag.split(":")[0].removeprefix("no_")
-
-
-def both_classes(column: np.ndarray) -> bool:
-    return column.min() != column.max()
-
-
-def depth_scores(features: np.ndarray, labels: np.ndarray, train: np.ndarray, vocabulary: list[str]) -> dict:
-    """{family: mean test ROC-AUC over its tags} for one depth's ``[tracks, dim]`` features."""
+def depth_scores(features: np.ndarray, labels: np.ndarray, train: np.ndarray, families: dict) -> dict:
+    """{family: mean test ROC-AUC over its tags} for one depth's ``[tracks, dim]`` features;
+    ``families``: {family: [tag column]}."""
     scaled = (features - features[train].mean(0)) / (features[train].std(0) + 1e-6)
-    by_family: dict[str, list[float]] = {}
-    for j, tag in enumerate(vocabulary):
-        if family(tag) in SKIPPED_FAMILIES or not (both_classes(labels[train, j]) and both_classes(labels[~train, j])):
-            continue
-        probe = LogisticRegression(C=0.1, max_iter=2000).fit(scaled[train], labels[train, j])
-        score = roc_auc_score(labels[~train, j], probe.decision_function(scaled[~train]))
-        by_family.setdefault(family(tag), []).append(score)
-    return {name: float(np.mean(values)) for name, values in by_family.items()}
+    by_family = {}
+    for name, columns in families.items():
+        scores = []
+        for j in columns:
+            probe = LogisticRegression(C=0.1, max_iter=2000).fit(scaled[train], labels[train, j])
+            scores.append(roc_auc_score(labels[~train, j], probe.decision_function(scaled[~train])))
+        by_family[name] = float(np.mean(scores))
+    return by_family
+
+
+def scored_families(vocabulary: list[str], labels: np.ndarray, train: np.ndarray) -> dict[str, list[int]]:
+    """{family: columns} of the tags with both classes in train and in test, audible families only."""
+    keep = scorable(labels[train]) & scorable(labels[~train])
+    column = {tag: j for j, tag in enumerate(vocabulary)}
+    families = {
+        name: [column[t] for t in tags if keep[column[t]]]
+        for name, tags in sorted(tag_families(vocabulary).items())
+        if name not in SKIPPED_FAMILIES
+    }
+    return {name: columns for name, columns in families.items() if columns}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,21 +93,18 @@ def main(argv: list[str] | None = None) -> None:
     task = read_csv_task(work / "library" / "labels.csv")
     labels = np.stack([t.labels for t in task.tracks])
     train = np.array([t.split != "test" for t in task.tracks])
+    families = scored_families(task.vocabulary, labels, train)
     audio = [peak_normalise(decode(work / "library" / t.path)) for t in task.tracks]
     print(f"{len(task.tracks)} tracks ({int((~train).sum())} test); logistic regression per tag, test ROC-AUC")
-    print(f"{'backbone':14} {'depth':13} {'all':>6}" + "".join(f"{f:>7}" for f in families_of(task.vocabulary)))
+    print(f"{'backbone':14} {'depth':13} {'all':>6}" + "".join(f"{f:>7}" for f in families))
     for name, uri in (("model", model_uri), ("baseline", args.baseline)):
         model = load_backbone(uri).eval()
         per_track = [depth_features(model, cut_segments(a)) for a in audio]
         for d, depth in enumerate(DEPTHS):
-            scores = depth_scores(np.stack([f[d] for f in per_track]), labels, train, task.vocabulary)
-            cells = "".join(f"{scores.get(f, float('nan')):>7.3f}" for f in families_of(task.vocabulary))
+            scores = depth_scores(np.stack([f[d] for f in per_track]), labels, train, families)
+            cells = "".join(f"{scores[f]:>7.3f}" for f in families)
             print(f"{name:14} {depth:13} {np.mean(list(scores.values())):>6.3f}{cells}", flush=True)
     print(f"model: {model_uri}; baseline: {args.baseline}")
-
-
-def families_of(vocabulary: list[str]) -> list[str]:
-    return sorted({family(t) for t in vocabulary} - set(SKIPPED_FAMILIES))
 
 
 if __name__ == "__main__":
