@@ -18,6 +18,7 @@ import mlflow
 import pytest
 import yaml
 from distributed_helpers import free_port
+from registry_checks import assert_registered_as_trained
 
 from mvssl_dist.cli import build_parser, main
 from mvssl_dist.config import load_config
@@ -228,7 +229,7 @@ def test_ray_job_submit_pretrains_and_registers_over_http(mlflow_server, ray_hea
     runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": PASSWORD}})
     submit = [str(BIN / "ray"), "job", "submit", "--address", ray_head[1], "--working-dir", str(ROOT)]
     submit += ["--runtime-env-json", runtime_env, "--", "python", "pipelines/pretrain.py"]
-    submit += ["--config", "configs/contrastive.yaml", "--run-name", "job-test", "--register-as", "mvssl-job-test"]
+    submit += ["--config", "configs/vicreg.yaml", "--run-name", "job-test", "--register-as", "mvssl-job-test"]
     submit += ["--tracking-uri", mlflow_server, f"data.path={dataset}", "data.batch_size=4", "data.pairs_per_track=1"]
     submit += ["train.max_steps=3", "train.log_every=1", f"train.storage_path={tmp_path / 'runs'}"]
     run = subprocess.run(submit, capture_output=True, text=True, timeout=600)
@@ -242,5 +243,9 @@ def test_ray_job_submit_pretrains_and_registers_over_http(mlflow_server, ray_hea
         assert run_data.info.status == "FINISHED" and "loss" in run_data.data.metrics
         files = {a.path for a in client.list_artifacts(versions[0].run_id)}
         assert "config.yaml" in files
+        # the one VICReg run of the suite: what was registered over HTTP is what was trained
+        assert_registered_as_trained(
+            versions[0].run_id, "vicreg", model_name="mvssl-job-test", tracking_uri=mlflow_server
+        )
     finally:
         del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
