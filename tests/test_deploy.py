@@ -189,16 +189,26 @@ def ray_head(tmp_path_factory):
     port, dashboard = free_port(), free_port()
     start = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}"]
     start += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=2"]
-    # `ray start` turns token authentication on when a token file exists (~/.ray/auth_token) while
-    # clients default to off: say "off" explicitly, as a laptop test cluster on 127.0.0.1 may.
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["RAY_AUTH_MODE"] = "disabled"
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # job entrypoints run `python` from here
-    subprocess.run(start, check=True, timeout=180, capture_output=True, env=env)
+    subprocess.run(start, check=True, timeout=180, capture_output=True, env=cluster_env())
     try:
         yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}"
     finally:
-        subprocess.run([str(BIN / "ray"), "stop"], timeout=120, capture_output=True)
+        subprocess.run([str(BIN / "ray"), "stop"], timeout=120, capture_output=True, env=cluster_env())
+
+
+def cluster_env() -> dict:
+    """The environment of the test cluster and of every process the tests start against it.
+
+    `ray start` turns token authentication on when a token file exists (~/.ray/auth_token), and so
+    does any local `ray.init()` earlier in this pytest process, for itself and its children
+    (RAY_AUTH_MODE=token in os.environ). A client and a cluster that disagree do not fail: the
+    client waits for ever (an ingest after test_pretrain hung 300 s). So all of them say "off",
+    as a laptop test cluster on 127.0.0.1 may.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_AUTH_MODE"] = "disabled"
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # job entrypoints run `python` from here
+    return env
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +216,9 @@ def dataset(tmp_path_factory, ray_head):
     root = tmp_path_factory.mktemp("job_data")
     write_library(root / "lib", tracks=6, seconds=14.0, formats=("flac", "mp3"))
     ingest = [str(BIN / "mvssl"), "ingest", str(root / "lib"), "--out", str(root / "ds"), "--no-progress"]
-    run = subprocess.run(ingest + ["--ray-address", ray_head[0]], capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        ingest + ["--ray-address", ray_head[0]], capture_output=True, text=True, timeout=300, env=cluster_env()
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return root / "ds"
 
@@ -232,7 +244,7 @@ def test_ray_job_submit_pretrains_and_registers_over_http(mlflow_server, ray_hea
     submit += ["--config", "configs/vicreg.yaml", "--run-name", "job-test", "--register-as", "mvssl-job-test"]
     submit += ["--tracking-uri", mlflow_server, f"data.path={dataset}", "data.batch_size=4", "data.pairs_per_track=1"]
     submit += ["train.max_steps=3", "train.log_every=1", f"train.storage_path={tmp_path / 'runs'}"]
-    run = subprocess.run(submit, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(submit, capture_output=True, text=True, timeout=600, env=cluster_env())
     assert run.returncode == 0 and "succeeded" in run.stdout, (run.stdout + run.stderr)[-4000:]
     os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = ADMIN, PASSWORD
     try:
