@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -14,9 +17,9 @@ def assert_registered_as_trained(
     run_id: str, method: str, version: str = "1", model_name: str | None = None, tracking_uri: str | None = None
 ) -> None:
     """The registered backbone equals the trained checkpoint's, and the run and version carry what
-    a user filters on. Every method passes through here once, in one of the Ray Train runs below:
-    contrastive (plain), byol (stopped and resumed), clustering (a killed worker), barlow_twins
-    (views run out) and vicreg (`ray job submit`, in test_deploy)."""
+    a user filters on. Every method passes through here once, in one of the suite's Ray Train runs:
+    contrastive (the quickstart), byol (stopped and resumed), clustering (a killed worker),
+    barlow_twins (views run out) and vicreg (`ray job submit`, in test_deploy)."""
     previous = mlflow.get_tracking_uri()
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
@@ -55,3 +58,26 @@ def checkpoint_at(storage: Path, step: int) -> dict:
         if state["step"] == step:
             return state
     raise AssertionError(f"no checkpoint of step {step} under {storage}")
+
+
+def assert_loads_in_a_fresh_process(uri: str, tracking_uri: str, cwd: Path) -> None:
+    """Only this package and the registry are needed: no state of the training process. Then the
+    same version as the pyfunc model that MLflow serves."""
+    code = f"from mvssl_dist.models import load_backbone; import torch; print(load_backbone('{uri}')(torch.zeros(1, 64000)).shape)"
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "torch.Size([1, 1024])" in run.stdout
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        pyfunc = mlflow.pyfunc.load_model(uri)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert pyfunc.predict(torch.zeros(2, 64000).numpy()).shape == (2, 1024)

@@ -10,9 +10,12 @@ import time
 import mlflow
 import pyarrow.parquet as pq
 import pytest
+import torch
+from registry_checks import assert_loads_in_a_fresh_process, assert_registered_as_trained
 
 from mvssl_dist.cli import main
 from mvssl_dist.embed.search import load_track_embeddings
+from mvssl_dist.models import load_backbone
 from mvssl_dist.quickstart import MODEL_NAME
 
 pytestmark = pytest.mark.slow
@@ -49,6 +52,25 @@ def test_every_stage_leaves_its_artefacts(quickstart):
     assert float(champion.tags["eval.csv-labels.roc_auc_macro"]) > 0.5
     keys, _, matrix = load_track_embeddings(work / "embeddings")
     assert sorted(keys) == sorted(index.column("key").to_pylist()) and matrix.shape == (TRACKS, 1024)
+
+
+def test_the_registered_backbone_is_the_trained_one_and_loads_anywhere(quickstart):
+    """The suite's one contrastive Ray Train run: registered = trained, by alias, version and
+    ``@latest``, in this process, in a fresh one and as MLflow's pyfunc model."""
+    work, tracking, *_ = quickstart
+    state = json.loads((work / "quickstart.json").read_text())
+    champion = mlflow.MlflowClient(tracking).get_model_version_by_alias(MODEL_NAME, "champion")
+    assert_registered_as_trained(state["pretrain"]["run_id"], "contrastive", champion.version, MODEL_NAME, tracking)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking)
+    try:
+        by_alias = load_backbone(f"models:/{MODEL_NAME}@champion")
+        latest = load_backbone(f"models:/{MODEL_NAME}@latest")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    for key, value in latest.state_dict().items():
+        torch.testing.assert_close(value, by_alias.state_dict()[key], msg=key)
+    assert_loads_in_a_fresh_process(f"models:/{MODEL_NAME}/{champion.version}", tracking, work)
 
 
 def test_pretraining_lowers_the_loss_and_both_backbones_are_scored(quickstart):
