@@ -64,6 +64,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "collapse_rank": 1.5,  # ... or effective rank below this ...
         "collapse_patience": 50,  # ... for this many consecutive steps: collapsed
         "stop_on_collapse": False,
+        # > 0: stop after this many minutes of the training loop (every worker at the same step),
+        # then checkpoint and register that step, as when max_steps is reached. For a time box such
+        # as the quickstart's; the schedules still follow max_steps / epochs.
+        "max_minutes": 0.0,
     },
     "tracking": {
         "uri": None,  # MLFLOW_TRACKING_URI or a local SQLite store under the working directory

@@ -102,15 +102,20 @@ def ingest_library(opts: QuickstartOptions, work: Path, say) -> dict:
     return {"tracks": summary.tracks, "rejects": summary.rejects, "by_reason": summary.by_reason}
 
 
-def pretrain_steps(opts: QuickstartOptions, elapsed_s: float) -> int:
-    """Steps that fit the time left: measured ~1.3 s/step for batch 32 on 2 CPU cores, ~2.5 min for the rest."""
+STEP_S = 2.0  # a step of batch 32 on 2 CPU cores: 1.6 s measured in Nov 2026, 2.2-2.6 s on busier days
+
+
+def pretrain_budget(opts: QuickstartOptions, elapsed_s: float) -> tuple[int, float]:
+    """Steps, and minutes of training loop, that fit the time left (~2.5 min go to the later
+    stages, ~45 s to Ray Train's start-up). The steps size the schedules at an expected step time;
+    the minutes stop a slower machine in time (``train.max_minutes``). ``--steps``: no time limit."""
     if opts.steps > 0:
-        return opts.steps
-    left_s = opts.minutes * 60 - elapsed_s - 150 - 45  # later stages; Ray Train start-up
-    return int(min(400, max(30, left_s / 1.3)))
+        return opts.steps, 0.0
+    left_s = max(60.0, opts.minutes * 60 - elapsed_s - 150 - 45)
+    return int(min(400, max(30, left_s / STEP_S))), round(left_s / 60, 2)
 
 
-def pretrain_model(opts: QuickstartOptions, work: Path, tracking_uri: str, steps: int, say) -> dict:
+def pretrain_model(opts: QuickstartOptions, work: Path, tracking_uri: str, budget: tuple[int, float], say) -> dict:
     from mvssl_dist.config import load_config
     from mvssl_dist.train.pretrain import pretrain
 
@@ -119,7 +124,8 @@ def pretrain_model(opts: QuickstartOptions, work: Path, tracking_uri: str, steps
         "data.batch_size=32",
         "data.pairs_per_track=4",
         f"train.num_workers={opts.workers}",
-        f"train.max_steps={steps}",
+        f"train.max_steps={budget[0]}",
+        f"train.max_minutes={budget[1]}",
         "train.warmup_epochs=1",
         "train.checkpoint_every=50",
         "train.log_every=5",
@@ -247,13 +253,14 @@ def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = print) 
 
     stage(1, "library", "generating a labelled synthetic music library", lambda: make_library(opts, work, say))
     stage(2, "ingest", "ingesting it into WebDataset shards (Ray Data)", lambda: ingest_library(opts, work, say))
-    steps = state.get("pretrain_steps") or pretrain_steps(opts, time.perf_counter() - start)
-    state.set("pretrain_steps", steps)  # a resumed run keeps the length it started with
+    budget = state.get("pretrain_budget") or pretrain_budget(opts, time.perf_counter() - start)
+    state.set("pretrain_budget", list(budget))  # a resumed run keeps the length it started with
+    limit = f" (at most {budget[1]:g} min)" if budget[1] else ""
     trained = stage(
         3,
         "pretrain",
-        f"pre-training contrastive, {opts.workers} Ray Train workers, {steps} steps; registering the backbone",
-        lambda: pretrain_model(opts, work, tracking_uri, steps, say),
+        f"pre-training contrastive, {opts.workers} Ray Train workers, {budget[0]} steps{limit}; registering the backbone",
+        lambda: pretrain_model(opts, work, tracking_uri, budget, say),
     )
     stage(
         4,

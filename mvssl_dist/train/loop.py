@@ -164,6 +164,23 @@ class CollapseWatch:
         return self.run >= self.patience
 
 
+class TimeBox:
+    """``train.max_minutes`` as a stop every rank agrees on: rank 0's clock decides, broadcast each
+    step (one scalar), so that all workers leave the loop at the same step. A no-op at 0."""
+
+    def __init__(self, minutes: float, device: torch.device) -> None:
+        self.deadline = time.monotonic() + minutes * 60 if minutes > 0 else None
+        self.device = device
+
+    def spent(self) -> bool:
+        if self.deadline is None:
+            return False
+        flag = torch.tensor([float(time.monotonic() >= self.deadline)], device=self.device)
+        if world_size() > 1:
+            torch.distributed.broadcast(flag, src=0)
+        return bool(flag.item())
+
+
 def maybe_fault(step: int, rank: int) -> None:
     """Fault injection for the fault-tolerance tests: slow steps down, or kill this worker once at a step."""
     if delay := float(os.environ.get("MVSSL_FAULT_STEP_DELAY_S", "0")):
@@ -224,6 +241,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     schedules = schedules_for(cfg)
     tracker = Rank0Tracker(cfg, rank)
     watch = CollapseWatch(t)
+    timebox = TimeBox(t["max_minutes"], device)
     chains = (
         per_view_chains(cfg["data"]["augment"], cfg["data"]["n_views"]) if cfg["data"]["augment_on"] == "device" else []
     )
@@ -272,7 +290,10 @@ def train_loop_per_worker(cfg: dict) -> None:
         if collapsed and not collapsed_tagged:
             tracker.tag("collapsed", "true")
             collapsed_tagged = True
-        done = step >= cfg["total_steps"] or (collapsed and t["stop_on_collapse"])
+        out_of_time = timebox.spent()
+        if out_of_time:
+            tracker.tag("max_minutes_reached_at_step", str(step))
+        done = step >= cfg["total_steps"] or (collapsed and t["stop_on_collapse"]) or out_of_time
         if step % t["log_every"] == 0 or done:
             elapsed = time.perf_counter() - window_start
             metrics.update(values, samples_per_s=window_samples / max(elapsed, 1e-9))
@@ -281,7 +302,7 @@ def train_loop_per_worker(cfg: dict) -> None:
             window_start, window_samples, window_wait = time.perf_counter(), 0, 0.0
         if step % t["checkpoint_every"] == 0 or done:
             tracker.flush()
-            report(method, optimizer, step, cfg, metrics, collapsed_tagged, rank)
+            report(method, optimizer, step, cfg, metrics, collapsed_tagged, rank, out_of_time)
             reported = step
         last = time.perf_counter()
         if done:
@@ -293,7 +314,9 @@ def train_loop_per_worker(cfg: dict) -> None:
     tracker.flush()
 
 
-def report(method, optimizer, step: int, cfg: dict, metrics: dict, collapsed: bool, rank: int) -> None:
+def report(
+    method, optimizer, step: int, cfg: dict, metrics: dict, collapsed: bool, rank: int, out_of_time: bool = False
+) -> None:
     import ray.train
 
     epoch = step // max(1, cfg["steps_per_epoch"])
@@ -302,5 +325,7 @@ def report(method, optimizer, step: int, cfg: dict, metrics: dict, collapsed: bo
         ray.train.report(summary, checkpoint=None)
         return
     with tempfile.TemporaryDirectory() as directory:
-        save_state(Path(directory), method, optimizer, step, epoch, cfg, {"collapsed": collapsed})
+        save_state(
+            Path(directory), method, optimizer, step, epoch, cfg, {"collapsed": collapsed, "out_of_time": out_of_time}
+        )
         ray.train.report(summary, checkpoint=ray.train.Checkpoint.from_directory(directory))

@@ -64,6 +64,8 @@ def derive(cfg: dict, facts: dict) -> dict:
         cfg["method"]["name"] = canonical_name(cfg["method"]["name"])
     except ValueError as err:
         raise ConfigError(f"config: method.name: {err}") from None
+    if train["max_minutes"] < 0:
+        raise ConfigError("config: train.max_minutes must be >= 0 (0: no time limit)")
     workers = train["num_workers"]
     if workers < 1:
         raise ConfigError("config: train.num_workers must be >= 1")
@@ -258,7 +260,7 @@ def build_trainer(cfg: dict, run_dir: Path, per_worker: float, view_cpus: float,
     )
 
 
-def finish(cfg: dict, run_id: str, checkpoint_dir: Path, model_name: str) -> tuple[str, int, bool]:
+def finish(cfg: dict, run_id: str, checkpoint_dir: Path, model_name: str) -> tuple[str, dict]:
     """Export, plot, log artifacts and register the backbone from the final checkpoint."""
     import mlflow
     import torch
@@ -290,7 +292,7 @@ def finish(cfg: dict, run_id: str, checkpoint_dir: Path, model_name: str) -> tup
             "collapsed": str(bool(state.get("collapsed"))),
         }
         version = log_and_register_backbone(backbone, model_name, tags)
-    return version, state["step"], bool(state.get("collapsed"))
+    return version, state
 
 
 def plot_history(run_id: str, out: Path) -> Path | None:
@@ -365,8 +367,14 @@ def pretrain(
         mlflow.MlflowClient().set_terminated(run_id, status="FAILED")
         raise PretrainError("training ended without a checkpoint; nothing registered")
     with result.checkpoint.as_directory() as checkpoint_dir:
-        version, steps, collapsed = finish(cfg, run_id, Path(checkpoint_dir), model_name)
-    if steps < cfg["total_steps"] and not collapsed:
+        version, state = finish(cfg, run_id, Path(checkpoint_dir), model_name)
+    steps, collapsed = state["step"], bool(state.get("collapsed"))
+    if state.get("out_of_time"):
+        report(
+            f"[pretrain] train.max_minutes ({cfg['train']['max_minutes']:g}) was reached at step {steps} of "
+            f"{cfg['total_steps']}; registered what was trained"
+        )
+    elif steps < cfg["total_steps"] and not collapsed:
         report(f"[pretrain] the views ran out at step {steps} of {cfg['total_steps']}; registered what was trained")
     mlflow.MlflowClient().set_terminated(run_id, status="FINISHED")
     return PretrainResult(run_id, name, model_name, version, steps, result.checkpoint.path, collapsed)
