@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -20,11 +21,18 @@ def assert_registered_as_trained(
     a user filters on. Every method passes through here once, in one of the suite's Ray Train runs:
     contrastive (the quickstart), byol (stopped and resumed), clustering (a killed worker),
     barlow_twins (views run out) and vicreg (`ray job submit`, in test_deploy)."""
-    previous = mlflow.get_tracking_uri()
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    try:
+    with mlflow_at(tracking_uri):
         check(mlflow.MlflowClient(), run_id, method, version, model_name or f"mvssl-{method}")
+
+
+@contextlib.contextmanager
+def mlflow_at(uri: str | None):
+    """MLflow's tracking URI set to ``uri`` (unchanged when None) inside the block, restored after."""
+    previous = mlflow.get_tracking_uri()
+    if uri:
+        mlflow.set_tracking_uri(uri)
+    try:
+        yield
     finally:
         mlflow.set_tracking_uri(previous)
 
@@ -74,10 +82,6 @@ def assert_loads_in_a_fresh_process(uri: str, tracking_uri: str, cwd: Path) -> N
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "torch.Size([1, 1024])" in run.stdout
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
+    with mlflow_at(tracking_uri):
         pyfunc = mlflow.pyfunc.load_model(uri)
-    finally:
-        mlflow.set_tracking_uri(previous)
     assert pyfunc.predict(torch.zeros(2, 64000).numpy()).shape == (2, 1024)

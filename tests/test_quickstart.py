@@ -11,7 +11,7 @@ import mlflow
 import pyarrow.parquet as pq
 import pytest
 import torch
-from registry_checks import assert_loads_in_a_fresh_process, assert_registered_as_trained
+from registry_checks import assert_loads_in_a_fresh_process, assert_registered_as_trained, mlflow_at
 
 from mvssl_dist.cli import main
 from mvssl_dist.embed.search import load_track_embeddings
@@ -61,13 +61,9 @@ def test_the_registered_backbone_is_the_trained_one_and_loads_anywhere(quickstar
     state = json.loads((work / "quickstart.json").read_text())
     champion = mlflow.MlflowClient(tracking).get_model_version_by_alias(MODEL_NAME, "champion")
     assert_registered_as_trained(state["pretrain"]["run_id"], "contrastive", champion.version, MODEL_NAME, tracking)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking)
-    try:
+    with mlflow_at(tracking):
         by_alias = load_backbone(f"models:/{MODEL_NAME}@champion")
         latest = load_backbone(f"models:/{MODEL_NAME}@latest")
-    finally:
-        mlflow.set_tracking_uri(previous)
     for key, value in latest.state_dict().items():
         torch.testing.assert_close(value, by_alias.state_dict()[key], msg=key)
     assert_loads_in_a_fresh_process(f"models:/{MODEL_NAME}/{champion.version}", tracking, work)
