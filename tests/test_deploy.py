@@ -155,7 +155,8 @@ def wait_for(url: str, seconds: float, proc: subprocess.Popen, log: Path) -> Non
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
+def mlflow_server_starting(tmp_path_factory):
+    """An `mlflow server` process, not waited for: it starts (~25 s) while Ray and the ingest do."""
     root = tmp_path_factory.mktemp("mlflow_server")
     ini = root / "basic_auth.ini"
     ini.write_text(
@@ -174,11 +175,17 @@ def mlflow_server(tmp_path_factory):
     with open(log, "wb") as handle:
         proc = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=root)
     try:
-        wait_for(f"http://127.0.0.1:{port}/health", 180, proc, log)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", proc, log
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(mlflow_server_starting, dataset):
+    url, proc, log = mlflow_server_starting
+    wait_for(f"{url}/health", 180, proc, log)
+    return url
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +200,7 @@ def ray_head(tmp_path_factory):
     try:
         yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}"
     finally:
-        subprocess.run([str(BIN / "ray"), "stop"], timeout=120, capture_output=True, env=cluster_env())
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], timeout=120, capture_output=True, env=cluster_env())
 
 
 def cluster_env() -> dict:
@@ -238,14 +245,19 @@ def test_wrong_credentials_fail_with_a_clear_message(mlflow_server, dataset, mon
 
 @pytest.mark.slow
 def test_ray_job_submit_pretrains_and_registers_over_http(mlflow_server, ray_head, dataset, tmp_path):
+    """Also the suite's run of the quickstart's time box: 200 steps asked, 0.3 minutes of loop
+    allowed, so every worker must stop at the same step and that step is what gets registered."""
     runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": PASSWORD}})
     submit = [str(BIN / "ray"), "job", "submit", "--address", ray_head[1], "--working-dir", str(ROOT)]
     submit += ["--runtime-env-json", runtime_env, "--", "python", "pipelines/pretrain.py"]
     submit += ["--config", "configs/vicreg.yaml", "--run-name", "job-test", "--register-as", "mvssl-job-test"]
     submit += ["--tracking-uri", mlflow_server, f"data.path={dataset}", "data.batch_size=4", "data.pairs_per_track=1"]
-    submit += ["train.max_steps=3", "train.log_every=1", f"train.storage_path={tmp_path / 'runs'}"]
+    submit += ["train.max_steps=200", "train.max_minutes=0.3", "train.log_every=1"]
+    submit += [f"train.storage_path={tmp_path / 'runs'}"]
     run = subprocess.run(submit, capture_output=True, text=True, timeout=600, env=cluster_env())
     assert run.returncode == 0 and "succeeded" in run.stdout, (run.stdout + run.stderr)[-4000:]
+    stopped = re.search(r"train\.max_minutes \(0\.3\) was reached at step (\d+) of 200", run.stdout)
+    assert stopped and 0 < int(stopped.group(1)) < 200, run.stdout[-4000:]
     os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = ADMIN, PASSWORD
     try:
         client = mlflow.MlflowClient(mlflow_server)
@@ -253,6 +265,7 @@ def test_ray_job_submit_pretrains_and_registers_over_http(mlflow_server, ray_hea
         assert len(versions) == 1
         run_data = client.get_run(versions[0].run_id)
         assert run_data.info.status == "FINISHED" and "loss" in run_data.data.metrics
+        assert run_data.data.tags["max_minutes_reached_at_step"] == stopped.group(1) == versions[0].tags["step"]
         files = {a.path for a in client.list_artifacts(versions[0].run_id)}
         assert "config.yaml" in files
         # the one VICReg run of the suite: what was registered over HTTP is what was trained
