@@ -110,12 +110,12 @@ def test_schedules():
 def test_tiny_training_loop_decreases_the_loss(name):
     torch.manual_seed(0)
     method = build_method(name).train()
-    schedule = Schedules(total_steps=30, steps_per_epoch=30, lr=1e-3)
+    schedule = Schedules(total_steps=20, steps_per_epoch=20, lr=1e-3)
     optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-3)
     base = torch.randn(6, 1, 64000) * 0.1
     views = base.expand(6, 2, 64000) + 0.05 * torch.randn(6, 2, 64000)
     losses = []
-    for step in range(30):
+    for step in range(20):
         values = schedule.at(step)
         loss, metrics = method(views, values)
         optimizer.zero_grad()
