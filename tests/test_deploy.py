@@ -182,7 +182,9 @@ def mlflow_server_starting(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(mlflow_server_starting, dataset):
+def mlflow_server(mlflow_server_starting, dataset):  # noqa: ARG001
+    """The server's URL once it answers; `dataset` is asked for only so that the wait comes after
+    the Ray cluster and the ingest, which run while the server starts."""
     url, proc, log = mlflow_server_starting
     wait_for(f"{url}/health", 180, proc, log)
     return url
@@ -200,7 +202,7 @@ def ray_head(tmp_path_factory):
     try:
         yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}"
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], timeout=120, capture_output=True, env=cluster_env())
+        subprocess.run([str(BIN / "ray"), "stop"], timeout=120, capture_output=True, env=cluster_env())
 
 
 def cluster_env() -> dict:
