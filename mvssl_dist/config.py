@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,26 @@ class ConfigError(ValueError):
     """A configuration problem, named by its dotted field."""
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, but ``1e-4`` is a number (YAML 1.2), not the string YAML 1.1 makes of it."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _is_text_field(section: str, key: str) -> bool:
+    default = DEFAULTS.get(section, {}).get(key, 0)
+    return (section, key) not in FREE_FORM and (default is None or isinstance(default, str))
+
+
 def _check(section: str, key: str, value: Any, default: Any) -> Any:
     field = f"{section}.{key}"
     if (section, key) in FREE_FORM:
@@ -135,9 +156,11 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     if len(parts) < 2:
         raise ConfigError(f"config: override '{text}' must name section.key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as err:
         raise ConfigError(f"config: cannot parse the value of {dotted}: {err}") from None
+    if len(parts) == 2 and value is not None and not isinstance(value, str) and _is_text_field(*parts):
+        value = raw.strip()  # a name such as tracking.experiment=2024 stays the text it was typed as
     if len(parts) > 2:  # e.g. method.options.temperature=0.2
         for part in reversed(parts[2:]):
             value = {part: value}
@@ -152,7 +175,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> di
         if not path.is_file():
             raise ConfigError(f"config: {path}: no such file")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = _load_yaml(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"config: {path}: not valid YAML ({str(err).splitlines()[0]})") from None
         if not isinstance(loaded, Mapping):

@@ -1,0 +1,41 @@
+"""Configuration values are read as a user types them: ``1e-4`` is a number, ``2024`` can be a name."""
+
+from __future__ import annotations
+
+import pytest
+
+from mvssl_dist.config import ConfigError, load_config
+
+
+def test_exponent_numbers_are_numbers_in_overrides_and_files(tmp_path):
+    """PyYAML follows YAML 1.1, where ``1e-4`` (no dot) is a string: ``train.lr=1e-4`` was refused
+    as "must be a number", and ``temperature=1e-1`` reached the method as text."""
+    cfg = load_config(None, ["train.lr=1e-4", "train.min_lr=-2E-8", "method.options.temperature=1e-1"])
+    assert cfg["train"]["lr"] == 1e-4 and cfg["train"]["min_lr"] == -2e-8
+    assert cfg["method"]["options"] == {"temperature": 0.1}
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 3e-4\n  weight_decay: 5E-2\nmethod:\n  options: {temperature: 2e-1}\n")
+    cfg = load_config(path)
+    assert (cfg["train"]["lr"], cfg["train"]["weight_decay"]) == (3e-4, 5e-2)
+    assert cfg["method"]["options"] == {"temperature": 0.2}
+
+
+def test_names_that_look_like_numbers_stay_text():
+    cfg = load_config(None, ["tracking.experiment=2024", "tracking.run_name=1e5", "train.storage_path=007"])
+    assert cfg["tracking"]["experiment"] == "2024" and cfg["tracking"]["run_name"] == "1e5"
+    assert cfg["train"]["storage_path"] == "007"
+    assert load_config(None, ["data.path="])["data"]["path"] is None
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lr=fast", "train.lr must be a number, got 'fast'"),
+        ("train.lr=1e", "train.lr must be a number, got '1e'"),
+        ("train.max_steps=1e3", "train.max_steps must be an integer, got 1000.0"),
+        ("train.lrr=1e-4", "unknown key 'train.lrr'"),
+    ],
+)
+def test_what_is_not_a_number_is_still_refused_by_name(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        load_config(None, [override])
