@@ -86,6 +86,9 @@ def test_stopped_run_resumes_with_the_same_mlflow_run(dataset, workdir):
         "stop-me",
     ]
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}", "MVSSL_FAULT_STEP_DELAY_S": "1"}
+    # The first driver joins this process's Ray, as a job on a shared cluster would: its kill then
+    # takes down the job (controller, workers), not a cluster, and saves a Ray start-up.
+    env["RAY_ADDRESS"] = ensure_ray().get_runtime_context().gcs_address
     proc = subprocess.Popen(
         [sys.executable, "-m", "mvssl_dist.cli", *args],
         cwd=workdir,
