@@ -147,6 +147,7 @@ def add_ingest(sub: argparse._SubParsersAction) -> None:
 
 def run_ingest(args: argparse.Namespace) -> int:
     from mvssl_dist.shards import DatasetError, IngestError, IngestOptions, SourceError, ingest
+    from mvssl_dist.shards.ingest import NOT_READ
 
     options = IngestOptions(
         sources=args.sources,
@@ -169,6 +170,8 @@ def run_ingest(args: argparse.Namespace) -> int:
     if summary.rejects:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.by_reason.items()))
         print(f"{summary.rejects} rejected ({reasons}); listed in {summary.out / 'rejects.parquet'}")
+    if summary.not_read:
+        print(f"{summary.not_read} files without an audio extension not read; listed in {summary.out / NOT_READ}")
     return EXIT_OK
 
 

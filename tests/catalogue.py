@@ -48,7 +48,11 @@ def write_catalogue(root: Path, seconds: float = 14.0) -> dict:
     rejects[zoo / "x.mp3"] = "unreadable"
     shutil.copy(good[0], zoo / "zz_copy.mp3")
     rejects[zoo / "zz_copy.mp3"] = "duplicate_of"
-    return {"good": good, "rejects": rejects}
+    # Not inputs of a folder walk (no audio extension), but reported: a cover image, and audio
+    # stored under a hash name as object stores often do.
+    (zoo / "cover.jpg").write_bytes(b"\xff\xd8\xff\xe0" + np.random.default_rng(1).bytes(3000))
+    encode(zoo / "3f2a9c0b", render(STYLES[3], seconds, 44100, seed=11), 44100, "flac")
+    return {"good": good, "rejects": rejects, "not_read": [zoo / "3f2a9c0b", zoo / "cover.jpg"]}
 
 
 def ingested_catalogue(src: Path, out: Path, seconds: float, **options) -> Path:

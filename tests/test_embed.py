@@ -41,7 +41,10 @@ def library(tmp_path_factory):
 def embedded(library, tmp_path_factory):
     root, _, weights = library
     out = tmp_path_factory.mktemp("emb_out")
-    summary = embed_library(EmbedOptions([str(root)], str(weights), str(out), level="both"), report=lambda m: None)
+    said: list[str] = []
+    summary = embed_library(EmbedOptions([str(root)], str(weights), str(out), level="both"), report=said.append)
+    # the folder walk's other files are reported, not skipped in silence
+    assert "[embed] 2 files in the folders were not read (no audio extension): 3f2a9c0b, cover.jpg" in "\n".join(said)
     return out, summary
 
 

@@ -68,6 +68,37 @@ def test_every_input_is_indexed_or_rejected_with_its_reason(catalogue, ingested)
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["counts"]["tracks"] == len(index) and meta["counts"]["rejects"] == len(rejects)
     assert len(meta["index_sha256"]) == 64 and meta["total_hours"] > 0
+    # What the folder walk passed over is counted and listed, not silently skipped.
+    not_read = pq.read_table(out / "not_read.parquet").column("uri").to_pylist()
+    assert [uri_to_path(u) for u in not_read] == [str(p) for p in expected["not_read"]]
+    assert meta["counts"]["not_read"] == summary.not_read == 2
+
+
+def test_files_not_read_can_be_given_back_as_a_list(catalogue, ingested, tmp_path, ray_local):  # noqa: ARG001
+    """``not_read.parquet`` is a list file: passed as a SRC, the hash-named audio becomes a track,
+    the image a ``not_audio`` reject, and the list empties; a re-run of the folder alone keeps it so."""
+    root, expected = catalogue
+    out = tmp_path / "ds"
+    shutil.copytree(ingested[0], out)
+    said: list[str] = []
+    options = IngestOptions([str(root), str(out / "not_read.parquet")], str(out), shard_target_mb=2, progress=False)
+    summary = ingest(options, report=said.append)
+    index = {uri_to_path(r["source_uri"]) for r in pq.read_table(out / "index.parquet").to_pylist()}
+    rejects = {uri_to_path(r["source_uri"]): r["reason"] for r in pq.read_table(out / "rejects.parquet").to_pylist()}
+    assert str(expected["not_read"][0]) in index and rejects[str(expected["not_read"][1])] == "not_audio"
+    assert summary.tracks == ingested[1].tracks + 1 and summary.not_read == 0
+    assert pq.read_table(out / "not_read.parquet").num_rows == 0 and not any("not read" in m for m in said)
+    again = ingest(IngestOptions([str(root)], str(out), shard_target_mb=2, progress=False), report=said.append)
+    assert again.units_run == 0 and again.not_read == 0 and again.tracks == summary.tracks
+
+
+def test_a_folder_of_files_without_audio_extensions_says_so(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a1b2").write_bytes(b"x" * 100)
+    assert main(["ingest", str(tmp_path / "in"), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("1 file in the folders was not read (no audio extension): a1b2: name them or list them")
+    assert "\n" not in err
 
 
 def test_non_utf8_name_is_recorded_losslessly(ingested):

@@ -67,15 +67,18 @@ def is_dataset_dir(path: str) -> bool:
     return "://" not in path and (Path(path) / "index.parquet").is_file() and (Path(path) / "dataset.json").is_file()
 
 
-def input_items(sources: list[str]) -> list[dict]:
+def input_items(sources: list[str], report: Callable[[str], None] = print) -> list[dict]:
     """Raw audio URIs (same resolution as ingest) or the tracks of one DATASET_DIR."""
     if len(sources) == 1 and is_dataset_dir(sources[0]):
         index = pq.read_table(Path(sources[0]) / "index.parquet").to_pylist()
         root = str(Path(sources[0]).resolve())
         return [{"uri": r["source_uri"], "key": r["key"], "shard": f"{root}/{r['shard']}"} for r in index]
-    from mvssl_dist.shards.uris import resolve_sources
+    from mvssl_dist.shards.uris import find_sources, not_read_message
 
-    return [{"uri": u, "key": "", "shard": ""} for u in resolve_sources(sources)]
+    found = find_sources(sources)
+    if found.other_files:
+        report(f"[embed] {not_read_message(found.other_files)}; name them or list them to embed them too")
+    return [{"uri": u, "key": "", "shard": ""} for u in found.uris]
 
 
 def load_track(item: dict) -> tuple[str, np.ndarray]:
@@ -335,7 +338,7 @@ def embed_library(options: EmbedOptions, report: Callable[[str], None] = print) 
         raise EmbedError(str(err)) from None
     out = Path(options.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    items = input_items(options.sources)
+    items = input_items(options.sources, report)
     done = done_sources(out)
     todo = [it for it in items if it["uri"] not in done]
     report(f"[embed] {len(items)} tracks, {len(items) - len(todo)} already embedded, {len(todo)} to do")

@@ -13,7 +13,10 @@ How a run goes:
    same content into ``duplicate_of:<key>`` rejects, write ``index.parquet``,
    ``rejects.parquet`` and ``dataset.json``.
 Every input ends in exactly one of index or rejects; keys are the first 32 hex digits of
-the source's SHA-256, so the same audio always gets the same key.
+the source's SHA-256, so the same audio always gets the same key. Files that a folder walk
+passes over (no audio extension: ``cover.jpg``, or audio stored under hash names) are not
+inputs; they are counted, reported and listed in ``not_read.parquet`` (column ``uri``, so that
+file can be given back as a SRC to ingest them after all).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import pyarrow.parquet as pq
 from mvssl_dist.audio import AudioDecodeError, decode_with_info
 from mvssl_dist.raytools import init_ray
 from mvssl_dist.shards.format import CODECS, SAMPLE_RATE, encode_payload, write_sample
-from mvssl_dist.shards.uris import display_uri, is_remote, read_bytes, resolve_sources, uri_to_path
+from mvssl_dist.shards.uris import display_uri, find_sources, is_remote, not_read_message, read_bytes, uri_to_path
 
 SCHEMA_VERSION = 1
 # Decoded 16 kHz int16 mono bytes per source byte, by extension: how units are sized before decoding.
@@ -61,6 +64,7 @@ INDEX_SCHEMA = pa.schema(
         ("album", pa.string()),
     ]
 )
+NOT_READ = "not_read.parquet"
 REJECT_SCHEMA = pa.schema([("source_uri", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
 MANIFEST_SCHEMA = pa.schema(
     [("unit", pa.int64()), ("position", pa.int64()), ("status", pa.string()), ("detail", pa.string())]
@@ -96,6 +100,7 @@ class IngestSummary:
     hours: float
     units_run: int
     by_reason: dict[str, int] = field(default_factory=dict)
+    not_read: int = 0  # files a folder walk passed over (no audio extension), in not_read.parquet
 
 
 # --------------------------------------------------------------------------- atomic files
@@ -251,7 +256,7 @@ def table_hash(table: pa.Table) -> str:
     return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
 
 
-def finalize(out: Path, plan: pa.Table, options: IngestOptions, units_run: int) -> IngestSummary:
+def finalize(out: Path, plan: pa.Table, options: IngestOptions, units_run: int, not_read: int = 0) -> IngestSummary:
     units = sorted(set(plan.column("unit").to_pylist()))
     manifests = [pq.read_table(out / "shards" / f"{shard_name(u)}.parquet", schema=MANIFEST_SCHEMA) for u in units]
     rows = pa.concat_tables(manifests).sort_by([("unit", "ascending"), ("position", "ascending")]).to_pylist()
@@ -276,7 +281,7 @@ def finalize(out: Path, plan: pa.Table, options: IngestOptions, units_run: int) 
         code = r["reason"].split(":", 1)[0]
         by_reason[code] = by_reason.get(code, 0) + 1
     hours = float(sum(index.column("duration_s").to_pylist())) / 3600
-    summary = IngestSummary(out, len(rows), index.num_rows, rejects.num_rows, hours, units_run, by_reason)
+    summary = IngestSummary(out, len(rows), index.num_rows, rejects.num_rows, hours, units_run, by_reason, not_read)
     write_dataset_json(out, options, summary, table_hash(index))
     return summary
 
@@ -287,7 +292,13 @@ def write_dataset_json(out: Path, options: IngestOptions, summary: IngestSummary
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "sample_rate": SAMPLE_RATE,
         "options": {k: v for k, v in asdict(options).items() if k not in ("out", "progress")},
-        "counts": {"inputs": summary.inputs, "tracks": summary.tracks, "rejects": summary.rejects, **summary.by_reason},
+        "counts": {
+            "inputs": summary.inputs,
+            "tracks": summary.tracks,
+            "rejects": summary.rejects,
+            **summary.by_reason,
+            "not_read": summary.not_read,
+        },
         "total_hours": round(summary.hours, 6),
         "index_sha256": index_sha,
     }
@@ -316,6 +327,18 @@ def load_plan(out: Path) -> dict[str, tuple[int, int]]:
     return {
         u: (n, p) for u, n, p in zip(*(table.column(c).to_pylist() for c in ("uri", "unit", "position")), strict=True)
     }
+
+
+def record_not_read(out: Path, other_files: list[str], plan: pa.Table) -> list[str]:
+    """Keep ``not_read.parquet`` up to date: what earlier runs and this one passed over, less what
+    has since become an input (e.g. that very file given back as a SRC)."""
+    path = out / NOT_READ
+    before = pq.read_table(path).column("uri").to_pylist() if path.exists() else []
+    planned = set(plan.column("uri").to_pylist())
+    uris = [u for u in dict.fromkeys(before + other_files) if u not in planned]
+    if uris or path.exists():
+        write_parquet(path, pa.table({"uri": pa.array(uris, pa.string())}))
+    return uris
 
 
 def pending_units(out: Path, plan: pa.Table) -> dict[int, list[str]]:
@@ -355,16 +378,25 @@ def ingest(options: IngestOptions, report: Callable[[str], None] = print) -> Ing
     out = Path(options.out).expanduser().resolve()
     (out / "shards").mkdir(parents=True, exist_ok=True)
     check_options_compatible(out, options)
-    uris = resolve_sources(options.sources)
+    found = find_sources(options.sources)
+    uris = found.uris
     if not uris:
-        raise IngestError(f"no audio inputs found in {', '.join(options.sources)}")
+        hint = f"; {not_read_message(found.other_files)}: name them or list them" if found.other_files else ""
+        raise IngestError(f"no audio inputs found in {', '.join(options.sources)}{hint}")
     previous = load_plan(out)
     plan = plan_units(uris, previous, options.shard_target_mb * 1e6)
     if plan.num_rows != len(previous):
         write_parquet(out / "plan.parquet", plan)
+    not_read = record_not_read(out, found.other_files, plan)
     todo = pending_units(out, plan)
     report(f"[ingest] {len(uris)} inputs, {plan.num_rows - len(previous)} new; {len(todo)} unit(s) to process")
+    if passed_over := [u for u in found.other_files if u in set(not_read)]:
+        report(f"[ingest] {not_read_line(passed_over, out)}")
     if todo:
         init_ray(options.ray_address, max(options.workers or 0, os.cpu_count() or 1))
         run_units(out, todo, options, report)
-    return finalize(out, plan, options, len(todo))
+    return finalize(out, plan, options, len(todo), len(not_read))
+
+
+def not_read_line(uris: list[str], out: Path) -> str:
+    return f"{not_read_message(uris)}; listed in {out / NOT_READ}, which can be passed as a SRC to ingest them"

@@ -11,6 +11,7 @@ import csv
 import fnmatch
 import glob
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote_to_bytes
 
@@ -72,31 +73,41 @@ def read_bytes(uri: str) -> bytes:
         return stream.read()
 
 
-def _walk_local(root: str) -> list[str]:
+@dataclass
+class Sources:
+    """What SRC arguments name: the inputs, and the files a folder walk passed over because their
+    names have no audio extension (``cover.jpg``, but also audio stored under hash names)."""
+
+    uris: list[str] = field(default_factory=list)
+    other_files: list[str] = field(default_factory=list)
+
+
+def _walk_local(root: str, found: Sources) -> None:
     """Audio files under ``root``; directories whose names look like audio are inputs too
     (they will be rejected as unreadable rather than silently walked into)."""
-    found = []
+    inputs, others = [], []
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames:
             if has_audio_extension(name):
-                found.append(os.path.join(dirpath, name))
+                inputs.append(os.path.join(dirpath, name))
         dirnames[:] = [d for d in dirnames if not has_audio_extension(d)]
-        found += [os.path.join(dirpath, n) for n in filenames if has_audio_extension(n)]
-    return [path_to_uri(p) for p in sorted(found)]
+        for name in filenames:
+            (inputs if has_audio_extension(name) else others).append(os.path.join(dirpath, name))
+    found.uris += [path_to_uri(p) for p in sorted(inputs)]
+    found.other_files += [path_to_uri(p) for p in sorted(others)]
 
 
-def _walk_remote(uri: str, pattern: str | None = None) -> list[str]:
+def _walk_remote(uri: str, found: Sources, pattern: str | None = None) -> None:
     fs, path = filesystem(uri)
     scheme = uri.split("://", 1)[0]
     infos = fs.get_file_info(pafs.FileSelector(path.rstrip("/"), recursive=True, allow_not_found=False))
-    out = []
+    inputs, others = [], []
     for info in infos:
-        if info.type != pafs.FileType.File or not has_audio_extension(info.base_name):
+        if info.type != pafs.FileType.File or (pattern and not fnmatch.fnmatch(info.path, pattern)):
             continue
-        if pattern and not fnmatch.fnmatch(info.path, pattern):
-            continue
-        out.append(f"{scheme}://{info.path}")
-    return sorted(out)
+        (inputs if has_audio_extension(info.base_name) else others).append(f"{scheme}://{info.path}")
+    found.uris += sorted(inputs)
+    found.other_files += sorted(others)
 
 
 def _read_list_file(path: str) -> list[str]:
@@ -125,37 +136,55 @@ def _read_list_file(path: str) -> list[str]:
     return [to_uri(u) for u in table.column("uri").to_pylist() if u]
 
 
-def resolve_sources(sources: list[str]) -> list[str]:
-    """Directories (recursive), glob patterns, list files and single files -> ordered unique URIs."""
-    uris: list[str] = []
+def find_sources(sources: list[str]) -> Sources:
+    """Directories (recursive), glob patterns, list files and single files -> ordered unique URIs.
+
+    A file named directly (argument, list file, glob match) is an input whatever its name; a
+    folder walk takes the names with an audio extension and lists the others in ``other_files``.
+    """
+    found = Sources()
     for src in sources:
         if is_remote(src):
-            has_glob = any(c in src for c in "*?[")
-            if has_glob:
-                prefix = src.split("://", 1)[1]
-                root = prefix[: min(prefix.find(c) for c in "*?[" if c in prefix)].rsplit("/", 1)[0]
-                uris += _walk_remote(f"{src.split('://', 1)[0]}://{root}", prefix)
-            else:
-                fs, path = filesystem(src)
-                info = fs.get_file_info(path)
-                if info.type == pafs.FileType.NotFound:
-                    raise SourceError(f"{src}: no such file or prefix")
-                uris += _walk_remote(src) if info.type == pafs.FileType.Directory else [src]
+            _add_remote(src, found)
         elif os.path.isdir(src) and not has_audio_extension(os.path.basename(os.path.normpath(src))):
-            uris += _walk_local(src)
+            _walk_local(src, found)
         elif src.endswith(LIST_SUFFIXES) and os.path.isfile(src):
-            uris += _read_list_file(src)
+            found.uris += _read_list_file(src)
         elif os.path.lexists(src):
-            uris.append(path_to_uri(src))
+            found.uris.append(path_to_uri(src))
         elif any(c in src for c in "*?["):
             matches = sorted(glob.glob(src, recursive=True))
             if not matches:
                 raise SourceError(f"{src}: the pattern matches nothing")
             for match in matches:
-                uris += _walk_local(match) if os.path.isdir(match) else [path_to_uri(match)]
+                _walk_local(match, found) if os.path.isdir(match) else found.uris.append(path_to_uri(match))
         else:
             raise SourceError(f"{src}: no such file, directory or pattern")
-    return list(dict.fromkeys(uris))
+    found.uris = list(dict.fromkeys(found.uris))
+    taken = set(found.uris)
+    found.other_files = [u for u in dict.fromkeys(found.other_files) if u not in taken]
+    return found
+
+
+def _add_remote(src: str, found: Sources) -> None:
+    if any(c in src for c in "*?["):
+        prefix = src.split("://", 1)[1]
+        root = prefix[: min(prefix.find(c) for c in "*?[" if c in prefix)].rsplit("/", 1)[0]
+        _walk_remote(f"{src.split('://', 1)[0]}://{root}", found, prefix)
+        return
+    fs, path = filesystem(src)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise SourceError(f"{src}: no such file or prefix")
+    if info.type == pafs.FileType.Directory:
+        _walk_remote(src, found)
+    else:
+        found.uris.append(src)
+
+
+def resolve_sources(sources: list[str]) -> list[str]:
+    """The input URIs of :func:`find_sources`."""
+    return find_sources(sources).uris
 
 
 def display_uri(uri: str) -> str:
@@ -163,6 +192,13 @@ def display_uri(uri: str) -> str:
     if uri.startswith("file://"):
         return os.fsencode(uri_to_path(uri)).decode("utf-8", "backslashreplace")
     return uri
+
+
+def not_read_message(uris: list[str], most: int = 3) -> str:
+    """``2 files in the folders were not read (no audio extension): a.jpg, b``, for one-line reports."""
+    names = ", ".join(display_uri(u).rsplit("/", 1)[-1] for u in uris[:most]) + (", ..." if len(uris) > most else "")
+    files = "1 file in the folders was" if len(uris) == 1 else f"{len(uris)} files in the folders were"
+    return f"{files} not read (no audio extension): {names}"
 
 
 def local_dir(path: str | os.PathLike) -> Path:
