@@ -170,8 +170,22 @@ def test_csv_task_errors_name_the_problem(tmp_path):
     path.write_text("uri,split,tags\na.mp3,dev,rock\n")
     with pytest.raises(TaskError, match="task.csv:2: split 'dev'"):
         load_task(f"csv:{path}", None)
+    path.write_text("uri,split,tags\na.mp3,train\nb.mp3\n")
+    with pytest.raises(TaskError, match="task.csv:3: too few fields"):
+        load_task(f"csv:{path}", None)
     with pytest.raises(TaskError, match="needs --split-dir"):
         load_task("mtat", None)
+
+
+def test_csv_task_from_a_spreadsheet_export_reads_as_typed(tmp_path):
+    """Spreadsheets write UTF-8 with a byte-order mark, which made the header's first name
+    '\\ufeffuri' and the file 'missing column(s) uri'; spaces after commas in the header too."""
+    path = tmp_path / "task.csv"
+    rows = 'uri, split, tags\r\na.mp3,train,"rock, jazz"\r\nb.mp3,validation,rock\r\nc.mp3,test,jazz\r\n'
+    path.write_bytes(b"\xef\xbb\xbf" + rows.encode())
+    task = load_task(f"csv:{path}", None)
+    assert task.vocabulary == ["jazz", "rock"] and [t.track_id for t in task.tracks] == ["a.mp3", "b.mp3", "c.mp3"]
+    assert task.split("train")[0].labels.tolist() == [1, 1]
     with pytest.raises(TaskError, match="unknown"):
         load_task("msd", None)
 

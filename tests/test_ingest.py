@@ -23,6 +23,7 @@ from mvssl_dist.cli import main
 from mvssl_dist.shards import IngestOptions, ingest, path_to_uri, read_tracks, uri_to_path
 from mvssl_dist.shards.format import Malformed, read_shard
 from mvssl_dist.shards.reader import iter_shard_members
+from mvssl_dist.shards.uris import find_sources
 
 pytestmark = pytest.mark.slow
 
@@ -203,6 +204,16 @@ def test_cli_bad_sources_fail_with_one_line(tmp_path, capsys):
     (tmp_path / "list.csv").write_text("path\nx.mp3\n")
     assert main(["ingest", str(tmp_path / "list.csv"), "--out", str(tmp_path / "o")]) == 1
     assert "needs a 'uri' column" in capsys.readouterr().err
+
+
+def test_list_files_saved_by_spreadsheets_and_notepad_resolve(tmp_path):
+    """A UTF-8 byte-order mark used to become part of the first name: the .csv had no 'uri'
+    column, and the .txt's first path did not exist."""
+    (tmp_path / "a.mp3").write_bytes(b"x")
+    (tmp_path / "list.csv").write_bytes("\ufeffuri ,note\r\na.mp3,first\r\n".encode())
+    (tmp_path / "list.txt").write_bytes("\ufeffa.mp3\r\n".encode())
+    for name in ("list.csv", "list.txt"):
+        assert find_sources([str(tmp_path / name)]).uris == [path_to_uri(tmp_path / "a.mp3")], name
 
 
 def test_list_files_and_globs(catalogue, tmp_path, ray_local):

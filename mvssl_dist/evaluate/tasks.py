@@ -123,7 +123,7 @@ def jamendo_file(split_dir: Path, prefix: str, split: str) -> Path:
 def read_jamendo_rows(path: Path, categories: tuple[str, ...]) -> list[tuple[str, str, list[str]]]:
     """``(track_id, path, tags)`` per row; tags keep their ``category---name`` form."""
     rows = []
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle, delimiter="\t")
         header = next(reader, None)
         if not header or header[:5] != ["TRACK_ID", "ARTIST_ID", "ALBUM_ID", "PATH", "DURATION"]:
@@ -154,12 +154,15 @@ def read_csv_task(path: Path) -> Task:
     if not path.is_file():
         raise TaskError(f"{path}: task file not found")
     by_split: dict[str, list] = {s: [] for s in SPLITS}
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheet exports start with a BOM
         reader = csv.DictReader(handle)
-        missing = {"uri", "split", "tags"} - set(reader.fieldnames or [])
+        reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
+        missing = {"uri", "split", "tags"} - set(reader.fieldnames)
         if missing:
             raise TaskError(f"{path}: missing column(s) {', '.join(sorted(missing))} (need uri, split, tags)")
         for line, row in enumerate(reader, start=2):
+            if row["uri"] is None or row["split"] is None:
+                raise TaskError(f"{path}:{line}: too few fields (need uri, split, tags)")
             split = row["split"].strip()
             if split not in SPLITS:
                 raise TaskError(f"{path}:{line}: split '{split}' is not one of {', '.join(SPLITS)}")

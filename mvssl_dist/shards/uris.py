@@ -120,12 +120,13 @@ def _read_list_file(path: str) -> list[str]:
         return path_to_uri(entry if os.path.isabs(entry) else os.path.join(base, entry))
 
     if path.endswith(".txt"):
-        with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+        with open(path, encoding="utf-8-sig", errors="surrogateescape") as handle:  # -sig: a BOM is not a name
             return [to_uri(line) for line in handle if line.strip() and not line.startswith("#")]
     if path.endswith(".csv"):
-        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
             reader = csv.DictReader(handle)
-            if "uri" not in (reader.fieldnames or []):
+            reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
+            if "uri" not in reader.fieldnames:
                 raise SourceError(f"{path}: a list file needs a 'uri' column (found {reader.fieldnames})")
             return [to_uri(row["uri"]) for row in reader if row["uri"].strip()]
     import pyarrow.parquet as pq
