@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -303,7 +304,7 @@ def summary_lines(work: Path, state: dict, tracking_uri: str) -> list[str]:
     ing, tr, emb, ev = state["ingest"], state["pretrain"], state["embed"], state["evaluate"]
     ours, rnd = ev["model"], ev["random"]
     key = first_key(work / "embeddings")
-    ui = f"mlflow ui --backend-store-uri {tracking_uri} --port 5000"
+    ui = f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --port 5000"  # quoted: copied into a shell
     return [
         f"  dataset   {work / 'dataset'}: {ing['tracks']} tracks; {ing['rejects']} rejected, "
         f"listed with reasons in {work / 'dataset' / 'rejects.parquet'}",
@@ -315,7 +316,7 @@ def summary_lines(work: Path, state: dict, tracking_uri: str) -> list[str]:
         *(knn_lines(ev["knn"]) if "knn" in ev else []),
         f"  embeddings {emb['out']}: {emb['tracks']} tracks",
         f"  browse runs and models:  {ui}   (then open http://127.0.0.1:5000)",
-        f"  similar tracks:          mvssl neighbours --embeddings {emb['out']} --key {key} -k 5",
+        f"  similar tracks:          mvssl neighbours --embeddings {shlex.quote(str(emb['out']))} --key {key} -k 5",
     ]
 
 

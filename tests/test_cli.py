@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -159,3 +160,26 @@ def test_embed_on_gpus_without_one_is_refused_not_left_waiting(tmp_path, encoded
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["mvssl: error: --gpus 1: this machine has 0 GPUs (run on CPU with --gpus 0)"], err
+
+
+def test_quickstart_prints_commands_that_survive_a_space_in_the_path(tmp_path, monkeypatch):
+    """The summary's `mlflow ui` and `mvssl neighbours` lines are meant to be pasted into a shell."""
+    from mvssl_dist import quickstart
+
+    work = tmp_path / "my music"
+    monkeypatch.setattr(quickstart, "first_key", lambda folder: "k1")
+    scored = {"roc_auc_macro": 0.9, "pr_auc_macro": 0.8, "promotion": "champion -> v1"}
+    state = {
+        "ingest": {"tracks": 1, "rejects": 0},
+        "pretrain": {"model_version": "1", "run_id": "r", "steps": 3},
+        "embed": {"out": str(work / "embeddings"), "tracks": 1},
+        "evaluate": {"model": scored, "random": scored},
+    }
+    tracking = f"sqlite:///{work / 'mlflow.db'}"
+    lines = quickstart.summary_lines(work, state, tracking)
+    commands = [line.split(":  ", 1)[1].split("   (then")[0] for line in lines if line.startswith("  browse")]
+    commands += [line.split(":  ", 1)[1] for line in lines if line.startswith("  similar")]
+    assert [shlex.split(c) for c in commands] == [
+        ["mlflow", "ui", "--backend-store-uri", tracking, "--port", "5000"],
+        ["mvssl", "neighbours", "--embeddings", str(work / "embeddings"), "--key", "k1", "-k", "5"],
+    ]
