@@ -212,7 +212,8 @@ def test_list_files_saved_by_spreadsheets_and_notepad_resolve(tmp_path):
     (tmp_path / "a.mp3").write_bytes(b"x")
     (tmp_path / "list.csv").write_bytes("\ufeffuri ,note\r\na.mp3,first\r\n".encode())
     (tmp_path / "list.txt").write_bytes("\ufeffa.mp3\r\n".encode())
-    for name in ("list.csv", "list.txt"):
+    (tmp_path / "short.csv").write_text("note,uri\nno uri on this row\nsecond,a.mp3\n")  # was an AttributeError
+    for name in ("list.csv", "list.txt", "short.csv"):
         assert find_sources([str(tmp_path / name)]).uris == [path_to_uri(tmp_path / "a.mp3")], name
 
 

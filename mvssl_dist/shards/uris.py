@@ -128,7 +128,7 @@ def _read_list_file(path: str) -> list[str]:
             reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
             if "uri" not in reader.fieldnames:
                 raise SourceError(f"{path}: a list file needs a 'uri' column (found {reader.fieldnames})")
-            return [to_uri(row["uri"]) for row in reader if row["uri"].strip()]
+            return [to_uri(row["uri"]) for row in reader if (row["uri"] or "").strip()]  # None: a short row
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
@@ -158,7 +158,10 @@ def find_sources(sources: list[str]) -> Sources:
             if not matches:
                 raise SourceError(f"{src}: the pattern matches nothing")
             for match in matches:
-                _walk_local(match, found) if os.path.isdir(match) else found.uris.append(path_to_uri(match))
+                if os.path.isdir(match):
+                    _walk_local(match, found)
+                else:
+                    found.uris.append(path_to_uri(match))
         else:
             raise SourceError(f"{src}: no such file, directory or pattern")
     found.uris = list(dict.fromkeys(found.uris))
