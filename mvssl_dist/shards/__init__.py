@@ -2,7 +2,7 @@
 
 from mvssl_dist.shards.ingest import IngestError, IngestOptions, IngestSummary, ingest
 from mvssl_dist.shards.reader import DatasetError, Track, load_index, read_tracks
-from mvssl_dist.shards.uris import SourceError, path_to_uri, resolve_sources, uri_to_path
+from mvssl_dist.shards.uris import SourceError, Sources, find_sources, path_to_uri, uri_to_path
 
 __all__ = [
     "DatasetError",
@@ -10,11 +10,12 @@ __all__ = [
     "IngestOptions",
     "IngestSummary",
     "SourceError",
+    "Sources",
     "Track",
+    "find_sources",
     "ingest",
     "load_index",
     "path_to_uri",
     "read_tracks",
-    "resolve_sources",
     "uri_to_path",
 ]

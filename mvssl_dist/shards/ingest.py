@@ -390,7 +390,8 @@ def ingest(options: IngestOptions, report: Callable[[str], None] = print) -> Ing
     not_read = record_not_read(out, found.other_files, plan)
     todo = pending_units(out, plan)
     report(f"[ingest] {len(uris)} inputs, {plan.num_rows - len(previous)} new; {len(todo)} unit(s) to process")
-    if passed_over := [u for u in found.other_files if u in set(not_read)]:
+    kept = set(not_read)  # once: a hash-named bucket can pass over 100,000s of files
+    if passed_over := [u for u in found.other_files if u in kept]:
         report(f"[ingest] {not_read_line(passed_over, out)}")
     if todo:
         init_ray(options.ray_address, max(options.workers or 0, os.cpu_count() or 1))

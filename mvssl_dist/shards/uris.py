@@ -186,11 +186,6 @@ def _add_remote(src: str, found: Sources) -> None:
         found.uris.append(src)
 
 
-def resolve_sources(sources: list[str]) -> list[str]:
-    """The input URIs of :func:`find_sources`."""
-    return find_sources(sources).uris
-
-
 def display_uri(uri: str) -> str:
     """A readable form of a URI for messages (local paths decoded, odd bytes escaped)."""
     if uri.startswith("file://"):
