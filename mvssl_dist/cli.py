@@ -24,11 +24,11 @@ def add_embed_file(sub: argparse._SubParsersAction) -> None:
         description="Decode each FILE to 16 kHz mono, peak-normalise, zero-pad to a multiple of 4 s, "
         "embed non-overlapping 4 s segments and average them into one 1024-d vector per file.",
     )
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="FILE", help="audio files (any format the decoder reads)")
     p.add_argument("--weights", required=True, help="reference release .pt, our backbone file, or models:/ URI")
-    p.add_argument("--out", help="write embeddings to X.npy or X.parquet")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out", help="write embeddings to X.npy or X.parquet (default: print a summary per file)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16, help="segments per forward pass (default: %(default)s)")
     p.set_defaults(run=run_embed_file)
 
 
@@ -97,10 +97,14 @@ def write_embeddings(out: Path, rows: list) -> None:
 # --------------------------------------------------------------------------- synth-audio
 def add_synth_audio(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth-audio", help="write a small synthetic music library (mixed formats)")
-    p.add_argument("out_dir")
-    p.add_argument("--tracks", type=int, default=5)
-    p.add_argument("--seconds", type=float, default=20.0)
-    p.add_argument("--formats", default="mp3,flac,ogg,wav,m4a", help="comma-separated: mp3,flac,ogg,opus,wav,m4a")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the tracks and labels.csv into")
+    p.add_argument("--tracks", type=int, default=5, help="number of tracks (default: %(default)s)")
+    p.add_argument("--seconds", type=float, default=20.0, help="length of each track (default: %(default)s)")
+    p.add_argument(
+        "--formats",
+        default="mp3,flac,ogg,wav,m4a",
+        help="comma-separated, used in turn: mp3,flac,ogg,opus,wav,m4a (default: %(default)s)",
+    )
     p.add_argument("--broken", action="store_true", help="also write broken files under OUT_DIR/broken")
     p.set_defaults(run=run_synth_audio)
 
@@ -132,16 +136,30 @@ def add_ingest(sub: argparse._SubParsersAction) -> None:
         description="SRC: directories (recursive), glob patterns, list files (.txt, or .csv/.parquet with a "
         "'uri' column), single files; local paths or s3://. Re-running resumes and picks up new files.",
     )
-    p.add_argument("sources", nargs="+", metavar="SRC")
-    p.add_argument("--out", required=True, metavar="DATASET_DIR")
+    p.add_argument("sources", nargs="+", metavar="SRC", help="where the audio is (see above)")
+    p.add_argument("--out", required=True, metavar="DATASET_DIR", help="shards, index and rejects go here")
     p.add_argument("--workers", type=int, help="parallel decode tasks (default: all CPUs)")
-    p.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray)")
-    p.add_argument("--min-duration-s", type=float, default=12.0)
-    p.add_argument("--max-duration-s", type=float, default=1800.0)
-    p.add_argument("--shard-target-mb", type=float, default=256.0)
-    p.add_argument("--codec", choices=["s16", "flac"], default="s16", help="how audio is stored in the shards")
-    p.add_argument("--silence-db", type=float, default=-60.0, help="tracks quieter than this RMS are rejected")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument(
+        "--min-duration-s", type=float, default=12.0, help="shorter tracks are rejected (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-duration-s", type=float, default=1800.0, help="longer tracks are rejected (default: %(default)s)"
+    )
+    p.add_argument("--shard-target-mb", type=float, default=256.0, help="size of each tar (default: %(default)s)")
+    p.add_argument(
+        "--codec",
+        choices=["s16", "flac"],
+        default="s16",
+        help="how audio is stored in the shards (default: %(default)s)",
+    )
+    p.add_argument(
+        "--silence-db",
+        type=float,
+        default=-60.0,
+        help="tracks quieter than this RMS (dBFS) are rejected (default: %(default)s)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
     p.set_defaults(run=run_ingest)
 
 
@@ -228,18 +246,33 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
         "embed",
         help="batch-embed a library (raw audio or an ingested DATASET_DIR) to parquet with Ray Data; resumable",
     )
-    p.add_argument("sources", nargs="+", metavar="SRC")
+    p.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SRC",
+        help="audio as for `mvssl ingest` (folders, globs, lists), or a DATASET_DIR",
+    )
     p.add_argument(
         "--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, a checkpoint or weights file"
     )
-    p.add_argument("--out", required=True, metavar="OUT_DIR")
-    p.add_argument("--level", choices=["track", "segment", "both"], default="track")
-    p.add_argument("--segment-s", type=float, default=4.0)
-    p.add_argument("--hop-s", type=float, default=4.0)
-    p.add_argument("--batch-size", type=int, default=64, help="clips per forward pass")
-    p.add_argument("--workers", type=int, default=1, help="model actors")
-    p.add_argument("--gpus", type=float, default=0, help="GPUs per model actor (1, or a fraction to share one); bf16")
-    p.add_argument("--ray-address")
+    p.add_argument("--out", required=True, metavar="OUT_DIR", help="parquet parts go here; re-run to resume")
+    p.add_argument(
+        "--level",
+        choices=["track", "segment", "both"],
+        default="track",
+        help="one row per track (mean of its segments), per segment, or both (default: %(default)s)",
+    )
+    p.add_argument("--segment-s", type=float, default=4.0, help="segment length in seconds (default: %(default)s)")
+    p.add_argument("--hop-s", type=float, default=4.0, help="seconds between segment starts (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="clips per forward pass (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="model actors (default: %(default)s)")
+    p.add_argument(
+        "--gpus",
+        type=float,
+        default=0,
+        help="GPUs per model actor (1, or a fraction to share one); bf16 (default: 0, CPU)",
+    )
+    p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     p.set_defaults(run=run_embed)
 
 
@@ -274,9 +307,9 @@ def add_neighbours(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("neighbours", help="the k tracks most similar to a file or a key (cosine similarity)")
     p.add_argument("--embeddings", required=True, metavar="OUT_DIR", help="written by `mvssl embed`")
     query = p.add_mutually_exclusive_group(required=True)
-    query.add_argument("--query", metavar="FILE")
-    query.add_argument("--key")
-    p.add_argument("-k", type=int, default=10)
+    query.add_argument("--query", metavar="FILE", help="an audio file, embedded with the model OUT_DIR was made with")
+    query.add_argument("--key", help="a track already in OUT_DIR (its key; the track itself is not listed)")
+    p.add_argument("-k", type=int, default=10, help="how many tracks to list (default: %(default)s)")
     p.set_defaults(run=run_neighbours)
 
 
@@ -286,20 +319,23 @@ def run_neighbours(args: argparse.Namespace) -> int:
     if args.k < 1:
         error(f"-k {args.k}: must be >= 1")
         return EXIT_USAGE
+    itself = None  # with --key, the track's own row: not a neighbour of itself
     try:
         keys, uris, matrix = search_index(args.embeddings)
         if args.key:
             if args.key not in keys:
                 raise SearchError(f"--key {args.key}: not in {args.embeddings}")
-            query = matrix[keys.index(args.key)]
+            itself = keys.index(args.key)
+            query = matrix[itself]
         else:
             query = embed_query(args.query, Path(args.embeddings))
     except (SearchError, OSError) as err:
         error(str(err))
         return EXIT_FAILED
-    top, scores = nearest(matrix, query, args.k, unit=True)
+    top, scores = nearest(matrix, query, args.k + (itself is not None), unit=True)
+    found = [(i, score) for i, score in zip(top, scores, strict=True) if i != itself][: args.k]
     print(f"{'key':34} {'score':>7}  uri")
-    for i, score in zip(top, scores, strict=True):
+    for i, score in found:
         print(f"{keys[i]:34} {score:7.4f}  {uris[i]}")
     return EXIT_OK
 
@@ -332,7 +368,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
         "(columns uri, split, tags). Features are cached per model version under --cache-dir.",
     )
     p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, a weights file, random")
-    p.add_argument("--task", required=True)
+    p.add_argument("--task", required=True, help="see above")
     p.add_argument("--audio-root", required=True, metavar="DIR", help="folder the task's audio paths are relative to")
     p.add_argument("--split-dir", metavar="DIR", help="folder of the task's split files (mtat, jamendo-*)")
     p.add_argument(
@@ -341,20 +377,41 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
         default="mlp",
         help="mlp (the reference's), linear, or knn (training-free weighted k-NN vote on the embeddings)",
     )
-    p.add_argument("--hidden", type=int, default=512, help="hidden width of the mlp probe")
-    p.add_argument("--k", type=int, default=20, help="neighbours of the knn probe (0: chosen on validation)")
-    p.add_argument("--train-fraction", type=float, default=1.0, help="use this fraction of the train split")
-    p.add_argument("--max-epochs", type=int, default=200)
-    p.add_argument("--patience", type=int, default=10, help="epochs without validation gain before stopping ...")
-    p.add_argument("--patience-steps", type=int, default=200, help="... and at least this many optimizer steps")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hidden", type=int, default=512, help="hidden width of the mlp probe (default: %(default)s)")
+    p.add_argument(
+        "--k", type=int, default=20, help="neighbours of the knn probe; 0: chosen on validation (default: %(default)s)"
+    )
+    p.add_argument(
+        "--train-fraction", type=float, default=1.0, help="use this fraction of the train split (default: %(default)s)"
+    )
+    p.add_argument("--max-epochs", type=int, default=200, help="mlp/linear probe epochs at most (default: %(default)s)")
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=10,
+        help="epochs without validation gain before stopping ... (default: %(default)s)",
+    )
+    p.add_argument(
+        "--patience-steps",
+        type=int,
+        default=200,
+        help="... and at least this many optimizer steps (default: %(default)s)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="probe initialisation and batch order (default: %(default)s)")
     p.add_argument("--promote-alias", metavar="ALIAS", help="move ALIAS here if this version beats its holder")
-    p.add_argument("--max-missing", type=float, default=0.05, help="refuse above this fraction of missing audio")
-    p.add_argument("--cache-dir", default="evaluations", help="where segment features are cached per model")
+    p.add_argument(
+        "--max-missing",
+        type=float,
+        default=0.05,
+        help="refuse above this fraction of missing audio (default: %(default)s)",
+    )
+    p.add_argument(
+        "--cache-dir", default="evaluations", help="where segment features are cached per model (default: %(default)s)"
+    )
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
-    p.add_argument("--workers", type=int, default=1, help="model actors embedding the audio")
-    p.add_argument("--gpus", type=float, default=0, help="GPUs per model actor, as for `mvssl embed`")
-    p.add_argument("--ray-address")
+    p.add_argument("--workers", type=int, default=1, help="model actors embedding the audio (default: %(default)s)")
+    p.add_argument("--gpus", type=float, default=0, help="GPUs per model actor, as for `mvssl embed` (default: 0, CPU)")
+    p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     p.set_defaults(run=run_evaluate)
 
 
@@ -418,10 +475,14 @@ def add_quickstart(sub: argparse._SubParsersAction) -> None:
         description="Runs every stage on a local Ray and a local MLflow store (DIR/mlflow.db). Re-running "
         "reuses what DIR already holds.",
     )
-    p.add_argument("--workdir", default="mvssl-quickstart", metavar="DIR")
-    p.add_argument("--tracks", type=int, default=120)
-    p.add_argument("--minutes", type=float, default=8.0, help="time target; pre-training gets what is left")
-    p.add_argument("--seconds", type=float, default=20.0, help="length of each generated track")
+    p.add_argument(
+        "--workdir", default="mvssl-quickstart", metavar="DIR", help="everything goes here (default: %(default)s)"
+    )
+    p.add_argument("--tracks", type=int, default=120, help="tracks in the generated library (default: %(default)s)")
+    p.add_argument(
+        "--minutes", type=float, default=8.0, help="time target; pre-training gets what is left (default: %(default)s)"
+    )
+    p.add_argument("--seconds", type=float, default=20.0, help="length of each generated track (default: %(default)s)")
     p.add_argument("--steps", type=int, default=0, help="pre-training steps (default: sized from --minutes)")
     p.add_argument(
         "--layers",
@@ -430,7 +491,7 @@ def add_quickstart(sub: argparse._SubParsersAction) -> None:
         help="a harder library: untagged pad and arpeggio layers that change every section, at this level "
         "relative to the tagged music (e.g. 0.5; default 0: none)",
     )
-    p.add_argument("--ray-address")
+    p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     p.set_defaults(run=run_quickstart)
 
 

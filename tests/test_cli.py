@@ -183,3 +183,25 @@ def test_quickstart_prints_commands_that_survive_a_space_in_the_path(tmp_path, m
         ["mlflow", "ui", "--backend-store-uri", tracking, "--port", "5000"],
         ["mvssl", "neighbours", "--embeddings", str(work / "embeddings"), "--key", "k1", "-k", "5"],
     ]
+
+
+def test_every_option_says_what_it_does():
+    """`mvssl COMMAND --help` is the manual on a laptop: no option without a line, and a number
+    with a default says what the default is."""
+    import argparse
+
+    from mvssl_dist.cli import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    bare = []
+    for name, parser in subparsers.choices.items():
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            label = f"{name} {'/'.join(action.option_strings) or action.dest}"
+            if not action.help:
+                bare.append(f"{label}: no help")
+            elif isinstance(action.default, (int, float)) and not isinstance(action.default, bool):
+                if "default" not in action.help:
+                    bare.append(f"{label}: default {action.default} not shown")
+    assert not bare, bare

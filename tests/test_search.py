@@ -92,7 +92,13 @@ def test_neighbours_cli_by_key_and_bad_input(tmp_path, capsys):
     keys = write_part(tmp_path, "a", vectors, 0)
     assert main(["neighbours", "--embeddings", str(tmp_path), "--key", keys[3], "-k", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[1].startswith(keys[3]) and lines[2].startswith(keys[7]) and len(lines) == 3
+    assert len(lines) == 3 and lines[1].startswith(keys[7])  # the near twin first; the track itself not listed
+    assert keys[3] not in "".join(lines)
+    assert main(["neighbours", "--embeddings", str(tmp_path), "--key", keys[3], "-k", "19"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 20 and keys[3] not in "".join(lines)  # all the others, once each
+    assert main(["neighbours", "--embeddings", str(tmp_path), "--key", keys[3], "-k", "50"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 20
     assert main(["neighbours", "--embeddings", str(tmp_path), "--key", "nope"]) == 1
     assert "--key nope: not in" in capsys.readouterr().err
     assert main(["neighbours", "--embeddings", str(tmp_path / "empty"), "--key", "x"]) == 1
