@@ -6,7 +6,7 @@ import pytest
 import torch
 from test_models import release_rows
 
-from mvssl_dist.methods import METHODS, ReleaseLayoutError, build_method, canonical_name
+from mvssl_dist.methods import METHODS, ReleaseLayoutError, build_method, canonical_name, check_options
 from mvssl_dist.models import load_backbone
 from mvssl_dist.train.schedules import Schedules, cosine, linear
 
@@ -24,6 +24,22 @@ def test_registry_names_and_alias():
     assert canonical_name("feature_stats") == "vicreg"
     with pytest.raises(ValueError, match="unknown method 'simsiam'"):
         build_method("simsiam")
+
+
+def test_options_are_checked_against_the_method_before_anything_starts():
+    assert check_options("vicreg", {"var_coeff": 25, "gamma": 1}) == {"var_coeff": 25.0, "gamma": 1.0}
+    assert check_options("byol", {"predictor_widths": [256, 2048]}) == {"predictor_widths": [256, 2048]}
+    assert check_options("feature_stats", {}) == {}
+    cases = [
+        ("contrastive", {"tau": 0.1}, "method.options.tau: not an option of contrastive"),
+        ("contrastive", {"temperature": "0.1"}, "temperature must be a number, got '0.1'"),
+        ("clustering", {"center_momentum": True}, "center_momentum must be a number"),
+        ("barlow_twins", {"head_widths": [1024, 0]}, "head_widths must be a list of positive integers"),
+        ("byol", {"predictor_widths": 256}, "predictor_widths must be a list of positive integers"),
+    ]
+    for name, options, message in cases:
+        with pytest.raises(ValueError, match=message):
+            check_options(name, options)
 
 
 @pytest.mark.parametrize("name", sorted(FORMATS))

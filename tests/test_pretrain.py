@@ -156,6 +156,16 @@ def test_config_errors_fail_fast_with_the_field_named(dataset, workdir, capsys):
         (["data.path=/nope"], "data.path /nope: not an ingested dataset"),
         ([f"data.path={dataset}", "method.name=simsiam"], "unknown method 'simsiam'"),
         ([f"data.path={dataset}", "data.batch_size=512"], "larger than the dataset gives per epoch"),
+        # these reached the workers: ~2 minutes of Ray Train start-up, then a TypeError from the loss
+        (
+            [f"data.path={dataset}", "method.options.tau=0.1"],
+            "method.options.tau: not an option of contrastive (options: temperature, head_widths)",
+        ),
+        ([f"data.path={dataset}", "method.options.temperature=abc"], "method.options.temperature must be a number"),
+        (
+            [f"data.path={dataset}", "method.name=byol", "method.options.predictor_widths=[256, 100]"],
+            "predictor_widths must end with the head's output width",
+        ),
         ([f"data.path={dataset}", "data.batch_size=4", "train.max_minutes=-1"], "train.max_minutes must be >= 0"),
         (
             [f"data.path={dataset}", "data.batch_size=4", "tracking.uri=http://127.0.0.1:9"],

@@ -5,7 +5,7 @@ import importlib
 import pkgutil
 
 from mvssl_dist.methods.base import Network, ReleaseLayoutError, SSLMethod
-from mvssl_dist.methods.registry import ALIASES, METHODS, build_method, canonical_name, register
+from mvssl_dist.methods.registry import ALIASES, METHODS, build_method, canonical_name, check_options, register
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in ("base", "registry"):
@@ -19,5 +19,6 @@ __all__ = [
     "SSLMethod",
     "build_method",
     "canonical_name",
+    "check_options",
     "register",
 ]

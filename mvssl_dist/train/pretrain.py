@@ -18,7 +18,7 @@ import yaml
 
 from mvssl_dist import __version__
 from mvssl_dist.config import ConfigError, config_hash, flatten
-from mvssl_dist.methods import canonical_name
+from mvssl_dist.methods import build_method, canonical_name, check_options
 from mvssl_dist.tracking import connect, default_tracking_uri
 
 RUN_RECORD = "mvssl_run.json"
@@ -64,6 +64,7 @@ def derive(cfg: dict, facts: dict) -> dict:
         cfg["method"]["name"] = canonical_name(cfg["method"]["name"])
     except ValueError as err:
         raise ConfigError(f"config: method.name: {err}") from None
+    cfg["method"]["options"] = checked_method_options(cfg["method"])
     if train["max_minutes"] < 0:
         raise ConfigError("config: train.max_minutes must be >= 0 (0: no time limit)")
     workers = train["num_workers"]
@@ -84,6 +85,16 @@ def derive(cfg: dict, facts: dict) -> dict:
     epochs_needed = epochs_to_read(total, steps_per_epoch)
     cfg.update(steps_per_epoch=steps_per_epoch, total_steps=total, epochs_needed=epochs_needed)
     return cfg
+
+
+def checked_method_options(method: dict) -> dict:
+    """The method's options, refused here in one line rather than in every worker after start-up."""
+    try:
+        options = check_options(method["name"], method["options"])
+        build_method(method["name"], **options)  # what only the method can check (BYOL's widths)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config: {err}") from None
+    return options
 
 
 def epochs_to_read(total_steps: int, steps_per_epoch: int) -> int:
@@ -265,7 +276,6 @@ def finish(cfg: dict, run_id: str, checkpoint_dir: Path, model_name: str) -> tup
     import mlflow
     import torch
 
-    from mvssl_dist.methods import build_method
     from mvssl_dist.models import save_backbone
     from mvssl_dist.tracking import log_and_register_backbone
 
