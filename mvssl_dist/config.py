@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
+import operator
 import re
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -80,6 +84,47 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 # Keys whose value is free-form (not checked key by key).
 FREE_FORM = {("method", "options"), ("data", "augment")}
 CHOICES = {("data", "augment_on"): ("device", "workers")}
+# Numeric ranges, checked with the types: a value outside them used to reach the workers, where it
+# hung the loop (train.max_steps=-5) or failed after Ray Train's start-up (data.segment_s=2).
+BOUNDS: dict[tuple[str, str], tuple[tuple[str, float], ...]] = {
+    ("data", "n_views"): ((">=", 2),),
+    ("data", "segment_s"): (("==", 4.0),),
+    ("data", "min_gap_s"): ((">=", 0),),
+    ("data", "pairs_per_track"): ((">=", 1),),
+    ("data", "batch_size"): ((">=", 1),),
+    ("data", "view_cpus"): ((">", 0),),
+    ("data", "shuffle_buffer"): ((">=", 0),),
+    ("train", "epochs"): ((">=", 1),),
+    ("train", "max_steps"): ((">=", 0),),
+    ("train", "lr"): ((">", 0),),
+    ("train", "min_lr"): ((">=", 0),),
+    ("train", "warmup_epochs"): ((">=", 0),),
+    ("train", "weight_decay"): ((">=", 0),),
+    ("train", "weight_decay_end"): ((">=", 0),),
+    ("train", "ema_momentum"): ((">=", 0), ("<=", 1)),
+    ("train", "teacher_temp_warmup_epochs"): ((">=", 0),),
+    ("train", "grad_clip"): ((">=", 0),),
+    ("train", "num_workers"): ((">=", 1),),
+    ("train", "cpus_per_worker"): ((">=", 0),),
+    ("train", "checkpoint_every"): ((">=", 1),),
+    ("train", "num_to_keep"): ((">=", 1),),
+    ("train", "max_failures"): ((">=", -1),),
+    ("train", "log_every"): ((">=", 1),),
+    ("train", "collapse_std"): ((">=", 0),),
+    ("train", "collapse_rank"): ((">=", 0),),
+    ("train", "collapse_patience"): ((">=", 1),),
+    ("train", "max_minutes"): ((">=", 0),),
+}
+# What a special value means, added to the refusal.
+MEANINGS = {
+    ("data", "segment_s"): "the backbone's attention pooling is fixed to 4 s segments",
+    ("train", "max_steps"): "0: run train.epochs",
+    ("train", "grad_clip"): "0: off",
+    ("train", "cpus_per_worker"): "0: sized automatically",
+    ("train", "max_failures"): "-1: retry for ever",
+    ("train", "max_minutes"): "0: no time limit",
+}
+COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "==": operator.eq}
 
 
 class ConfigError(ValueError):
@@ -130,7 +175,58 @@ def _check(section: str, key: str, value: Any, default: Any) -> Any:
         raise ConfigError(f"config: {field} must be a string, got {value!r}")
     if (section, key) in CHOICES and value not in CHOICES[(section, key)]:
         raise ConfigError(f"config: {field} must be one of {CHOICES[(section, key)]}, got {value!r}")
+    if (section, key) in BOUNDS:
+        check_bounds(section, key, value)
     return value
+
+
+def check_bounds(section: str, key: str, value: float) -> None:
+    for op, bound in BOUNDS[(section, key)]:
+        if not COMPARE[op](value, bound):
+            meaning = f" ({MEANINGS[(section, key)]})" if (section, key) in MEANINGS else ""
+            must = f"{bound:g}" if op == "==" else f"{op} {bound:g}"
+            raise ConfigError(f"config: {section}.{key} must be {must}, got {value!r}{meaning}")
+
+
+def typed_option(field: str, value: Any, annotation: Any) -> Any:
+    """``value`` checked against a constructor's or function's annotation (``float``, ``int``,
+    ``bool``, ``str``, ``tuple[int, ...]``, ``X | None``); numbers become floats where a float is
+    wanted and width tuples stay lists (the config is YAML). Other annotations pass it through."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        if value is None and len(args) < len(typing.get_args(annotation)):
+            return None
+        return typed_option(field, value, args[0]) if len(args) == 1 else value
+    if annotation is bool and not isinstance(value, bool):
+        raise ConfigError(f"{field} must be true or false, got {value!r}")
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{field} must be a number, got {value!r}")
+        return float(value)
+    if annotation is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{field} must be an integer, got {value!r}")
+    if annotation is str and not isinstance(value, str):
+        raise ConfigError(f"{field} must be a string, got {value!r}")
+    if typing.get_origin(annotation) is tuple:
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ConfigError(f"{field} must be a list of positive integers, got {value!r}")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+            raise ConfigError(f"{field} must be a list of positive integers, got {value!r}")
+        return list(value)
+    return value
+
+
+def typed_options(where: str, owner: str, options: Mapping, func: Any, skip: tuple[str, ...] = ("self",)) -> dict:
+    """Each of ``options`` checked against ``func``'s parameter of that name (see ``typed_option``);
+    a name it does not take is refused, listing those it does. ``owner`` names ``func`` in errors."""
+    params = inspect.signature(func, eval_str=True).parameters
+    known = [k for k in params if k not in skip]
+    checked = {}
+    for key, value in options.items():
+        if key not in known:
+            raise ConfigError(f"{where}.{key}: not an option of {owner} (options: {', '.join(known) or 'none'})")
+        checked[key] = typed_option(f"{where}.{key}", value, params[key].annotation)
+    return checked
 
 
 def merge(base: dict, update: Mapping, where: str = "") -> dict:

@@ -12,8 +12,8 @@ from mvssl_dist.config import ConfigError, load_config
 def test_exponent_numbers_are_numbers_in_overrides_and_files(tmp_path):
     """PyYAML follows YAML 1.1, where ``1e-4`` (no dot) is a string: ``train.lr=1e-4`` was refused
     as "must be a number", and ``temperature=1e-1`` reached the method as text."""
-    cfg = load_config(None, ["train.lr=1e-4", "train.min_lr=-2E-8", "method.options.temperature=1e-1"])
-    assert cfg["train"]["lr"] == 1e-4 and cfg["train"]["min_lr"] == -2e-8
+    cfg = load_config(None, ["train.lr=1e-4", "train.min_lr=+2E-8", "method.options.temperature=1e-1"])
+    assert cfg["train"]["lr"] == 1e-4 and cfg["train"]["min_lr"] == 2e-8
     assert cfg["method"]["options"] == {"temperature": 0.1}
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  lr: 3e-4\n  weight_decay: 5E-2\nmethod:\n  options: {temperature: 2e-1}\n")
@@ -41,3 +41,28 @@ def test_names_that_look_like_numbers_stay_text():
 def test_what_is_not_a_number_is_still_refused_by_name(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, [override])
+
+
+def test_numbers_outside_their_range_are_refused_with_the_field():
+    """These reached the workers: max_steps=-5 never stopped, segment_s=2 failed in the model after
+    Ray Train's ~1.5 minutes of start-up, lr=0 trained nothing."""
+    cases = {
+        "train.max_steps=-5": "config: train.max_steps must be >= 0, got -5 (0: run train.epochs)",
+        "data.segment_s=2": "config: data.segment_s must be 4, got 2.0 (the backbone's attention pooling",
+        "train.lr=0": "config: train.lr must be > 0, got 0.0",
+        "train.ema_momentum=1.5": "config: train.ema_momentum must be <= 1, got 1.5",
+        "data.n_views=1": "config: data.n_views must be >= 2, got 1",
+        "data.pairs_per_track=0": "config: data.pairs_per_track must be >= 1, got 0",
+        "train.max_minutes=-1": "config: train.max_minutes must be >= 0, got -1.0 (0: no time limit)",
+    }
+    for override, message in cases.items():
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(None, [override])
+    edges = [
+        "train.max_steps=0",
+        "train.max_failures=-1",
+        "train.ema_momentum=1",
+        "data.min_gap_s=0",
+        "data.segment_s=4",
+    ]
+    load_config(None, edges)  # the documented special values stay allowed

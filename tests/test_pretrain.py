@@ -163,6 +163,15 @@ def test_config_errors_fail_fast_with_the_field_named(dataset, workdir, capsys):
         ),
         ([f"data.path={dataset}", "method.options.temperature=abc"], "method.options.temperature must be a number"),
         (
+            [f"data.path={dataset}", "data.augment=[{name: gain, max_db: abc}]"],
+            "data.augment[0].max_db must be a number",
+        ),
+        ([f"data.path={dataset}", "data.augment={1: [{name: echo}]}"], "data.augment[view 1][0]: unknown augmentation"),
+        (
+            [f"data.path={dataset}", "data.augment={2: [{name: gain}]}"],
+            "data.augment: view 2 is not one of the 2 views",
+        ),
+        (
             [f"data.path={dataset}", "method.name=byol", "method.options.predictor_widths=[256, 100]"],
             "predictor_widths must end with the head's output width",
         ),

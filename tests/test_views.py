@@ -271,8 +271,15 @@ def test_speed_and_mask_change_the_signal(audio):
 def test_chain_validation_names_the_bad_entry():
     with pytest.raises(ValueError, match=r"augment\[1\]: unknown augmentation 'reverb'"):
         validate_chain([{"name": "gain"}, {"name": "reverb"}])
-    with pytest.raises(ValueError, match=r"augment\[0\] \(gain\): unknown option\(s\) \['db'\]"):
+    with pytest.raises(ValueError, match=r"augment\[0\]\.db: not an option of gain \(options: max_db, min_db, p\)"):
         validate_chain([{"name": "gain", "db": 3}])
+    with pytest.raises(ValueError, match=r"augment\[0\]\.max_db must be a number, got 'abc'"):
+        validate_chain([{"name": "gain", "max_db": "abc"}])
+    with pytest.raises(ValueError, match=r"augment\[0\]: must be a mapping"):
+        validate_chain(["gain"])
+    assert validate_chain([{"name": "gain", "max_db": 3, "min_db": None}]) == [
+        {"name": "gain", "max_db": 3.0, "min_db": None}
+    ]
     chain = validate_chain([{"name": "gain", "max_db": 3}, {"name": "polarity", "p": 1.0}])
     x = torch.ones(2, 100)
     assert (apply_chain(x, chain, torch.Generator().manual_seed(0)) < 0).all()

@@ -65,11 +65,8 @@ def derive(cfg: dict, facts: dict) -> dict:
     except ValueError as err:
         raise ConfigError(f"config: method.name: {err}") from None
     cfg["method"]["options"] = checked_method_options(cfg["method"])
-    if train["max_minutes"] < 0:
-        raise ConfigError("config: train.max_minutes must be >= 0 (0: no time limit)")
+    check_augment(data)
     workers = train["num_workers"]
-    if workers < 1:
-        raise ConfigError("config: train.num_workers must be >= 1")
     if data["batch_size"] % workers:
         raise ConfigError(
             f"config: data.batch_size {data['batch_size']} must be a multiple of train.num_workers {workers}"
@@ -95,6 +92,16 @@ def checked_method_options(method: dict) -> dict:
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config: {err}") from None
     return options
+
+
+def check_augment(data: dict) -> None:
+    """The augmentation chains, refused in the driver (they used to fail in the workers)."""
+    from mvssl_dist.views.augment import per_view_chains
+
+    try:
+        per_view_chains(data["augment"], data["n_views"])
+    except ValueError as err:
+        raise ConfigError(f"config: data.{err}") from None
 
 
 def epochs_to_read(total_steps: int, steps_per_epoch: int) -> int:

@@ -150,21 +150,23 @@ AUGMENTATIONS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
-def validate_chain(chain: Sequence[Mapping]) -> list[dict]:
-    """Check names and options up front; returns plain dicts. Errors name the bad entry."""
-    import inspect
+def validate_chain(chain: Sequence[Mapping], where: str = "augment") -> list[dict]:
+    """Check names, option names and option types up front; returns plain dicts. Errors (a
+    ``ValueError``) name the bad entry: ``augment[1]: unknown augmentation 'reverb'``."""
+    from mvssl_dist.config import typed_options
 
+    if not isinstance(chain, (list, tuple)):
+        raise ValueError(f"{where}: must be a list of {{name: ..., options}} entries, got {chain!r}")
     checked = []
     for i, step in enumerate(chain):
+        if not isinstance(step, Mapping):
+            raise ValueError(f"{where}[{i}]: must be a mapping such as {{name: gain, max_db: 6}}, got {step!r}")
         step = dict(step)
         name = step.pop("name", None)
         if name not in AUGMENTATIONS:
-            raise ValueError(f"augment[{i}]: unknown augmentation '{name}' (known: {', '.join(AUGMENTATIONS)})")
-        allowed = set(inspect.signature(AUGMENTATIONS[name]).parameters) - {"x", "gen"}
-        unknown = set(step) - allowed
-        if unknown:
-            raise ValueError(f"augment[{i}] ({name}): unknown option(s) {sorted(unknown)} (allowed: {sorted(allowed)})")
-        checked.append({"name": name, **step})
+            raise ValueError(f"{where}[{i}]: unknown augmentation '{name}' (known: {', '.join(AUGMENTATIONS)})")
+        options = typed_options(f"{where}[{i}]", name, step, AUGMENTATIONS[name], skip=("x", "gen"))
+        checked.append({"name": name, **options})
     return checked
 
 
@@ -181,7 +183,13 @@ def per_view_chains(augment, n_views: int) -> list[list[dict]]:
     if not augment:
         return [[] for _ in range(n_views)]
     if isinstance(augment, Mapping):
-        return [validate_chain(augment.get(i, augment.get(str(i), []))) for i in range(n_views)]
+        views = {str(i) for i in range(n_views)}
+        stray = [k for k in augment if str(k) not in views]
+        if stray:
+            raise ValueError(f"augment: view {stray[0]!r} is not one of the {n_views} views (0 to {n_views - 1})")
+        return [
+            validate_chain(augment.get(i, augment.get(str(i), [])), where=f"augment[view {i}]") for i in range(n_views)
+        ]
     chain = validate_chain(augment)
     return [chain for _ in range(n_views)]
 
