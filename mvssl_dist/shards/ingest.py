@@ -373,8 +373,15 @@ def ingest(options: IngestOptions, report: Callable[[str], None] = print) -> Ing
         raise IngestError(f"--workers {options.workers}: must be >= 1 (leave it out to use every CPU)")
     if options.shard_target_mb <= 0:
         raise IngestError(f"--shard-target-mb {options.shard_target_mb:g}: must be > 0")
+    if options.min_duration_s < 0:
+        raise IngestError(f"--min-duration-s {options.min_duration_s:g}: must be >= 0")
     if options.min_duration_s > options.max_duration_s:
-        raise IngestError("--min-duration-s must not exceed --max-duration-s")
+        raise IngestError(
+            f"--min-duration-s {options.min_duration_s:g} must not exceed --max-duration-s {options.max_duration_s:g}"
+        )
+    if options.silence_db > 0:
+        # RMS in dBFS is never above 0 for audio in [-1, 1]: every track would be rejected as silent
+        raise IngestError(f"--silence-db {options.silence_db:g}: must be <= 0 (dBFS; full scale is 0)")
     out = Path(options.out).expanduser().resolve()
     (out / "shards").mkdir(parents=True, exist_ok=True)
     check_options_compatible(out, options)
