@@ -206,7 +206,12 @@ def add_pretrain(sub: argparse._SubParsersAction) -> None:
         "overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.lr=5e-4 method.options.temperature=0.2"
     )
     p.add_argument("--run-name", help="name of the run (its folder under train.storage_path)")
-    p.add_argument("--resume", metavar="RUN", help="continue the stopped run RUN (same MLflow run)")
+    p.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue the stopped run RUN (same MLflow run) with its own config; --config and overrides may "
+        "change how it runs (workers, time box), not what it learns",
+    )
     p.add_argument("--register-as", help="registered model name (default mvssl-<method>)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
@@ -216,7 +221,7 @@ def add_pretrain(sub: argparse._SubParsersAction) -> None:
 def run_pretrain(args: argparse.Namespace) -> int:
     from mvssl_dist.config import ConfigError, load_config
     from mvssl_dist.tracking import TrackingError
-    from mvssl_dist.train.pretrain import PretrainError, pretrain
+    from mvssl_dist.train.pretrain import PretrainError, pretrain, resume_config
 
     overrides = list(args.overrides)
     if args.register_as:
@@ -224,7 +229,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
     if args.tracking_uri:
         overrides.append(f"tracking.uri={args.tracking_uri}")
     try:
-        cfg = load_config(args.config, overrides)
+        cfg = resume_config(args.config, overrides, args.resume) if args.resume else load_config(args.config, overrides)
         result = pretrain(
             cfg, run_name=args.resume or args.run_name, resume=bool(args.resume), ray_address=args.ray_address
         )
@@ -346,16 +351,23 @@ def embed_query(path: str, embeddings: Path):
 
     from mvssl_dist.audio import AudioDecodeError, decode
     from mvssl_dist.embed import embed_track
+    from mvssl_dist.embed.batch import weights_identity
     from mvssl_dist.embed.search import SearchError
     from mvssl_dist.models import WeightsError, load_backbone
 
     try:
-        model = json.loads((embeddings / "embed.json").read_text())["model"]
+        record = json.loads((embeddings / "embed.json").read_text())
+        model = record["model"]
     except (OSError, ValueError, KeyError):
         raise SearchError(f"{embeddings / 'embed.json'}: missing or unreadable, so the model is unknown") from None
+    if "model_version" in record:  # the version embedded, wherever its alias points now
+        model = f"models:/{record['model_name']}/{record['model_version']}"
     try:
-        return embed_track(load_backbone(model), decode(path))[0]
-    except (WeightsError, AudioDecodeError) as err:
+        backbone = load_backbone(model)
+        if "weights_sha256" in record.get("weights", {}) and weights_identity(model, {}) != record["weights"]:
+            raise SearchError(f"{model}: not the weights {embeddings} was embedded with (the file changed since)")
+        return embed_track(backbone, decode(path))[0]
+    except (WeightsError, AudioDecodeError, OSError) as err:
         raise SearchError(str(err)) from None
 
 

@@ -263,9 +263,9 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return parts[0], parts[1], value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> dict:
-    """Defaults <- YAML file <- ``key=value`` overrides; validated."""
-    config = copy.deepcopy(DEFAULTS)
+def load_config(path: str | Path | None = None, overrides: list[str] = (), base: Mapping | None = None) -> dict:
+    """Defaults (or ``base``, e.g. a stopped run's config) <- YAML file <- ``key=value`` overrides; validated."""
+    config = merge(DEFAULTS, base) if base is not None else copy.deepcopy(DEFAULTS)
     if path is not None:
         path = Path(path)
         if not path.is_file():

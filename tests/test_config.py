@@ -66,3 +66,18 @@ def test_numbers_outside_their_range_are_refused_with_the_field():
         "data.segment_s=4",
     ]
     load_config(None, edges)  # the documented special values stay allowed
+
+
+def test_a_resumed_run_keeps_its_config_and_may_change_only_how_it_runs():
+    from mvssl_dist.train.pretrain import resume_differences
+
+    saved = load_config(None, ["data.batch_size=32", "method.options.temperature=0.2"])
+    resumed = load_config(None, ["train.max_minutes=5"], base=saved)
+    assert resumed["data"]["batch_size"] == 32 and resumed["method"]["options"] == {"temperature": 0.2}
+    moved = load_config(None, ["train.num_workers=4", "train.max_minutes=5", "data.path=/moved"], base=saved)
+    assert resume_differences(saved, moved) == []
+    changed = load_config(None, ["train.lr=0.01", "method.options.temperature=0.5"], base=saved)
+    assert resume_differences(saved, changed) == [
+        "method.options {'temperature': 0.2} -> {'temperature': 0.5}",
+        "train.lr 0.001 -> 0.01",
+    ]

@@ -94,6 +94,35 @@ def test_dataset_input_gives_the_same_vectors(library, embedded, tmp_path):
         assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.999
 
 
+def test_an_out_dir_is_only_extended_with_the_same_weights_and_cut(library, embedded, tmp_path, capsys):
+    """A re-run with other weights used to "resume": it skipped every track, so OUT_DIR kept the
+    old vectors while embed.json named the new model."""
+    import json
+    import shutil
+
+    root, _, weights = library
+    out = tmp_path / "out"
+    shutil.copytree(embedded[0], out)
+    refused = {
+        "random": "embedded with weights sha256 ",
+        str(weights) + " --hop-s 2": "embedded with --hop-s 4, not 2",
+    }
+    for model, message in refused.items():
+        model, *extra = model.split()
+        assert main(["embed", str(root), "--model", model, "--out", str(out), *extra]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    copy = tmp_path / "same-bytes.pt"
+    shutil.copy(weights, copy)  # the same weights under another name are the same model
+    assert main(["embed", str(root), "--model", str(copy), "--out", str(out), "--level", "track"]) == 0
+    record = json.loads((out / "embed.json").read_text())
+    assert record["options"]["level"] == "both" and record["counts"]["tracks"] == 11  # still both levels
+    assert main(["embed", str(root), "--model", "random:5", "--out", str(out)]) == 1
+    assert f"embedded with weights sha256 {record['weights']['weights_sha256'][:12]}, not random:5" in (
+        capsys.readouterr().err
+    )
+
+
 def test_killed_run_resumes_without_duplicates(library, tmp_path):
     root, _, weights = library
     out = tmp_path / "out"
@@ -110,6 +139,7 @@ def test_killed_run_resumes_without_duplicates(library, tmp_path):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert main(["embed", str(root), "--model", "random", "--out", str(out)]) == 1  # parts of other weights
     assert main(["embed", str(root), "--model", str(weights), "--out", str(out)]) == 0
     keys = [r["source_uri"] for r in table(out, "tracks")]
     assert len(keys) == len(set(keys)) == 11
@@ -137,9 +167,14 @@ def test_models_uri_and_neighbours(library, embedded, tmp_path, monkeypatch, cap
     capsys.readouterr()
     top, scores = nearest(matrix, matrix[1], 3)
     assert top[0] == 1 and scores[0] == pytest.approx(1.0, abs=1e-5)
+    other = tmp_path / "other.pt"
+    torch.manual_seed(9)
+    save_backbone(Backbone(), other)
+    with mlflow.start_run(experiment_id=connect(os.environ["MLFLOW_TRACKING_URI"], "emb")):
+        assert log_and_register_backbone(other, "emb-model", {"method": "none"}) == "2"  # @latest moves on
     assert main(["neighbours", "--embeddings", str(out), "--query", str(expected["good"][2]), "-k", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert expected["good"][2].name in lines[1]
+    assert expected["good"][2].name in lines[1] and float(lines[1].split()[1]) > 0.9999  # embedded by version 1
     assert main(["neighbours", "--embeddings", str(out), "--key", keys[0], "-k", "1"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[1].split()[0] in keys[1:]  # another track, not the query's own row

@@ -14,7 +14,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -288,6 +288,72 @@ def model_facts(model: str) -> dict:
     return facts
 
 
+def weights_identity(model: str, facts: dict) -> dict:
+    """What makes two runs' embeddings the same model's: the registry version (an alias is pinned
+    to the version it names now), a random backbone's seed, or a weights file's bytes (a
+    checkpoint folder: its ``state.pt``, which training rewrites in place)."""
+    if "model_version" in facts:
+        return {"model_name": facts["model_name"], "model_version": str(facts["model_version"])}
+    if model == "random" or model.startswith("random:"):
+        return {"random_seed": int(model.partition(":")[2] or 0)}
+    path = Path(model)
+    path = path / "state.pt" if path.is_dir() else path
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"weights_sha256": digest.hexdigest()}
+
+
+def describe(identity: dict) -> str:
+    if "model_version" in identity:
+        return f"models:/{identity['model_name']}/{identity['model_version']}"
+    if "random_seed" in identity:
+        return f"random:{identity['random_seed']}"
+    return f"weights sha256 {identity['weights_sha256'][:12]}"
+
+
+def check_out_dir(out: Path, options: EmbedOptions, weights: dict) -> EmbedOptions:
+    """Refuse to add to an OUT_DIR holding embeddings of other weights or another cut; returns the
+    options to run with (an OUT_DIR made with ``--level both`` keeps both)."""
+    record_file = out / "embed.json"
+    if not record_file.exists() or not any(out.glob("*-*.parquet")):
+        return options  # nothing embedded there yet
+    try:
+        record = json.loads(record_file.read_text())
+    except ValueError:
+        raise EmbedError(f"{record_file}: unreadable, so what OUT_DIR holds is unknown; use another --out") from None
+    before = record.get("weights")
+    if before is not None and before != weights:
+        raise EmbedError(
+            f"--out {out}: embedded with {describe(before)}, not {describe(weights)} ({options.model}); "
+            "use another --out, or remove it to start again"
+        )
+    done = record.get("options", {})
+    for key in ("segment_s", "hop_s"):
+        if key in done and float(done[key]) != float(getattr(options, key)):
+            flag = "--" + key.replace("_", "-")
+            raise EmbedError(f"--out {out}: embedded with {flag} {done[key]:g}, not {getattr(options, key):g}")
+    level = done.get("level", options.level)
+    if level == "both" or level == options.level:
+        return replace(options, level=level)
+    raise EmbedError(f"--out {out}: embedded with --level {level}, not {options.level}; use another --out")
+
+
+def claim_out_dir(out: Path, options: EmbedOptions, facts: dict) -> None:
+    """Before the first part is written: ``embed.json`` says whose embeddings OUT_DIR holds, so a
+    run killed before its end is checked like a finished one."""
+    write_record(out, {**facts, "options": public_options(options), "counts": None, "finished_at": None})
+
+
+def public_options(options: EmbedOptions) -> dict:
+    return {k: v for k, v in asdict(options).items() if k != "out"}
+
+
+def write_record(out: Path, record: dict) -> None:
+    atomic_write(out / "embed.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2, default=str) + "\n"))
+
+
 # --------------------------------------------------------------------------- driver
 def check_counts(workers: int, gpus: float, batch_size: int = 1) -> None:
     """The model actors' counts (``mvssl embed``, and ``mvssl evaluate`` which embeds through it)."""
@@ -336,8 +402,10 @@ def embed_library(options: EmbedOptions, report: Callable[[str], None] = print) 
         facts = model_facts(options.model)
     except WeightsError as err:
         raise EmbedError(str(err)) from None
+    facts["weights"] = weights_identity(options.model, facts)
     out = Path(options.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    options = check_out_dir(out, options, facts["weights"])
     items = input_items(options.sources, report)
     done = done_sources(out)
     todo = [it for it in items if it["uri"] not in done]
@@ -346,6 +414,7 @@ def embed_library(options: EmbedOptions, report: Callable[[str], None] = print) 
     writer = PartWriter(out, options)
     if todo:
         check_gpus(options, report)
+        claim_out_dir(out, options, facts)
         init_ray(options.ray_address)
         # leave at least one CPU for the decode tasks, whatever --workers asks for
         total = float(ray.cluster_resources().get("CPU", 1))
@@ -414,10 +483,10 @@ def finalize(out: Path, options: EmbedOptions, facts: dict, skipped: int, second
         by_reason[reason] = by_reason.get(reason, 0) + 1
     record = {
         **facts,
-        "options": {k: v for k, v in asdict(options).items() if k not in ("out",)},
+        "options": public_options(options),
         "counts": {"tracks": tracks, "errors": table.num_rows, **by_reason},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(seconds, 3),
     }
-    atomic_write(out / "embed.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2, default=str) + "\n"))
+    write_record(out, record)
     return EmbedSummary(out, tracks, table.num_rows, skipped, seconds, by_reason)

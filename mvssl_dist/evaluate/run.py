@@ -8,7 +8,6 @@ task, other probe, other train fraction) embeds only the tracks it has not seen.
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -70,7 +69,7 @@ class EvaluateResult:
 # --------------------------------------------------------------------------- model identity
 def model_identity(model: str) -> tuple[str, str, dict]:
     """``(pinned model URI, cache folder name, registry facts)``; an alias is pinned to its version."""
-    from mvssl_dist.embed.batch import model_facts
+    from mvssl_dist.embed.batch import model_facts, weights_identity
 
     # Weights are loaded (and a bad file reported in one line) by embed_library, in the driver.
     try:
@@ -82,10 +81,12 @@ def model_identity(model: str) -> tuple[str, str, dict]:
         return f"models:/{name}/{version}", f"{name}-v{version}", facts
     if model == "random" or model.startswith("random:"):
         return model, model.replace(":", "-"), facts
-    path = Path(model).resolve()
-    # a weights file by its content; a checkpoint folder (its state.pt is rewritten in place) by its path
-    digest = hashlib.sha256(path.read_bytes() if path.is_file() else str(path).encode()).hexdigest()[:12]
-    return model, f"{path.stem}-{digest}", facts
+    # a weights file by its content; a checkpoint folder by its state.pt's (rewritten in place by training)
+    try:
+        digest = weights_identity(model, facts)["weights_sha256"][:12]
+    except OSError:
+        raise EvaluateError(f"--model {model}: no such weights file or checkpoint folder") from None
+    return model, f"{Path(model).resolve().stem}-{digest}", facts
 
 
 # --------------------------------------------------------------------------- audio

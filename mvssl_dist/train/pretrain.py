@@ -17,11 +17,34 @@ from pathlib import Path
 import yaml
 
 from mvssl_dist import __version__
-from mvssl_dist.config import ConfigError, config_hash, flatten
+from mvssl_dist.config import ConfigError, config_hash, flatten, load_config
 from mvssl_dist.methods import build_method, canonical_name, check_options
 from mvssl_dist.tracking import connect, default_tracking_uri
 
 RUN_RECORD = "mvssl_run.json"
+# What a resumed run may change: how it runs, not what it learns. data.path may move; the dataset
+# is then checked by its index's SHA-256.
+RESUME_MAY_CHANGE = {("data", "path"), ("data", "view_cpus")} | {
+    ("train", key)
+    for key in (
+        "num_workers",
+        "use_gpu",
+        "cpus_per_worker",
+        "bf16",
+        "channels_last",
+        "compile",
+        "checkpoint_every",
+        "num_to_keep",
+        "max_failures",
+        "storage_path",
+        "log_every",
+        "max_minutes",
+        "collapse_std",
+        "collapse_rank",
+        "collapse_patience",
+        "stop_on_collapse",
+    )
+}
 
 
 class PretrainError(RuntimeError):
@@ -193,6 +216,47 @@ def latest_checkpoint(run_dir: Path):
     return None, 0
 
 
+def resume_config(path: str | None, overrides: list[str], run_name: str) -> dict:
+    """``--resume RUN``: the stopped run's own config, with ``--config`` and overrides on top (so
+    ``mvssl pretrain --resume RUN`` alone continues it as it started)."""
+    first = load_config(path, overrides)
+    saved = saved_config(Path(first["train"]["storage_path"]).resolve() / run_name)
+    return first if saved is None else load_config(path, overrides, base=saved)
+
+
+def saved_config(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / RUN_RECORD).read_text()).get("config")
+    except (OSError, ValueError):
+        return None  # no such run: start_or_resume_run says so
+
+
+def resume_differences(saved: dict, cfg: dict) -> list[str]:
+    """What ``cfg`` would change in what a stopped run learns (how it runs may change)."""
+    changed = []
+    for section in ("method", "data", "train"):
+        for key in sorted(set(saved.get(section, {})) | set(cfg[section])):
+            if (section, key) in RESUME_MAY_CHANGE:
+                continue
+            before, now = saved.get(section, {}).get(key), cfg[section].get(key)
+            if before != now:
+                changed.append(f"{section}.{key} {before!r} -> {now!r}")
+    return changed
+
+
+def check_resumable(record: dict, cfg: dict, run_name: str) -> None:
+    if record.get("dataset_index_sha256") not in (None, cfg["dataset_index_sha256"]):
+        raise PretrainError(
+            f"--resume {run_name}: data.path is not the dataset the run started on (index SHA-256 differs)"
+        )
+    changed = resume_differences(record["config"], cfg) if "config" in record else []
+    if changed:
+        raise PretrainError(
+            f"--resume {run_name}: would change what the run learns ({'; '.join(changed)}); "
+            "leave --config and those overrides out to continue it as it started"
+        )
+
+
 def start_or_resume_run(cfg: dict, facts: dict, run_dir: Path, resume: bool) -> str:
     import mlflow
 
@@ -201,9 +265,10 @@ def start_or_resume_run(cfg: dict, facts: dict, run_dir: Path, resume: bool) -> 
     if resume:
         if not record.is_file():
             raise PretrainError(f"--resume {run_dir.name}: no such run under {run_dir.parent}")
-        run_id = json.loads(record.read_text())["run_id"]
-        client.update_run(run_id, status="RUNNING")
-        return run_id
+        saved = json.loads(record.read_text())
+        check_resumable(saved, cfg, run_dir.name)
+        client.update_run(saved["run_id"], status="RUNNING")
+        return saved["run_id"]
     if record.is_file():
         raise PretrainError(f"{run_dir}: a run with this name exists; use --resume {run_dir.name} or another name")
     tags = {
@@ -222,7 +287,13 @@ def start_or_resume_run(cfg: dict, facts: dict, run_dir: Path, resume: bool) -> 
     for i in range(0, len(items), 100):
         client.log_batch(run.info.run_id, params=items[i : i + 100])
     run_dir.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"run_id": run.info.run_id, "tracking_uri": cfg["tracking_uri"]}) + "\n")
+    saved = {
+        "run_id": run.info.run_id,
+        "tracking_uri": cfg["tracking_uri"],
+        "dataset_index_sha256": cfg["dataset_index_sha256"],
+        "config": {k: cfg[k] for k in ("method", "data", "train", "tracking")},
+    }
+    record.write_text(json.dumps(saved, indent=2) + "\n")
     return run.info.run_id
 
 
