@@ -208,9 +208,8 @@ def typed_option(field: str, value: Any, annotation: Any) -> Any:
     if annotation is str and not isinstance(value, str):
         raise ConfigError(f"{field} must be a string, got {value!r}")
     if typing.get_origin(annotation) is tuple:
-        if not isinstance(value, (list, tuple)) or not value:
-            raise ConfigError(f"{field} must be a list of positive integers, got {value!r}")
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        widths = isinstance(value, (list, tuple)) and value
+        if not widths or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
             raise ConfigError(f"{field} must be a list of positive integers, got {value!r}")
         return list(value)
     return value
