@@ -189,7 +189,8 @@ def run_ingest(args: argparse.Namespace) -> int:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.by_reason.items()))
         print(f"{summary.rejects} rejected ({reasons}); listed in {summary.out / 'rejects.parquet'}")
     if summary.not_read:
-        print(f"{summary.not_read} files without an audio extension not read; listed in {summary.out / NOT_READ}")
+        files = "file" if summary.not_read == 1 else "files"
+        print(f"{summary.not_read} {files} without an audio extension not read; listed in {summary.out / NOT_READ}")
     return EXIT_OK
 
 

@@ -81,3 +81,19 @@ def test_a_resumed_run_keeps_its_config_and_may_change_only_how_it_runs():
         "method.options {'temperature': 0.2} -> {'temperature': 0.5}",
         "train.lr 0.001 -> 0.01",
     ]
+
+
+def test_tracks_too_short_for_the_views_are_not_counted_as_training_data(tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mvssl_dist.train.pretrain import dataset_facts
+
+    pq.write_table(pa.table({"num_samples": [16000 * 13, 16000 * 11, 16000 * 12]}), tmp_path / "index.parquet")
+    (tmp_path / "dataset.json").write_text(json.dumps({"index_sha256": "x"}))
+    facts = dataset_facts(load_config(None, [f"data.path={tmp_path}"]))  # 2 views of 4 s, 4 s apart: 12 s
+    assert (facts["tracks"], facts["too_short"], facts["need_s"]) == (2, 1, 12.0)
+    with pytest.raises(ConfigError, match=r"none of its 3 tracks is long enough .* \(20 s; the longest is 13.0 s\)"):
+        dataset_facts(load_config(None, [f"data.path={tmp_path}", "data.n_views=3"]))

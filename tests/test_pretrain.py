@@ -150,6 +150,8 @@ def test_config_errors_fail_fast_with_the_field_named(dataset, workdir, capsys):
         (["data.path=/nope"], "data.path /nope: not an ingested dataset"),
         ([f"data.path={dataset}", "method.name=simsiam"], "unknown method 'simsiam'"),
         ([f"data.path={dataset}", "data.batch_size=512"], "larger than the dataset gives per epoch"),
+        # tracks too short for the views used to train on nothing for a minute: "ended without a checkpoint"
+        ([f"data.path={dataset}", "data.min_gap_s=30"], "tracks is long enough for 2 views of 4 s at least 30 s apart"),
         # these reached the workers: ~2 minutes of Ray Train start-up, then a TypeError from the loss
         (
             [f"data.path={dataset}", "method.options.tau=0.1"],

@@ -18,6 +18,7 @@ import yaml
 
 from mvssl_dist import __version__
 from mvssl_dist.config import ConfigError, config_hash, flatten, load_config
+from mvssl_dist.constants import SAMPLE_RATE
 from mvssl_dist.methods import build_method, canonical_name, check_options
 from mvssl_dist.tracking import connect, default_tracking_uri
 
@@ -73,11 +74,26 @@ def dataset_facts(cfg: dict) -> dict:
         raise ConfigError(f"config: data.path {path}: not an ingested dataset (no dataset.json / index.parquet)")
     import pyarrow.parquet as pq
 
-    tracks = pq.read_metadata(index_file).num_rows
-    if tracks == 0:
+    samples = pq.read_table(index_file, columns=["num_samples"]).column("num_samples").to_numpy()
+    if len(samples) == 0:
         raise ConfigError(f"config: data.path {path}: the dataset is empty (0 tracks)")
+    data = cfg["data"]
+    need_s = data["n_views"] * data["segment_s"] + (data["n_views"] - 1) * data["min_gap_s"]
+    usable = int((samples >= round(need_s * SAMPLE_RATE)).sum())
+    if usable == 0:
+        raise ConfigError(
+            f"config: data.path {path}: none of its {len(samples)} tracks is long enough for {data['n_views']} views "
+            f"of {data['segment_s']:g} s at least {data['min_gap_s']:g} s apart ({need_s:g} s; the longest is "
+            f"{samples.max() / SAMPLE_RATE:.1f} s)"
+        )
     meta = json.loads(meta_file.read_text())
-    return {"tracks": tracks, "index_sha256": meta.get("index_sha256", ""), "hours": meta.get("total_hours", 0)}
+    return {
+        "tracks": usable,
+        "too_short": len(samples) - usable,
+        "need_s": need_s,
+        "index_sha256": meta.get("index_sha256", ""),
+        "hours": meta.get("total_hours", 0),
+    }
 
 
 def derive(cfg: dict, facts: dict) -> dict:
@@ -441,6 +457,11 @@ def pretrain(
         f"{cfg['steps_per_epoch']} steps/epoch, {cfg['total_steps']} steps, from step {start_step}; "
         f"{cfg['train']['num_workers']} workers x {per_worker:g} CPU"
     )
+    if facts["too_short"]:
+        report(
+            f"[pretrain] {facts['too_short']} more tracks are shorter than the {facts['need_s']:g} s "
+            f"{cfg['data']['n_views']} views need: they give no views"
+        )
     trainer = build_trainer(cfg, run_dir, per_worker, view_cpus, start_step, checkpoint)
     try:
         result = trainer.fit()
