@@ -32,6 +32,25 @@ def add_embed_file(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_embed_file)
 
 
+def device_problem(name: str) -> str | None:
+    """Why torch cannot use device ``name`` here (``None``: it can)."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        return "not a torch device (e.g. cpu, cuda, cuda:1, mps)"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA GPU on this machine"
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        return f"this machine has {torch.cuda.device_count()} CUDA GPU(s)"
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        return "no Apple GPU (MPS) on this machine"
+    if device.type not in ("cpu", "cuda", "mps"):
+        return "only cpu, cuda and mps are supported"
+    return None
+
+
 def run_embed_file(args: argparse.Namespace) -> int:
     from mvssl_dist.audio import AudioDecodeError, decode_with_info, display_name
     from mvssl_dist.embed import embed_track
@@ -42,6 +61,10 @@ def run_embed_file(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.out and Path(args.out).suffix not in (".npy", ".parquet"):
         error(f"--out {args.out}: must end in .npy or .parquet")
+        return EXIT_USAGE
+    problem = device_problem(args.device)
+    if problem:
+        error(f"--device {args.device}: {problem}")
         return EXIT_USAGE
     try:
         model = load_backbone(args.weights, device=args.device)

@@ -75,6 +75,15 @@ def test_embed_file_bad_weights_and_bad_out(tmp_path, encoded_dir, capsys):
     assert main(["embed-file", str(encoded_dir / "music.wav"), "--weights", str(tmp_path / "w.pt")]) == 1
     assert "w.pt: not a readable torch checkpoint" in capsys.readouterr().err
     assert main(["embed-file", "x.wav", "--weights", "w", "--out", "x.csv"]) == 2
+    capsys.readouterr()
+    # these were torch tracebacks
+    assert main(["embed-file", "x.wav", "--weights", "w", "--device", "banana"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "mvssl: error: --device banana: not a torch device (e.g. cpu, cuda, cuda:1, mps)"
+    )
+    if not torch.cuda.is_available():
+        assert main(["embed-file", "x.wav", "--weights", "w", "--device", "cuda"]) == 2
+        assert capsys.readouterr().err.strip() == "mvssl: error: --device cuda: no CUDA GPU on this machine"
 
 
 def test_console_script_help_and_synth(tmp_path):
