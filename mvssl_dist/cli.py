@@ -586,17 +586,40 @@ def pipeline_main(command: str, argv: list[str] | None = None) -> int:
     return main([command, *(sys.argv[1:] if argv is None else argv)])
 
 
+# The folders each command writes into: (argument, how the user typed it).
+OUTPUT_FOLDERS = {
+    "synth-audio": ("out_dir", "OUT_DIR"),
+    "ingest": ("out", "--out"),
+    "embed": ("out", "--out"),
+    "evaluate": ("cache_dir", "--cache-dir"),
+    "quickstart": ("workdir", "--workdir"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
         parser.print_help()
         return EXIT_USAGE
+    if args.command in OUTPUT_FOLDERS:
+        name, flag = OUTPUT_FOLDERS[args.command]
+        folder = getattr(args, name)
+        if "://" not in folder and Path(folder).exists() and not Path(folder).is_dir():
+            error(f"{flag} {folder}: exists and is not a folder")
+            return EXIT_USAGE
     try:
         return args.run(args)
     except KeyboardInterrupt:
         error("interrupted")
         return 130
+    except OSError as err:  # a full disk, a folder we may not write: one line (MVSSL_TRACEBACK=1 for the rest)
+        if os.environ.get("MVSSL_TRACEBACK"):
+            raise
+        error(f"{err.filename}: {err.strerror}" if err.filename and err.strerror else f"{type(err).__name__}: {err}")
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -217,3 +217,22 @@ def test_every_option_says_what_it_does():
                 if "default" not in action.help:
                     bare.append(f"{label}: default {action.default} not shown")
     assert not bare, bare
+
+
+def test_an_output_folder_that_is_a_file_is_one_line(tmp_path, encoded_dir, weights, capsys):
+    """These were tracebacks (FileExistsError, NotADirectoryError)."""
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine\n")
+    music = str(encoded_dir / "music.mp3")
+    commands = {
+        ("synth-audio", str(taken)): "OUT_DIR",
+        ("ingest", music, "--out", str(taken)): "--out",
+        ("embed", music, "--model", str(weights), "--out", str(taken)): "--out",
+        ("quickstart", "--workdir", str(taken)): "--workdir",
+    }
+    for argv, flag in commands.items():
+        assert main(list(argv)) == 2, argv
+        assert capsys.readouterr().err.strip() == f"mvssl: error: {flag} {taken}: exists and is not a folder"
+    assert main(["ingest", music, "--out", str(taken / "below"), "--no-progress"]) == 1  # any other OSError
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"mvssl: error: {taken / 'below' / 'shards'}: Not a directory"], err
