@@ -172,6 +172,7 @@ def test_config_errors_fail_fast_with_the_field_named(dataset, workdir, capsys):
             "predictor_widths must end with the head's output width",
         ),
         ([f"data.path={dataset}", "data.batch_size=4", "train.max_minutes=-1"], "train.max_minutes must be >= 0"),
+        ([f"data.path={dataset}", "data.batch_size=4", "--run-name", "../up"], "run name '../up': must be a plain"),
         (
             [f"data.path={dataset}", "data.batch_size=4", "tracking.uri=http://127.0.0.1:9"],
             "tracking server http://127.0.0.1:9",

@@ -440,11 +440,13 @@ def pretrain(
 
     facts = dataset_facts(cfg)
     cfg = derive(cfg, facts)
+    name = run_name or cfg["tracking"]["run_name"] or f"{cfg['method']['name']}-{config_hash(cfg)[:6]}-{os.getpid()}"
+    if name in (".", "..") or "/" in name or "\\" in name:
+        raise ConfigError(f"run name {name!r}: must be a plain name (it is a folder under train.storage_path)")
     cfg["dataset_index_sha256"] = facts["index_sha256"]
     cfg["tracking_uri"] = cfg["tracking"]["uri"] or default_tracking_uri()
     cfg["experiment_id"] = connect(cfg["tracking_uri"], cfg["tracking"]["experiment"])
     model_name = cfg["tracking"]["register_as"] or f"mvssl-{cfg['method']['name']}"
-    name = run_name or cfg["tracking"]["run_name"] or f"{cfg['method']['name']}-{config_hash(cfg)[:6]}-{os.getpid()}"
     run_dir = Path(cfg["train"]["storage_path"]).resolve() / name
     init_ray(ray_address)
     per_worker, view_cpus = size_cpus(cfg)
