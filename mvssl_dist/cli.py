@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+RAY_ADDRESS_HELP = "Ray cluster address (default: RAY_ADDRESS or a local Ray)"
+TRACKING_URI_HELP = "MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)"
 
 
 def error(message: str) -> None:
@@ -162,7 +164,7 @@ def add_ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("sources", nargs="+", metavar="SRC", help="where the audio is (see above)")
     p.add_argument("--out", required=True, metavar="DATASET_DIR", help="shards, index and rejects go here")
     p.add_argument("--workers", type=int, help="parallel decode tasks (default: all CPUs)")
-    p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument("--ray-address", help=RAY_ADDRESS_HELP)
     p.add_argument(
         "--min-duration-s", type=float, default=12.0, help="shorter tracks are rejected (default: %(default)s)"
     )
@@ -237,8 +239,8 @@ def add_pretrain(sub: argparse._SubParsersAction) -> None:
         "change how it runs (workers, time box), not what it learns",
     )
     p.add_argument("--register-as", help="registered model name (default mvssl-<method>)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
-    p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
+    p.add_argument("--ray-address", help=RAY_ADDRESS_HELP)
     p.set_defaults(run=run_pretrain)
 
 
@@ -301,7 +303,7 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
         default=0,
         help="GPUs per model actor (1, or a fraction to share one); bf16 (default: 0, CPU)",
     )
-    p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument("--ray-address", help=RAY_ADDRESS_HELP)
     p.set_defaults(run=run_embed)
 
 
@@ -444,10 +446,10 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cache-dir", default="evaluations", help="where segment features are cached per model (default: %(default)s)"
     )
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
     p.add_argument("--workers", type=int, default=1, help="model actors embedding the audio (default: %(default)s)")
     p.add_argument("--gpus", type=float, default=0, help="GPUs per model actor, as for `mvssl embed` (default: 0, CPU)")
-    p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument("--ray-address", help=RAY_ADDRESS_HELP)
     p.set_defaults(run=run_evaluate)
 
 
@@ -527,7 +529,7 @@ def add_quickstart(sub: argparse._SubParsersAction) -> None:
         help="a harder library: untagged pad and arpeggio layers that change every section, at this level "
         "relative to the tagged music (e.g. 0.5; default 0: none)",
     )
-    p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument("--ray-address", help=RAY_ADDRESS_HELP)
     p.set_defaults(run=run_quickstart)
 
 
