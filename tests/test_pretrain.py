@@ -200,3 +200,21 @@ def test_gpu_training_without_a_gpu_is_refused_not_left_waiting(dataset, workdir
     ), err
     assert time.perf_counter() - start < 60
     assert not mlflow.search_runs(search_all_experiments=True, output_format="list")
+
+
+def test_a_resume_against_another_tracking_store_says_where_the_run_was(tmp_path, monkeypatch):
+    """It was an MlflowException traceback."""
+    from mvssl_dist.train.pretrain import PretrainError, start_or_resume_run
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = load_config(None, [f"train.storage_path={tmp_path}"])
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    record = {"run_id": "abc123", "tracking_uri": "sqlite:////elsewhere/mlflow.db", "dataset_index_sha256": "x"}
+    record["config"] = {k: cfg[k] for k in ("method", "data", "train", "tracking")}
+    (run_dir / "mvssl_run.json").write_text(json.dumps(record))
+    cfg.update(dataset_index_sha256="x", tracking_uri=f"sqlite:///{tmp_path / 'here.db'}")
+    mlflow.set_tracking_uri(cfg["tracking_uri"])
+    message = r"--resume r: MLflow run abc123 is not in sqlite:///.*here\.db \(it was tracked in sqlite:////elsewhere"
+    with pytest.raises(PretrainError, match=message):
+        start_or_resume_run(cfg, {}, run_dir, resume=True)

@@ -283,7 +283,13 @@ def start_or_resume_run(cfg: dict, facts: dict, run_dir: Path, resume: bool) -> 
             raise PretrainError(f"--resume {run_dir.name}: no such run under {run_dir.parent}")
         saved = json.loads(record.read_text())
         check_resumable(saved, cfg, run_dir.name)
-        client.update_run(saved["run_id"], status="RUNNING")
+        try:
+            client.update_run(saved["run_id"], status="RUNNING")
+        except mlflow.exceptions.MlflowException:
+            raise PretrainError(
+                f"--resume {run_dir.name}: MLflow run {saved['run_id']} is not in {cfg['tracking_uri']} "
+                f"(it was tracked in {saved.get('tracking_uri')}; pass --tracking-uri)"
+            ) from None
         return saved["run_id"]
     if record.is_file():
         raise PretrainError(f"{run_dir}: a run with this name exists; use --resume {run_dir.name} or another name")
