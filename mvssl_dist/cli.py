@@ -216,6 +216,9 @@ def run_ingest(args: argparse.Namespace) -> int:
     if summary.not_read:
         files = "file" if summary.not_read == 1 else "files"
         print(f"{summary.not_read} {files} without an audio extension not read; listed in {summary.out / NOT_READ}")
+    if summary.tracks == 0:  # a pipeline's next stage would find nothing: fail here, where the reasons are
+        error(f"no input became a track; the reasons are in {summary.out / 'rejects.parquet'}")
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -331,6 +334,9 @@ def run_embed(args: argparse.Namespace) -> int:
     print(f"embedded {summary.tracks} tracks into {summary.out} ({summary.skipped} were already there)")
     if summary.errors:
         print(f"{summary.errors} input(s) failed; listed in {summary.out / 'errors.parquet'}")
+    if summary.tracks == 0:
+        error(f"no input could be embedded; the reasons are in {summary.out / 'errors.parquet'}")
+        return EXIT_FAILED
     return EXIT_OK
 
 

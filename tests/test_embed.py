@@ -123,6 +123,17 @@ def test_an_out_dir_is_only_extended_with_the_same_weights_and_cut(library, embe
     )
 
 
+def test_an_embed_where_nothing_could_be_embedded_fails(library, tmp_path, capsys):
+    root, expected, weights = library
+    broken = [str(p) for p, reason in expected["rejects"].items() if reason in ("empty", "not_audio")]
+    assert main(["embed", *broken, "--model", str(weights), "--out", str(tmp_path / "o")]) == 1
+    captured = capsys.readouterr()
+    assert f"{len(broken)} input(s) failed" in captured.out
+    assert captured.err.strip().splitlines()[-1] == (
+        f"mvssl: error: no input could be embedded; the reasons are in {tmp_path / 'o' / 'errors.parquet'}"
+    )
+
+
 def test_killed_run_resumes_without_duplicates(library, tmp_path):
     root, _, weights = library
     out = tmp_path / "out"

@@ -102,6 +102,19 @@ def test_a_folder_of_files_without_audio_extensions_says_so(tmp_path, capsys):
     assert "\n" not in err
 
 
+def test_an_ingest_where_nothing_became_a_track_fails(tmp_path, capsys, ray_local):  # noqa: ARG001
+    """It printed "ingested 0 tracks" and exited 0, so `ray job submit` went on to pretrain nothing."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "empty.mp3").write_bytes(b"")
+    (tmp_path / "in" / "notes.wav").write_text("not audio")
+    assert main(["ingest", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert "ingested 0 tracks" in captured.out and "2 rejected (empty: 1, not_audio: 1)" in captured.out
+    last = captured.err.strip().splitlines()[-1]  # above it, when this test starts Ray: Ray's own lines
+    assert last == f"mvssl: error: no input became a track; the reasons are in {tmp_path / 'o' / 'rejects.parquet'}"
+    assert pq.read_table(tmp_path / "o" / "rejects.parquet").num_rows == 2
+
+
 def test_non_utf8_name_is_recorded_losslessly(ingested):
     out, _ = ingested
     uris = pq.read_table(out / "index.parquet").column("source_uri").to_pylist()
