@@ -607,6 +607,8 @@ OUTPUT_FOLDERS = {
 def main(argv: list[str] | None = None) -> int:
     import os
 
+    from mvssl_dist.raytools import RayAddressError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
@@ -623,6 +625,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         error("interrupted")
         return 130
+    except RayAddressError as err:
+        error(str(err))
+        return EXIT_FAILED
     except OSError as err:  # a full disk, a folder we may not write: one line (MVSSL_TRACEBACK=1 for the rest)
         if os.environ.get("MVSSL_TRACEBACK"):
             raise

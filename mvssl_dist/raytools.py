@@ -3,12 +3,33 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 
 
 def joins_cluster(address: str | None = None) -> bool:
     """Whether ``init_ray(address)`` joins a running cluster (which may autoscale) rather than
     starting this machine's own Ray (whose resources are all it will ever have)."""
     return bool(address or os.environ.get("RAY_ADDRESS"))
+
+
+class RayAddressError(RuntimeError):
+    """Nothing answers at the Ray address given; one line."""
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse a ``host:port`` (or ``ray://host:port``) where nothing listens: ``ray.init`` would
+    retry for minutes before failing. ``auto``, ``local`` and other forms are left to Ray."""
+    match = re.fullmatch(r"(?:ray://)?\[?([\w.:-]+?)\]?:(\d+)", address.strip())
+    if not match:
+        return
+    try:
+        socket.create_connection((match[1], int(match[2])), timeout=timeout_s).close()
+    except OSError as err:
+        raise RayAddressError(
+            f"Ray address {address}: nothing answers there ({err.strerror or err}); is the cluster up? "
+            "(`ray start --head` prints its address)"
+        ) from None
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -20,6 +41,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        check_reachable(address)
         ray.init(address=address, log_to_driver=False)
     else:
         # "local": always our own instance, never a stray cluster left on this machine

@@ -236,3 +236,25 @@ def test_an_output_folder_that_is_a_file_is_one_line(tmp_path, encoded_dir, weig
     assert main(["ingest", music, "--out", str(taken / "below"), "--no-progress"]) == 1  # any other OSError
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"mvssl: error: {taken / 'below' / 'shards'}: Not a directory"], err
+
+
+def test_a_ray_address_where_nothing_listens_is_refused_at_once():
+    """ray.init retried such an address for minutes (a typo in --ray-address or RAY_ADDRESS)."""
+    import socket
+    import time
+
+    from mvssl_dist.raytools import RayAddressError, check_reachable
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free once closed: nothing listens there
+    for address in (f"127.0.0.1:{port}", f"ray://localhost:{port}"):
+        start = time.perf_counter()
+        with pytest.raises(RayAddressError, match=f"Ray address {address}: nothing answers there"):
+            check_reachable(address)
+        assert time.perf_counter() - start < 10
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        check_reachable(f"127.0.0.1:{server.getsockname()[1]}")  # something listens: left to Ray
+    check_reachable("auto")  # not host:port: left to Ray
