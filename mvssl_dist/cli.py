@@ -371,10 +371,18 @@ def run_neighbours(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     top, scores = nearest(matrix, query, args.k + (itself is not None), unit=True)
     found = [(i, score) for i, score in zip(top, scores, strict=True) if i != itself][: args.k]
-    print(f"{'key':34} {'score':>7}  uri")
+    print(f"{'key':34} {'score':>7}  source")
     for i, score in found:
-        print(f"{keys[i]:34} {score:7.4f}  {uris[i]}")
+        print(f"{keys[i]:34} {score:7.4f}  {shown_source(uris[i])}")
     return EXIT_OK
+
+
+def shown_source(uri: str) -> str:
+    """A local file as the path a user can paste (not percent-encoded); other URIs as they are."""
+    from mvssl_dist.audio import display_name
+    from mvssl_dist.shards import uri_to_path
+
+    return display_name(uri_to_path(uri)) if uri.startswith("file://") else uri
 
 
 def embed_query(path: str, embeddings: Path):

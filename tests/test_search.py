@@ -20,7 +20,7 @@ def write_part(out, name: str, vectors: np.ndarray, first: int) -> list[str]:
     table = pa.table(
         {
             "key": keys,
-            "source_uri": [f"file:///m/{i}.mp3" for i in range(first, first + len(vectors))],
+            "source_uri": [f"file:///m/My%20Music/{i}-caf%E9.mp3" for i in range(first, first + len(vectors))],
             "duration_s": np.full(len(vectors), 8.0),
             "num_segments": np.full(len(vectors), 2, np.int32),
             "embedding": fixed_list(vectors.astype(np.float32)),
@@ -93,6 +93,8 @@ def test_neighbours_cli_by_key_and_bad_input(tmp_path, capsys):
     assert main(["neighbours", "--embeddings", str(tmp_path), "--key", keys[3], "-k", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and lines[1].startswith(keys[7])  # the near twin first; the track itself not listed
+    # a path to paste, not a percent-encoded URI (the file name's bytes are Latin-1, not UTF-8)
+    assert lines[1].endswith("  /m/My Music/7-caf\\xe9.mp3"), lines[1]
     assert keys[3] not in "".join(lines)
     assert main(["neighbours", "--embeddings", str(tmp_path), "--key", keys[3], "-k", "19"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
