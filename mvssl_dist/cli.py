@@ -352,6 +352,7 @@ def add_neighbours(sub: argparse._SubParsersAction) -> None:
 
 def run_neighbours(args: argparse.Namespace) -> int:
     from mvssl_dist.embed.search import SearchError, nearest, search_index
+    from mvssl_dist.shards.uris import display_uri
 
     if args.k < 1:
         error(f"-k {args.k}: must be >= 1")
@@ -373,16 +374,8 @@ def run_neighbours(args: argparse.Namespace) -> int:
     found = [(i, score) for i, score in zip(top, scores, strict=True) if i != itself][: args.k]
     print(f"{'key':34} {'score':>7}  source")
     for i, score in found:
-        print(f"{keys[i]:34} {score:7.4f}  {shown_source(uris[i])}")
+        print(f"{keys[i]:34} {score:7.4f}  {display_uri(uris[i])}")  # a path to paste, not %-encoded
     return EXIT_OK
-
-
-def shown_source(uri: str) -> str:
-    """A local file as the path a user can paste (not percent-encoded); other URIs as they are."""
-    from mvssl_dist.audio import display_name
-    from mvssl_dist.shards import uri_to_path
-
-    return display_name(uri_to_path(uri)) if uri.startswith("file://") else uri
 
 
 def embed_query(path: str, embeddings: Path):

@@ -157,22 +157,9 @@ def _check(section: str, key: str, value: Any, default: Any) -> Any:
         if not isinstance(value, (Mapping, list)) and value is not None:
             raise ConfigError(f"config: {field} must be a mapping or list, got {type(value).__name__}")
         return value or default
-    if default is None:
-        if value is not None and not isinstance(value, str):
-            raise ConfigError(f"config: {field} must be a string, got {value!r}")
-        return value
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"config: {field} must be true or false, got {value!r}")
-    elif isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config: {field} must be an integer, got {value!r}")
-    elif isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config: {field} must be a number, got {value!r}")
-        value = float(value)
-    elif isinstance(default, str) and not isinstance(value, str):
-        raise ConfigError(f"config: {field} must be a string, got {value!r}")
+    if default is None:  # an optional text field
+        return typed_option(f"config: {field}", value, str | None)
+    value = typed_option(f"config: {field}", value, type(default))
     if (section, key) in CHOICES and value not in CHOICES[(section, key)]:
         raise ConfigError(f"config: {field} must be one of {CHOICES[(section, key)]}, got {value!r}")
     if (section, key) in BOUNDS:
