@@ -298,3 +298,21 @@ def test_two_process_gloo_equals_one_process_on_the_whole_batch(tmp_path):
     expected, center = _whole_batch_results()
     run_distributed(_distributed_worker, 2, expected, center, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rank0.ok", "rank1.ok"]
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        lambda z: nt_xent(z, tracks=torch.tensor([0, 0, 1, 2])),
+        lambda z: byol_loss(z, z.flip(0)),
+        lambda z: clustering_loss(z, z.flip(0), torch.zeros(1, z.shape[-1])),
+        barlow_twins_loss,
+        vicreg_loss,
+    ],
+    ids=["nt_xent", "byol", "clustering", "barlow_twins", "vicreg"],
+)
+def test_every_loss_traces_as_one_graph(loss):
+    """No Python-only step and no data-dependent shape: torch.compile keeps the loss in one graph."""
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(loss)(torch.randn(3, 4, 16))
+    assert explained.graph_break_count == 0, [str(b.reason).splitlines()[0] for b in explained.break_reasons]

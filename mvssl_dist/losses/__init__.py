@@ -2,6 +2,8 @@
 
 Each loss gathers across workers itself (gradient-preserving) and is a plain function of
 tensors in a single process, so each runs in a unit test and in a 2-process gloo test alike.
+Each returns ``(loss, metrics)``; the metrics are detached 0-dim tensors, so a training step
+never waits for the GPU to read them: the caller converts them when it logs.
 """
 
 from mvssl_dist.losses.barlow_twins import barlow_twins_loss

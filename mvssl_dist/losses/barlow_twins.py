@@ -29,7 +29,7 @@ def correlation_terms(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return on, off
 
 
-def barlow_twins_loss(z: torch.Tensor, off_coef: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+def barlow_twins_loss(z: torch.Tensor, off_coef: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Barlow Twins over every unordered view pair ``i < j``.
 
     Args:
@@ -50,4 +50,4 @@ def barlow_twins_loss(z: torch.Tensor, off_coef: float = 1.0) -> tuple[torch.Ten
     on = torch.stack([p[0] for p in pairs]).mean()
     off = torch.stack([p[1] for p in pairs]).mean()
     loss = on + off_coef * off
-    return loss, {"on_diag": on.item(), "off_diag": (off_coef * off).item()}
+    return loss, {"on_diag": on.detach(), "off_diag": (off_coef * off).detach()}

@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from mvssl_dist.losses.distributed import gather
+from mvssl_dist.losses.pairs import view_pairs
 
 
-def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean over ordered view pairs ``i != j`` and tracks of ``2 - 2 cos(prediction_i, target_j)``.
 
     Args:
@@ -22,8 +23,6 @@ def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> tuple[torch.Ten
     p = F.normalize(prediction.float(), dim=-1)
     t = F.normalize(target.detach().float(), dim=-1)
     cos = torch.einsum("ibd,jbd->ijb", p, t)  # [V, V, B]
-    views = cos.shape[0]
-    off = ~torch.eye(views, dtype=torch.bool, device=cos.device)
-    per_pair = 2 - 2 * cos[off]  # [V*(V-1), B]
+    per_pair = 2 - 2 * torch.stack([cos[i, j] for i, j in view_pairs(cos.shape[0])])  # [V*(V-1), B]
     loss = gather(per_pair, dim=1).mean()
-    return loss, {"byol": loss.item()}
+    return loss, {"byol": loss.detach()}

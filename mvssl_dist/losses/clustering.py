@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mvssl_dist.losses.distributed import gather, gather_no_grad
+from mvssl_dist.losses.pairs import view_pairs
 
 LOG_FLOOR = -100.0
 
@@ -16,7 +17,7 @@ def clustering_loss(
     center: torch.Tensor,
     student_temp: float = 0.1,
     teacher_temp: float = 0.04,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Cross-entropy between teacher and student distributions over view pairs ``i != j``.
 
     Args:
@@ -32,10 +33,8 @@ def clustering_loss(
     log_s = F.log_softmax(gather(student.float(), dim=1) / student_temp, dim=-1).clamp(min=LOG_FLOOR)
     p_t = F.softmax((gather_no_grad(teacher.detach().float(), dim=1) - center.float()) / teacher_temp, dim=-1)
     cross = -torch.einsum("ibk,jbk->ijb", p_t, log_s)  # [V_teacher, V_student, N]
-    views = cross.shape[0]
-    off = ~torch.eye(views, dtype=torch.bool, device=cross.device)
-    loss = cross[off].mean()
-    return loss, {"clustering": loss.item()}
+    loss = torch.stack([cross[i, j] for i, j in view_pairs(cross.shape[0])]).mean()
+    return loss, {"clustering": loss.detach()}
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ LOG_FLOOR = -100.0  # the reference clamps log(ratio) at -100
 
 def nt_xent(
     z: torch.Tensor, temperature: float = 0.1, tracks: torch.Tensor | None = None
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """NT-Xent with cosine similarity.
 
     Args:
@@ -46,5 +46,6 @@ def nt_xent(
         left_out = self_mask | ((track[:, None] == track[None, :]) & (row[:, None] != row[None, :]))
     log_denominator = torch.logsumexp(sim.masked_fill(left_out, float("-inf")), dim=1, keepdim=True)
     log_ratio = (sim - log_denominator).clamp(min=LOG_FLOOR)
-    loss = -log_ratio[positive].mean()
-    return loss, {"nt_xent": loss.item()}
+    # the mean over the positives, without boolean indexing (data-dependent shapes break torch.compile)
+    loss = -log_ratio.masked_fill(~positive, 0.0).sum() / (views * batch * (views - 1))
+    return loss, {"nt_xent": loss.detach()}

@@ -17,7 +17,7 @@ def vicreg_loss(
     var_coeff: float = 1.0,
     cov_coeff: float = 1.0,
     gamma: float = 1.0,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """VICReg over every unordered view pair ``i < j``, on the gathered batch.
 
     Args:
@@ -45,4 +45,4 @@ def vicreg_loss(
     var_loss = torch.stack(var).mean() * var_coeff
     cov_loss = torch.stack(cov).mean() * cov_coeff
     loss = inv_loss + var_loss + cov_loss
-    return loss, {"inv": inv_loss.item(), "var": var_loss.item(), "cov": cov_loss.item()}
+    return loss, {"inv": inv_loss.detach(), "var": var_loss.detach(), "cov": cov_loss.detach()}

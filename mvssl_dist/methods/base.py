@@ -41,6 +41,8 @@ class SSLMethod(nn.Module):
     ``forward(views, schedule, tracks)`` is the training step's loss: ``views`` is the data's
     ``[batch, views, samples]``, ``schedule`` the values of :class:`Schedules.at` and
     ``tracks`` (optional) the rows' ``[batch]`` int64 track ids (:func:`track_ids`).
+    The metrics are detached 0-dim tensors; ``watch=True`` adds the collapse signals
+    (``embedding_std``, ``effective_rank``), which the loop asks for on logged steps only.
     """
 
     name: ClassVar[str]
@@ -69,17 +71,24 @@ class SSLMethod(nn.Module):
         projections: torch.Tensor,
         schedule: Mapping[str, float],
         tracks: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
     def forward(
-        self, views: torch.Tensor, schedule: Mapping[str, float], tracks: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+        self,
+        views: torch.Tensor,
+        schedule: Mapping[str, float],
+        tracks: torch.Tensor | None = None,
+        watch: bool = True,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         views = views.transpose(0, 1)  # [B, V, S] -> [V, B, S]
         embeddings, projections = self.student(views)
         loss, metrics = self.compute_loss(views, projections, schedule, tracks)
-        flat = embeddings.detach().reshape(-1, embeddings.shape[-1])
-        metrics.update(loss=loss.item(), embedding_std=embedding_std(flat), effective_rank=effective_rank(flat))
+        metrics["loss"] = loss.detach()
+        if watch:
+            flat = embeddings.detach().reshape(-1, embeddings.shape[-1])
+            metrics["embedding_std"] = embedding_std(flat)
+            metrics["effective_rank"] = effective_rank(flat)
         return loss, metrics
 
     step = forward

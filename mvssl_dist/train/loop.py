@@ -152,16 +152,31 @@ def _finite(value) -> bool:
 
 
 class CollapseWatch:
-    """Counts consecutive steps whose embedding std or effective rank is below its threshold."""
+    """Counts the steps for which the embedding std or effective rank has stayed below its threshold.
 
-    def __init__(self, t: dict) -> None:
+    Read on logged steps (every ``train.log_every``): a low reading counts the steps since the
+    previous reading, a normal one starts the count again.
+    """
+
+    def __init__(self, t: dict, step: int = 0) -> None:
         self.std, self.rank, self.patience = t["collapse_std"], t["collapse_rank"], t["collapse_patience"]
-        self.run = 0
+        self.run, self.last = 0, step
 
-    def update(self, metrics: dict) -> bool:
+    def update(self, metrics: dict, step: int) -> bool:
         low = metrics.get("embedding_std", 1.0) < self.std or metrics.get("effective_rank", 1e9) < self.rank
-        self.run = self.run + 1 if low else 0
+        self.run = self.run + (step - self.last) if low else 0
+        self.last = step
         return self.run >= self.patience
+
+
+def as_floats(metrics: dict) -> dict:
+    """The step's metrics as plain numbers (0-dim tensors are read here: one wait for the GPU)."""
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def logged(step: int, cfg: dict) -> bool:
+    """Whether the loop logs after ``step`` (and so asks the method for its collapse signals)."""
+    return step % cfg["train"]["log_every"] == 0 or step >= cfg["total_steps"]
 
 
 class TimeBox:
@@ -240,7 +255,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     method.train()
     schedules = schedules_for(cfg)
     tracker = Rank0Tracker(cfg, rank)
-    watch = CollapseWatch(t)
+    watch = CollapseWatch(t, step)
     timebox = TimeBox(t["max_minutes"], device)
     chains = (
         per_view_chains(cfg["data"]["augment"], cfg["data"]["n_views"]) if cfg["data"]["augment_on"] == "device" else []
@@ -275,18 +290,22 @@ def train_loop_per_worker(cfg: dict) -> None:
             views = augment_views(views, chains, generator)
         values = schedules.at(step)
         set_hyperparameters(optimizer, values["lr"], values["weight_decay"])
+        watched = logged(step + 1, cfg)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss, metrics = model(views, values, batch["track"].to(device))
+            loss, metrics = model(views, values, batch["track"].to(device), watch=watched)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if t["grad_clip"] > 0:
-            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(method.parameters(), t["grad_clip"]))
+            metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(method.parameters(), t["grad_clip"]).detach()
         optimizer.step()
         method.update_teacher(values["ema_momentum"])
         step += 1
         window_samples += views.shape[0] * ctx.get_world_size()
         window_wait += waited
-        collapsed = watch.update(metrics)
+        collapsed = False
+        if watched:
+            metrics = as_floats(metrics)
+            collapsed = watch.update(metrics, step)
         if collapsed and not collapsed_tagged:
             tracker.tag("collapsed", "true")
             collapsed_tagged = True
@@ -296,6 +315,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         done = step >= cfg["total_steps"] or (collapsed and t["stop_on_collapse"]) or out_of_time
         if step % t["log_every"] == 0 or done:
             elapsed = time.perf_counter() - window_start
+            metrics = as_floats(metrics)
             metrics.update(values, samples_per_s=window_samples / max(elapsed, 1e-9))
             metrics["data_wait_fraction"] = window_wait / max(elapsed, 1e-9)
             tracker.log(metrics, step)
