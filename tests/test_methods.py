@@ -155,3 +155,15 @@ def test_contrastive_takes_track_ids_into_its_loss():
         shared = method(views, values, torch.tensor([1, 1, 3, 4]))[0]
     assert distinct.item() == pytest.approx(plain.item(), abs=1e-6)
     assert shared.item() < plain.item()  # fewer negatives in rows 0 and 1's denominators
+
+
+@pytest.mark.parametrize("name", ["contrastive", "clustering"])  # one without, one with a teacher
+def test_training_step_traces_as_one_graph(name):
+    """torch.compile (GPU) sees the whole step: a graph break (a Python-only check, a boolean
+    mask's data-dependent shape) splits it, and fusion and launch savings stop at each break.
+    Every loss is traced alone in test_losses; this covers the backbone and the method around it."""
+    method = build_method(name).train()
+    schedule = Schedules(total_steps=10, steps_per_epoch=10).at(0)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(method)(torch.randn(2, 2, 64000) * 0.1, schedule, watch=False)
+    assert explained.graph_break_count == 0, [str(b.reason).splitlines()[0] for b in explained.break_reasons]

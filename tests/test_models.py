@@ -137,3 +137,13 @@ def test_head_layout_and_shapes():
     assert head(torch.randn(4, 1024)).shape == (4, 2048)
     with pytest.raises(ValueError):
         Head(8, [])
+
+
+def test_front_end_equals_torchaudio_transforms_it_holds():
+    """Our STFT path (traceable by torch.compile) computes what torchaudio's MelSpectrogram does."""
+    torch.manual_seed(0)
+    front = Backbone().spec
+    wave = torch.cat([torch.randn(1, 64000) * 0.3, torch.randn(1, 64000) * 1e-4, torch.zeros(1, 64000)])
+    assert torch.allclose(front.power(wave), front.spec.spectrogram(wave), rtol=1e-5, atol=1e-10)
+    theirs = front.amplitude_to_db(front.spec(wave.unsqueeze(1)))
+    assert torch.allclose(front(wave), theirs, atol=1e-4)

@@ -53,8 +53,26 @@ class SpecFrontEnd(nn.Module):
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         # The STFT runs in float32 even under autocast: half-precision FFTs lose quiet bins.
         with torch.autocast(device_type=wave.device.type, enabled=False):
-            mel = self.spec(wave.float().unsqueeze(1))
-            return self.amplitude_to_db(mel)
+            mel = self.spec.mel_scale(self.power(wave.float()))
+            return self.amplitude_to_db(mel.unsqueeze(1))
+
+    def power(self, wave: torch.Tensor) -> torch.Tensor:
+        """``[batch, samples]`` -> ``[batch, n_fft // 2 + 1, frames]``: what ``self.spec.spectrogram``
+        computes (window-normalised power), without its type checks, which torch.compile cannot
+        trace: each split the compiled training step into several graphs."""
+        s = self.spec.spectrogram
+        stft = torch.stft(
+            wave,
+            s.n_fft,
+            s.hop_length,
+            s.win_length,
+            s.window,
+            center=s.center,
+            pad_mode=s.pad_mode,
+            onesided=s.onesided,
+            return_complex=True,
+        )
+        return torch.view_as_real(stft).pow(2).sum(-1) / s.window.pow(2).sum()
 
 
 class AttentionPool(nn.Module):
