@@ -32,8 +32,11 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join ``address`` (or ``RAY_ADDRESS``, as set inside ``ray job submit``); else start a local Ray."""
+def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+    """Join ``address`` (or ``RAY_ADDRESS``, as set inside ``ray job submit``); else start a local Ray.
+
+    ``num_gpus``: the local Ray's GPUs when given (else Ray counts them itself).
+    """
     import ray
 
     if ray.is_initialized():
@@ -46,7 +49,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     else:
         # "local": always our own instance, never a stray cluster left on this machine
         ray.init(
-            address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False
+            address="local",
+            num_cpus=num_cpus or os.cpu_count() or 1,
+            num_gpus=num_gpus,
+            include_dashboard=False,
+            log_to_driver=False,
         )
 
 
