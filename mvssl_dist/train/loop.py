@@ -180,8 +180,9 @@ def logged(step: int, cfg: dict) -> bool:
 
 
 class TimeBox:
-    """``train.max_minutes`` as a stop every rank agrees on: rank 0's clock decides, broadcast each
-    step (one scalar), so that all workers leave the loop at the same step. A no-op at 0."""
+    """``train.max_minutes`` as a stop every rank agrees on: rank 0's clock decides, broadcast (one
+    scalar), so that all workers leave the loop at the same step. A no-op at 0. The loop asks on
+    logged steps only (every ``train.log_every``): reading the flag waits for the device."""
 
     def __init__(self, minutes: float, device: torch.device) -> None:
         self.deadline = time.monotonic() + minutes * 60 if minutes > 0 else None
@@ -309,7 +310,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         if collapsed and not collapsed_tagged:
             tracker.tag("collapsed", "true")
             collapsed_tagged = True
-        out_of_time = timebox.spent()
+        out_of_time = watched and timebox.spent()
         if out_of_time:
             tracker.tag("max_minutes_reached_at_step", str(step))
         done = step >= cfg["total_steps"] or (collapsed and t["stop_on_collapse"]) or out_of_time
