@@ -75,6 +75,28 @@ def test_views_that_run_out_keep_every_trained_step(dataset, workdir, monkeypatc
     assert f"the views ran out at step {result.steps} of 50" in "\n".join(said)
 
 
+def test_a_collapsed_run_is_tagged_warned_and_stopped(dataset, workdir, capsys):
+    """VICReg with a threshold every embedding is under (the std of L2-normalised 1024-d vectors is
+    about 0.03): the signals are read every 2nd step, so 4 steps of patience end the run at step 4."""
+    extra = {
+        "train.collapse_std": 1.0,
+        "train.collapse_patience": 4,
+        "train.stop_on_collapse": "true",
+        "train.log_every": 2,
+        "train.max_steps": 12,
+        "train.checkpoint_every": 12,
+    }
+    assert main(["pretrain", "--config", str(ROOT / "configs" / "vicreg.yaml"), *tiny(dataset, "vicreg", **extra)]) == 0
+    assert "warning: the embeddings collapsed during this run (tagged collapsed=true)" in capsys.readouterr().out
+    client = mlflow.MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("mvssl-pretrain").experiment_id])
+    assert run.data.tags["collapsed"] == "true"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "effective_rank")) == [2, 4]
+    assert_registered_as_trained(run.info.run_id, "vicreg")
+    (version,) = client.search_model_versions(f"run_id='{run.info.run_id}'")
+    assert version.tags["step"] == "4"
+
+
 def test_stopped_run_resumes_with_the_same_mlflow_run(dataset, workdir, capsys):
     """BYOL, so that the EMA teacher and the predictor come back from the checkpoint too."""
     byol = ["--config", str(ROOT / "configs" / "byol.yaml")]
