@@ -11,6 +11,7 @@ import pytest
 import torch
 from catalogue import ingested_catalogue
 from distributed_helpers import ensure_ray
+from ray.data.collate_fn import is_tensor_batch_type
 from scipy import stats
 
 from mvssl_dist.shards import read_tracks
@@ -152,11 +153,14 @@ def test_same_seed_same_batches_new_epoch_new_draws(dataset):
 
 @pytest.mark.slow
 def test_float_dtype_and_torch_batches(dataset):
-    ds = views_dataset(dataset, n_views=3, min_gap_s=0.5, dtype="float32")
+    ds = views_dataset(dataset, n_views=3, min_gap_s=0.5, dtype="float32", preserve_order=True)
     batch = next(iter(ds.iter_torch_batches(batch_size=2, collate_fn=collate_views())))
     assert batch["views"].dtype == torch.float32 and batch["views"].shape == (2, 3, 64000)
-    assert batch["views"].abs().max() <= 1.0 and len(batch["key"]) == 2
-    assert batch["track"].tolist() == track_ids(batch["key"]).tolist()
+    assert batch["views"].abs().max() <= 1.0
+    keys = next(iter_view_batches(ds, batch_size=2))["key"]  # the same draws: same seed, same order
+    assert batch["track"].tolist() == track_ids(keys).tolist()
+    # tensors only, so that Ray pins the batch and moves it to the GPU in its fetch thread
+    assert is_tensor_batch_type(batch) and set(batch) == {"views", "track"}
 
 
 def test_track_ids_are_stable_64_bit_and_equal_for_equal_keys():

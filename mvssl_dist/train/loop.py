@@ -271,6 +271,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         drop_last=True,
         local_shuffle_buffer_size=cfg["data"]["shuffle_buffer"] or None,
         local_shuffle_seed=t["seed"] + rank if cfg["data"]["shuffle_buffer"] else None,
+        pin_memory=device.type == "cuda",  # Ray copies to the GPU in its fetch thread, from pinned memory
     )
     skip = step - cfg["start_step"]  # batches already trained on before a restart
     waited, last = 0.0, time.perf_counter()

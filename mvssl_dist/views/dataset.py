@@ -304,14 +304,19 @@ def track_ids(keys: Sequence[str]) -> np.ndarray:
 
 
 def collate_views():
-    """A collate function for ``iter_torch_batches``: ``{"views", "key": list, "track": [rows] int64}``."""
+    """A collate function for ``iter_torch_batches``: ``{"views", "track": [rows] int64}``.
+
+    Tensors only: Ray then pins the batch (``pin_memory=True``) and moves it to the training GPU
+    in its fetch thread. A list in the dict (the keys, which the loop does not need) made Ray hand
+    it over untouched, and the loop copied it from pageable memory on the training thread.
+    """
     import torch
     from ray.data.collate_fn import ArrowBatchCollateFn
 
     class CollateViews(ArrowBatchCollateFn):
         def __call__(self, batch: pa.Table) -> dict:
             keys, views = table_views(batch, writable=True)  # torch wants a writable buffer: one copy
-            return {"views": torch.from_numpy(views), "key": keys, "track": torch.from_numpy(track_ids(keys))}
+            return {"views": torch.from_numpy(views), "track": torch.from_numpy(track_ids(keys))}
 
     return CollateViews()
 
