@@ -191,10 +191,16 @@ class TimeBox:
     def spent(self) -> bool:
         if self.deadline is None:
             return False
-        flag = torch.tensor([float(time.monotonic() >= self.deadline)], device=self.device)
-        if world_size() > 1:
-            torch.distributed.broadcast(flag, src=0)
-        return bool(flag.item())
+        return rank0_says(time.monotonic() >= self.deadline, self.device)
+
+
+def rank0_says(flag: bool, device: torch.device) -> bool:
+    """Rank 0's ``flag`` on every rank (one broadcast scalar), so that all ranks take the same branch."""
+    if world_size() == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    torch.distributed.broadcast(value, src=0)
+    return bool(value.item())
 
 
 def maybe_fault(step: int, rank: int) -> None:
@@ -307,7 +313,8 @@ def train_loop_per_worker(cfg: dict) -> None:
         collapsed = False
         if watched:
             metrics = as_floats(metrics)
-            collapsed = watch.update(metrics, step)
+            # each rank watches its own embeddings; rank 0 decides, or ranks could leave at different steps
+            collapsed = rank0_says(watch.update(metrics, step), device)
         if collapsed and not collapsed_tagged:
             tracker.tag("collapsed", "true")
             collapsed_tagged = True
