@@ -322,9 +322,8 @@ def train_loop_per_worker(cfg: dict) -> None:
         if out_of_time:
             tracker.tag("max_minutes_reached_at_step", str(step))
         done = step >= cfg["total_steps"] or (collapsed and t["stop_on_collapse"]) or out_of_time
-        if step % t["log_every"] == 0 or done:
+        if watched:  # every way of being done is decided on a watched step, the last step included
             elapsed = time.perf_counter() - window_start
-            metrics = as_floats(metrics)
             metrics.update(values, samples_per_s=window_samples / max(elapsed, 1e-9))
             metrics["data_wait_fraction"] = window_wait / max(elapsed, 1e-9)
             tracker.log(metrics, step)
