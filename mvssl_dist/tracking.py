@@ -4,7 +4,8 @@ The registered model is an MLflow *pyfunc* whose artifact is our own backbone fi
 (``backbone.pt``, loadable with ``torch.load(weights_only=True)``). We chose that over
 ``mlflow.pytorch`` (whose default ``pt2`` format needs an input example and torch.export,
 and whose pickle format ties the file to class paths): loading needs only this package, and
-``load_backbone("models:/NAME@ALIAS")`` downloads the artifact and loads it strictly.
+``load_backbone("models:/NAME@ALIAS")`` downloads the artifact and loads it strictly. The pyfunc
+wrapper (:mod:`mvssl_dist.serving`) is logged from code, not pickled.
 """
 
 from __future__ import annotations
@@ -97,28 +98,6 @@ def resolve_latest(uri: str) -> str:
     return uri
 
 
-def _pyfunc_class():
-    import mlflow.pyfunc
-
-    class BackbonePyfunc(mlflow.pyfunc.PythonModel):
-        """Serve the backbone: input ``[N, 64000]`` float32 16 kHz clips -> ``[N, 1024]`` embeddings."""
-
-        def load_context(self, context):
-            from mvssl_dist.models import load_backbone
-
-            self.model = load_backbone(context.artifacts["backbone"])
-
-        def predict(self, context, model_input, params=None):
-            import numpy as np
-            import torch
-
-            clips = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
-            with torch.inference_mode():
-                return self.model(clips).numpy()
-
-    return BackbonePyfunc
-
-
 def log_and_register_backbone(backbone_file: Path, name: str, tags: dict[str, str], alias: str | None = None) -> str:
     """Log the backbone as a pyfunc model in the active run and register it; returns the version.
 
@@ -140,7 +119,7 @@ def log_and_register_backbone(backbone_file: Path, name: str, tags: dict[str, st
             return log_and_register_backbone(renamed, name, tags, alias)
     info = mlflow.pyfunc.log_model(
         name=MODEL_ARTIFACT_PATH,
-        python_model=_pyfunc_class()(),
+        python_model=str(Path(__file__).with_name("pyfunc_model.py")),  # models from code: see serving.py
         artifacts={"backbone": str(backbone_file)},
         pip_requirements=[f"mvssl-dist=={__version__}", "torch==2.11.0", "torchaudio==2.11.0"],
         input_example=np.zeros((1, 64000), np.float32),
