@@ -8,6 +8,7 @@ or a bad method name is a :class:`ConfigError` whose one-line message names the 
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import inspect
 import json
@@ -225,9 +226,17 @@ def merge(base: dict, update: Mapping, where: str = "") -> dict:
             raise ConfigError(f"config: section '{section}' must be a mapping")
         for key, value in values.items():
             if key not in DEFAULTS[section]:
-                raise ConfigError(f"config: unknown key '{section}.{key}'")
+                raise ConfigError(f"config: unknown key '{section}.{key}'{_suggestion(section, key)}")
             out[section][key] = _check(section, key, value, DEFAULTS[section][key])
     return out
+
+
+def _suggestion(section: str, key: str) -> str:
+    """``" (did you mean 'data.batch_size'?)"`` for a key of another section or a near miss; else ``""``."""
+    elsewhere = [f"{other}.{key}" for other in DEFAULTS if key in DEFAULTS[other]]
+    near = [f"{section}.{k}" for k in difflib.get_close_matches(key, list(DEFAULTS[section]), n=1, cutoff=0.75)]
+    close = elsewhere or near
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

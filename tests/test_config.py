@@ -35,12 +35,19 @@ def test_names_that_look_like_numbers_stay_text():
         ("train.lr=fast", "train.lr must be a number, got 'fast'"),
         ("train.lr=1e", "train.lr must be a number, got '1e'"),
         ("train.max_steps=1e3", "train.max_steps must be an integer, got 1000.0"),
-        ("train.lrr=1e-4", "unknown key 'train.lrr'"),
+        ("train.lrr=1e-4", "unknown key 'train.lrr' (did you mean 'train.lr'?)"),
+        ("train.batch_size=8", "unknown key 'train.batch_size' (did you mean 'data.batch_size'?)"),
     ],
 )
 def test_what_is_not_a_number_is_still_refused_by_name(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, [override])
+
+
+def test_an_unknown_key_with_no_near_name_gets_no_guess():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["train.colour=red"])
+    assert str(err.value) == "config: unknown key 'train.colour'"
 
 
 def test_numbers_outside_their_range_are_refused_with_the_field():
