@@ -1,7 +1,7 @@
 """Probe quality: a briefly pre-trained contrastive backbone vs. a random one vs. the shared fixture weights.
 
     python benchmarks/probe_quality.py [--workdir mvssl-quickstart] [--steps 0] [--seeds 3] [--probes mlp,knn]
-                                       [--layers 0]
+                                       [--layers 0] [--pretrain KEY=VALUE ...]
 
 Runs (or reuses) the quickstart in WORKDIR: its labelled synthetic library (tags for lead timbre,
 tempo, mode, drums and bass, drawn independently per track) and its pre-trained contrastive model.
@@ -13,7 +13,9 @@ training-free weighted k-NN vote (DINO's / solo-learn's k = 20, T = 0.07), which
 embedding itself groups tracks by tag. The k-NN probe is deterministic: it runs once.
 ``--layers 0.5`` runs on a harder library (the quickstart's ``--layers``: untagged pad and
 arpeggio layers that change every section) where random features are far from the ceiling; use a
-fresh workdir for it.
+fresh workdir for it. ``--pretrain`` adds pre-training overrides to the quickstart's (for a long
+run on a GPU: ``--steps 3000 --pretrain train.use_gpu=true --pretrain train.num_workers=1
+--pretrain data.batch_size=256``; ``benchmarks/device/gpu_probe.sh`` runs that on the device).
 The shared fixture is a release-format file with non-trivial but untrained weights: a second
 "no pre-training" baseline, not a trained model.
 """
@@ -76,9 +78,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="probe seeds per backbone (trained probes)")
     parser.add_argument("--probes", default="mlp,knn", help="comma-separated: mlp, linear, knn")
     parser.add_argument("--layers", type=float, default=0.0, help="the library's untagged layers (quickstart --layers)")
+    parser.add_argument(
+        "--pretrain",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="pre-training override on top of the quickstart's, repeatable (e.g. train.use_gpu=true)",
+    )
     args = parser.parse_args(argv)
     work = Path(args.workdir).resolve()
-    options = QuickstartOptions(str(work), args.tracks, steps=args.steps, layers=args.layers)
+    options = QuickstartOptions(
+        str(work), args.tracks, steps=args.steps, layers=args.layers, pretrain_overrides=tuple(args.pretrain)
+    )
     state = run_quickstart(options, say=lambda m: None).state
     candidates = [(f"pre-trained contrastive ({state['pretrain']['steps']} steps)", state["pretrain"]["model_uri"])]
     candidates.append(("random initialisation", "random:0"))

@@ -35,6 +35,9 @@ class QuickstartOptions:
     workers: int = 2  # Ray Train workers
     layers: float = 0.0  # > 0: a harder library, with untagged layers that change every section
     ray_address: str | None = None
+    # KEY=VALUE pre-training overrides applied after the quickstart's own (e.g. train.use_gpu=true
+    # data.batch_size=256 for benchmarks/probe_quality.py on a GPU); not offered by the CLI
+    pretrain_overrides: tuple[str, ...] = ()
 
 
 @dataclass
@@ -116,9 +119,9 @@ def pretrain_budget(opts: QuickstartOptions, elapsed_s: float) -> tuple[int, flo
     return int(min(400, max(30, left_s / STEP_S))), round(left_s / 60, 2)
 
 
-def pretrain_model(opts: QuickstartOptions, work: Path, tracking_uri: str, budget: tuple[int, float], say) -> dict:
+def pretrain_config(opts: QuickstartOptions, work: Path, tracking_uri: str, budget: tuple[int, float]) -> dict:
+    """The quickstart's contrastive config, with ``opts.pretrain_overrides`` on top."""
     from mvssl_dist.config import load_config
-    from mvssl_dist.train.pretrain import pretrain
 
     overrides = [
         f"data.path={work / 'dataset'}",
@@ -133,9 +136,15 @@ def pretrain_model(opts: QuickstartOptions, work: Path, tracking_uri: str, budge
         f"train.storage_path={work / 'runs'}",
         f"tracking.uri={tracking_uri}",
         f"tracking.register_as={MODEL_NAME}",
+        *opts.pretrain_overrides,
     ]
     root = Path(__file__).resolve().parents[1] / "configs" / "contrastive.yaml"
-    cfg = load_config(root if root.is_file() else None, overrides)
+    return load_config(root if root.is_file() else None, overrides)
+
+
+def pretrain_model(opts: QuickstartOptions, work: Path, cfg: dict, say) -> dict:
+    from mvssl_dist.train.pretrain import pretrain
+
     run_dir = work / "runs" / "quickstart"
     resume = (run_dir / "mvssl_run.json").is_file()
     if resume:
@@ -256,12 +265,15 @@ def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = print) 
     stage(2, "ingest", "ingesting it into WebDataset shards (Ray Data)", lambda: ingest_library(opts, work, say))
     budget = state.get("pretrain_budget") or pretrain_budget(opts, time.perf_counter() - start)
     state.set("pretrain_budget", list(budget))  # a resumed run keeps the length it started with
-    limit = f" (at most {budget[1]:g} min)" if budget[1] else ""
+    cfg = pretrain_config(opts, work, tracking_uri, budget)
+    train = cfg["train"]
+    limit = f" (at most {train['max_minutes']:g} min)" if train["max_minutes"] else ""
+    workers = f"{train['num_workers']} Ray Train {'GPU ' if train['use_gpu'] else ''}workers"
     trained = stage(
         3,
         "pretrain",
-        f"pre-training contrastive, {opts.workers} Ray Train workers, {budget[0]} steps{limit}; registering the backbone",
-        lambda: pretrain_model(opts, work, tracking_uri, budget, say),
+        f"pre-training contrastive, {workers}, {train['max_steps']} steps{limit}; registering the backbone",
+        lambda: pretrain_model(opts, work, cfg, say),
     )
     stage(
         4,

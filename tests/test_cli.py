@@ -131,6 +131,22 @@ def test_quickstart_refuses_options_its_workdir_was_not_made_with(tmp_path, caps
         assert len(err.splitlines()) == 1
 
 
+def test_quickstart_pretrain_overrides_come_last(tmp_path):
+    """benchmarks/probe_quality.py --pretrain KEY=VALUE: what a GPU run changes wins over the
+    quickstart's own settings, and the rest stays as the quickstart has it."""
+    from mvssl_dist.quickstart import QuickstartOptions, pretrain_config
+
+    gpu = ("train.use_gpu=true", "train.num_workers=1", "data.batch_size=256", "train.max_minutes=4")
+    cfg = pretrain_config(
+        QuickstartOptions(str(tmp_path), pretrain_overrides=gpu), tmp_path, "sqlite:///x.db", (3000, 0.0)
+    )
+    assert cfg["train"]["use_gpu"] is True and cfg["train"]["num_workers"] == 1
+    assert cfg["data"]["batch_size"] == 256 and cfg["train"]["max_minutes"] == 4.0
+    assert cfg["train"]["max_steps"] == 3000 and cfg["data"]["pairs_per_track"] == 4
+    plain = pretrain_config(QuickstartOptions(str(tmp_path)), tmp_path, "sqlite:///x.db", (120, 4.1))
+    assert plain["data"]["batch_size"] == 32 and plain["train"]["num_workers"] == 2 and not plain["train"]["use_gpu"]
+
+
 def bad_numbers(music: str, weights: str, tmp: str) -> list[tuple[list[str], str]]:
     embed = ["embed", music, "--model", weights, "--out", f"{tmp}/emb"]
     evaluate = ["evaluate", "--model", "random", "--task", f"csv:{tmp}/labels.csv", "--audio-root", tmp]

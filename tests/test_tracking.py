@@ -7,10 +7,10 @@ import mlflow
 import numpy as np
 import torch
 import yaml
+from registry_checks import mlflow_at
 
 from mvssl_dist.models import Backbone, load_backbone, save_backbone
 from mvssl_dist.tracking import connect, log_and_register_backbone
-from tests.registry_checks import mlflow_at
 
 
 def test_pyfunc_is_logged_from_code_without_warnings_and_serves_the_backbone(tmp_path, caplog):

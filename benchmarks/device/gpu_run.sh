@@ -3,23 +3,10 @@
 # half of benchmarks/train.py (issue 7) on the device's H200 and 16 CPUs. Log in $OUT.
 #   run(carry=[".site-pack"], command="bash benchmarks/device/gpu_run.sh", timeout_s=450)
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/mvssl-device-out}
-SITE=${SITE:-/tmp/mvssl-site}
-mkdir -p "$OUT" "$SITE"
+mkdir -p "$OUT"
 {
-  date -u
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  echo "cpus $(nproc); /dev/shm $(df -h /dev/shm | awk 'NR==2 {print $2}')"
-  if [ ! -e "$SITE/.unpacked" ]; then
-    start=$(date +%s)
-    python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" .site-pack/site.tar.xz "$SITE" \
-      && touch "$SITE/.unpacked"
-    echo "unpacked in $(($(date +%s) - start)) s"
-  fi
-  export PYTHONPATH="$SITE:$PWD" PATH="$SITE/bin:$PATH"
-  python3 -c "import sys, torch, ray, ray.train.torch, ray.data, mlflow, av, webdataset, mvssl_dist.train.pretrain; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'ray', ray.__version__, 'mlflow', mlflow.__version__, 'av', av.__version__)" || exit 3
+  source "$(dirname "${BASH_SOURCE[0]}")/site.sh" || exit 3
   # what the collapse signals cost at batch 1024 (2 views): read on logged steps only since
   python3 -c "
 import time, torch
