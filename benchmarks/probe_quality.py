@@ -18,6 +18,10 @@ run on a GPU: ``--steps 3000 --pretrain train.use_gpu=true --pretrain train.num_
 --pretrain data.batch_size=256``; ``benchmarks/device/gpu_probe.sh`` runs that on the device).
 The shared fixture is a release-format file with non-trivial but untrained weights: a second
 "no pre-training" baseline, not a trained model.
+A third: ``random:0``'s weights with BatchNorm statistics measured on the library. A fresh
+backbone's BatchNorm buffers are identity placeholders, so ``random:0`` runs un-normalised, while
+the pre-trained backbone is normalised by its data's statistics; this row holds the weights random
+and normalises as the trained one does, and the pre-trained backbone is also compared with it.
 """
 
 from __future__ import annotations
@@ -93,11 +97,37 @@ def main(argv: list[str] | None = None) -> None:
     state = run_quickstart(options, say=lambda m: None).state
     candidates = [(f"pre-trained contrastive ({state['pretrain']['steps']} steps)", state["pretrain"]["model_uri"])]
     candidates.append(("random initialisation", "random:0"))
+    candidates.append((CALIBRATED, str(calibrated_random(work))))
     if FIXTURE.is_file():
         candidates.append(("shared fixture weights (untrained)", str(FIXTURE)))
     for kind in args.probes.split(","):
         rows = {name: scores(model, work, args.seeds, kind) for name, model in candidates}
         print_probe(kind, rows, work, args.seeds)
+
+
+CALIBRATED = "random init, BatchNorm from the library"
+
+
+def calibrated_random(work: Path) -> Path:
+    """``random:0``'s weights with BatchNorm statistics measured on the library's segments (its
+    buffers are otherwise identity placeholders: see mvssl_dist.models.calibration); cached."""
+    import torch
+
+    from mvssl_dist.audio.decode import decode
+    from mvssl_dist.embed.segments import cut_segments, peak_normalise
+    from mvssl_dist.evaluate.tasks import read_csv_task
+    from mvssl_dist.models import calibrate_batchnorm, load_backbone, save_backbone
+
+    path = work / "evaluations" / "random-0-batchnorm-from-library.pt"
+    if path.is_file():
+        return path
+    task = read_csv_task(work / "library" / "labels.csv")
+    segments = np.concatenate([cut_segments(peak_normalise(decode(work / "library" / t.path))) for t in task.tracks])
+    order = np.random.default_rng(0).permutation(len(segments))
+    batches = (torch.from_numpy(segments[order[i : i + 64]]) for i in range(0, len(order), 64))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_backbone(calibrate_batchnorm(load_backbone("random:0"), batches), path)
+    return path
 
 
 def print_probe(kind: str, rows: dict, work: Path, seeds: int) -> None:
@@ -128,6 +158,9 @@ def print_probe(kind: str, rows: dict, work: Path, seeds: int) -> None:
     if "mode" in families and len(families) > 1:  # no backbone can hear the mode (README, Evaluating)
         audible = [t for family, tags in families.items() if family != "mode" for t in tags]
         print(f"  all but mode (the tags a backbone can hear): {compare(a, b, tags=audible).describe()}")
+    if CALIBRATED in rows:  # the same random weights, normalised as the trained backbone is
+        c = seed_mean(rows[CALIBRATED][3])
+        print(f"paired, pre-trained - {CALIBRATED}, ROC-AUC macro: {compare(a, c).describe()}")
 
 
 def tag_families(tags: list[str]) -> dict[str, list[str]]:

@@ -6,7 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from mvssl_dist.models import Backbone, Head, WeightsError, load_backbone, save_backbone
+from mvssl_dist.models import (
+    SEGMENT_SAMPLES,
+    Backbone,
+    Head,
+    WeightsError,
+    calibrate_batchnorm,
+    load_backbone,
+    save_backbone,
+)
 from mvssl_dist.models.loading import RELEASE_PREFIXES
 
 
@@ -147,3 +155,25 @@ def test_front_end_equals_torchaudio_transforms_it_holds():
     assert torch.allclose(front.power(wave), front.spec.spectrogram(wave), rtol=1e-5, atol=1e-10)
     theirs = front.amplitude_to_db(front.spec(wave.unsqueeze(1)))
     assert torch.allclose(front(wave), theirs, atol=1e-4)
+
+
+def test_calibrated_batchnorm_holds_the_data_statistics_and_keeps_the_weights():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.ReLU(), torch.nn.BatchNorm1d(4))
+    weights = {k: v.clone() for k, v in net.state_dict().items() if "running" not in k and "num_batches" not in k}
+    batches = [torch.randn(8, 3) * 2 + 1 for _ in range(5)]
+    assert calibrate_batchnorm(net, batches) is net and not net.training
+    first = torch.stack([net[0](b) for b in batches])  # [batches, 8, 4]: what the first BatchNorm saw
+    # momentum=None: the plain average of the per-batch mean and unbiased variance
+    torch.testing.assert_close(net[1].running_mean, first.mean(1).mean(0))
+    torch.testing.assert_close(net[1].running_var, first.var(1, unbiased=True).mean(0))
+    assert net[1].momentum == 0.1 and int(net[1].num_batches_tracked) == 5
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in weights.items())
+    # the same batches in another order give the same buffers
+    again = calibrate_batchnorm(net, batches[::-1])
+    torch.testing.assert_close(again[3].running_var, net[3].running_var)
+    # a fresh backbone's buffers are the identity placeholders; calibrated ones are not
+    backbone = Backbone()
+    assert float(backbone.embedding.bn1.running_var.sum()) == backbone.embedding.bn1.num_features
+    calibrate_batchnorm(backbone, [torch.randn(2, SEGMENT_SAMPLES) * 0.1])
+    assert not torch.allclose(backbone.embedding.bn1.running_var, torch.ones(backbone.embedding.bn1.num_features))

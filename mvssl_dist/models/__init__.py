@@ -1,6 +1,7 @@
 """Model library: the reference-compatible backbone, projection heads and weight loading."""
 
 from mvssl_dist.models.backbone import EMBEDDING_DIM, SAMPLE_RATE, SEGMENT_SAMPLES, Backbone
+from mvssl_dist.models.calibration import calibrate_batchnorm
 from mvssl_dist.models.head import Head
 from mvssl_dist.models.loading import WeightsError, load_backbone, save_backbone
 
@@ -11,6 +12,7 @@ __all__ = [
     "Backbone",
     "Head",
     "WeightsError",
+    "calibrate_batchnorm",
     "load_backbone",
     "save_backbone",
 ]
