@@ -21,12 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from probe_quality import tag_families
+from probe_quality import tag_families, track_segments
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from mvssl_dist.audio.decode import decode
-from mvssl_dist.embed.segments import cut_segments, peak_normalise
 from mvssl_dist.evaluate.metrics import scorable
 from mvssl_dist.evaluate.tasks import read_csv_task
 from mvssl_dist.models.loading import load_backbone
@@ -94,12 +92,12 @@ def main(argv: list[str] | None = None) -> None:
     labels = np.stack([t.labels for t in task.tracks])
     train = np.array([t.split != "test" for t in task.tracks])
     families = scored_families(task.vocabulary, labels, train)
-    audio = [peak_normalise(decode(work / "library" / t.path)) for t in task.tracks]
+    segments = track_segments(work, task)
     print(f"{len(task.tracks)} tracks ({int((~train).sum())} test); logistic regression per tag, test ROC-AUC")
     print(f"{'backbone':14} {'depth':13} {'all':>6}" + "".join(f"{f:>7}" for f in families))
     for name, uri in (("model", model_uri), ("baseline", args.baseline)):
         model = load_backbone(uri).eval()
-        per_track = [depth_features(model, cut_segments(a)) for a in audio]
+        per_track = [depth_features(model, track) for track in segments]
         for d, depth in enumerate(DEPTHS):
             scores = depth_scores(np.stack([f[d] for f in per_track]), labels, train, families)
             cells = "".join(f"{scores[f]:>7.3f}" for f in families)

@@ -113,21 +113,27 @@ def calibrated_random(work: Path) -> Path:
     buffers are otherwise identity placeholders: see mvssl_dist.models.calibration); cached."""
     import torch
 
-    from mvssl_dist.audio.decode import decode
-    from mvssl_dist.embed.segments import cut_segments, peak_normalise
     from mvssl_dist.evaluate.tasks import read_csv_task
     from mvssl_dist.models import calibrate_batchnorm, load_backbone, save_backbone
 
     path = work / "evaluations" / "random-0-batchnorm-from-library.pt"
     if path.is_file():
         return path
-    task = read_csv_task(work / "library" / "labels.csv")
-    segments = np.concatenate([cut_segments(peak_normalise(decode(work / "library" / t.path))) for t in task.tracks])
+    segments = np.concatenate(track_segments(work, read_csv_task(work / "library" / "labels.csv")))
     order = np.random.default_rng(0).permutation(len(segments))
     batches = (torch.from_numpy(segments[order[i : i + 64]]) for i in range(0, len(order), 64))
     path.parent.mkdir(parents=True, exist_ok=True)
     save_backbone(calibrate_batchnorm(load_backbone("random:0"), batches), path)
     return path
+
+
+def track_segments(work: Path, task) -> list[np.ndarray]:
+    """Each of ``task``'s tracks in WORKDIR's library as ``[n, samples]`` segments, cut as the
+    embedding pipeline cuts them (peak-normalised, 4 s, the last one padded)."""
+    from mvssl_dist.audio.decode import decode
+    from mvssl_dist.embed.segments import cut_segments, peak_normalise
+
+    return [cut_segments(peak_normalise(decode(work / "library" / t.path))) for t in task.tracks]
 
 
 def print_probe(kind: str, rows: dict, work: Path, seeds: int) -> None:
