@@ -35,7 +35,14 @@ from mvssl_dist.evaluate import (
 )
 from mvssl_dist.evaluate.probe import KNN_CANDIDATES, SplitFeatures
 from mvssl_dist.evaluate.report import promote, tag_prefix
-from mvssl_dist.evaluate.run import EvaluateResult, compare, read_features, split_features, track_uri
+from mvssl_dist.evaluate.run import (
+    EvaluateResult,
+    compare,
+    find_missing,
+    read_features,
+    split_features,
+    track_uri,
+)
 from mvssl_dist.models import Backbone, save_backbone
 from mvssl_dist.tracking import connect, log_and_register_backbone
 
@@ -157,6 +164,25 @@ def test_jamendo_reader_parses_the_exact_format(tmp_path):
     bad.write_text(bad.read_text().replace("genre---jazz", "mood/theme---happy"))
     with pytest.raises(TaskError, match=r"autotagging_genre-test.tsv:2: tag 'mood/theme---happy' is not a genre tag"):
         load_task("jamendo-genre", tmp_path)
+
+
+def test_jamendo_audio_is_found_in_the_low_quality_download_too(tmp_path):
+    """MTG-Jamendo's ``audio-low`` archives hold ``17/4.low.mp3`` where the split files say ``17/4.mp3``."""
+    write_jamendo_fixture(tmp_path)
+    task = load_task("jamendo-genre", tmp_path)
+    audio = tmp_path / "audio"
+    for name in ("14/1.mp3", "15/2.low.mp3", "17/4.low.mp3"):  # 16/3 is absent in both forms
+        (audio / name).parent.mkdir(parents=True, exist_ok=True)
+        (audio / name).write_bytes(b"")
+    present, missing = find_missing(task, str(audio))
+    found = {task.tracks[i].path: uri.rsplit("/", 2)[-2:] for i, uri in present.items()}
+    assert found == {"14/1.mp3": ["14", "1.mp3"], "15/2.mp3": ["15", "2.low.mp3"], "17/4.mp3": ["17", "4.low.mp3"]}
+    assert missing == [("16/3.mp3", "not_found")]
+    # only MTG-Jamendo names its files so: a CSV task's x.mp3 is not looked for as x.low.mp3
+    labels = tmp_path / "labels.csv"
+    labels.write_text("uri,split,tags\n15/2.mp3,train,a\n14/1.mp3,validation,a\n14/1.mp3,test,a\n")
+    present, missing = find_missing(load_task(f"csv:{labels}", None), str(audio))
+    assert len(present) == 2 and missing == [("15/2.mp3", "not_found")]
 
 
 def test_csv_task_errors_name_the_problem(tmp_path):

@@ -101,16 +101,18 @@ def track_uri(audio_root: str, path: str) -> str:
 
 
 def find_missing(task: Task, audio_root: str) -> tuple[dict[int, str], list[tuple[str, str]]]:
-    """``({track index: uri} of present tracks, [(path, reason)] of missing ones)``; remote URIs are trusted."""
+    """``({track index: uri} of present tracks, [(path, reason)] of missing ones)``; remote URIs are
+    trusted. A local track is found under any of ``task.local_names`` (MTG-Jamendo's ``.low.mp3``)."""
     from mvssl_dist.shards.uris import uri_to_path
 
     present, missing = {}, []
     for i, track in enumerate(task.tracks):
-        uri = track_uri(audio_root, track.path)
-        if uri.startswith("file://") and not os.path.isfile(uri_to_path(uri)):
+        uris = [track_uri(audio_root, name) for name in task.local_names(track.path)]
+        found = next((u for u in uris if not u.startswith("file://") or os.path.isfile(uri_to_path(u))), None)
+        if found is None:
             missing.append((track.path, "not_found"))
         else:
-            present[i] = uri
+            present[i] = found
     return present, missing
 
 

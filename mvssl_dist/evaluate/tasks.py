@@ -47,6 +47,14 @@ class Task:
     def split(self, name: str) -> list[TaskTrack]:
         return [t for t in self.tracks if t.split == name]
 
+    def local_names(self, path: str) -> tuple[str, ...]:
+        """The names to look for under a local audio root, in order: the split file's, then for
+        MTG-Jamendo its low-quality download's (``audio-low`` holds ``14/214.low.mp3`` where the
+        split files say ``14/214.mp3``)."""
+        if self.name in JAMENDO and path.endswith(".mp3"):
+            return (path, path[: -len(".mp3")] + ".low.mp3")
+        return (path,)
+
     def slug(self) -> str:
         """A name usable in MLflow tag keys and file names (``csv:data/x.csv`` -> ``csv-x``)."""
         if self.name.startswith("csv:"):
