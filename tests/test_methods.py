@@ -124,6 +124,10 @@ def test_schedules():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(FORMATS))
 def test_tiny_training_loop_decreases_the_loss(name):
+    """Twenty steps on six tracks. The teacher methods' target is held still (EMA momentum 1):
+    with six tracks an EMA teacher at 0.996 moves about as fast as the student learns, and on some
+    CPUs the clustering loss went 11 -> 16 -> 10 in twenty steps, so "the loss falls" is only well
+    defined against a fixed target. The EMA update itself is checked against its formula above."""
     torch.manual_seed(0)
     method = build_method(name).train()
     schedule = Schedules(total_steps=20, steps_per_epoch=20, lr=1e-3)
@@ -137,7 +141,7 @@ def test_tiny_training_loop_decreases_the_loss(name):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        method.update_teacher(values["ema_momentum"])
+        method.update_teacher(1.0)
         losses.append(loss.item())
         assert math.isfinite(metrics["effective_rank"]) and metrics["embedding_std"] > 0
     assert all(math.isfinite(v) for v in losses)
