@@ -110,6 +110,18 @@ def test_mlflow_server_bundle_has_postgres_minio_and_basic_auth():
     assert {"Deployment", "Service", "StatefulSet", "Secret"} <= kinds
 
 
+def test_mlflow_server_image_installs_the_driver_sqlalchemy_picks_for_postgresql():
+    """The server's store URIs say ``postgresql://``; SQLAlchemy 2.1 maps that to psycopg 3, not
+    psycopg2. The image once installed psycopg2 and its server died at start-up on PostgreSQL.
+    (This venv's SQLAlchemy, installed with MLflow as the server's is, stands in for the image's.)"""
+    from sqlalchemy.engine import make_url
+
+    dockerfile = (ROOT / "cluster/mlflow/Dockerfile").read_text()
+    driver = make_url("postgresql://user:secret@postgres:5432/mlflow").get_dialect().driver
+    package = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary"}[driver]
+    assert f'"{package}==' in dockerfile, (driver, dockerfile)
+
+
 def test_dockerfile_installs_like_the_readme_and_ci_tests_like_the_readme():
     quickstart, tests = readme_setup_lines()
     assert quickstart == "pip install -e . && mvssl quickstart"
