@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from mvssl_dist.evaluate import EvaluateOptions, ProbeConfig, compare, evaluate
-from mvssl_dist.quickstart import QuickstartOptions, run_quickstart
+from mvssl_dist.quickstart import QuickstartOptions, normalised_control, run_quickstart
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "seed_compat" / "contrastive_backbone_only.pt"
 
@@ -109,31 +109,17 @@ CALIBRATED = "random init, BatchNorm from the library"
 
 
 def calibrated_random(work: Path) -> Path:
-    """``random:0``'s weights with BatchNorm statistics measured on the library's segments (its
-    buffers are otherwise identity placeholders: see mvssl_dist.models.calibration); cached."""
-    import torch
-
-    from mvssl_dist.evaluate.tasks import read_csv_task
-    from mvssl_dist.models import calibrate_batchnorm, load_backbone, save_backbone
-
-    path = work / "evaluations" / "random-0-batchnorm-from-library.pt"
-    if path.is_file():
-        return path
-    segments = np.concatenate(track_segments(work, read_csv_task(work / "library" / "labels.csv")))
-    order = np.random.default_rng(0).permutation(len(segments))
-    batches = (torch.from_numpy(segments[order[i : i + 64]]) for i in range(0, len(order), 64))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_backbone(calibrate_batchnorm(load_backbone("random:0"), batches), path)
-    return path
+    """``random:0``'s weights with BatchNorm statistics measured on the library's labelled tracks:
+    the quickstart's control, made by it (or now, for a workdir evaluated before it had one)."""
+    return normalised_control(work)
 
 
 def track_segments(work: Path, task) -> list[np.ndarray]:
     """Each of ``task``'s tracks in WORKDIR's library as ``[n, samples]`` segments, cut as the
     embedding pipeline cuts them (peak-normalised, 4 s, the last one padded)."""
-    from mvssl_dist.audio.decode import decode
-    from mvssl_dist.embed.segments import cut_segments, peak_normalise
+    from mvssl_dist.evaluate.baselines import file_segments
 
-    return [cut_segments(peak_normalise(decode(work / "library" / t.path))) for t in task.tracks]
+    return file_segments([work / "library" / t.path for t in task.tracks])
 
 
 def print_probe(kind: str, rows: dict, work: Path, seeds: int) -> None:

@@ -194,6 +194,26 @@ def evaluate_model(
     return result
 
 
+NORMALISED_RANDOM = "evaluations/random-0-batchnorm-from-library.pt"
+
+
+def normalised_control(work: Path) -> Path:
+    """``random:0``'s weights with BatchNorm statistics measured on the labelled tracks.
+
+    ``random:0`` runs un-normalised (a fresh backbone's BatchNorm buffers are identities), while
+    the pre-trained backbone is normalised by its training data; this control differs from the
+    model only in what pre-training learned (see ``mvssl_dist.evaluate.baselines``)."""
+    from mvssl_dist.evaluate.baselines import normalised_random
+    from mvssl_dist.evaluate.tasks import read_csv_task
+
+    task = read_csv_task(work / "library" / "labels.csv")
+    return normalised_random([work / "library" / t.path for t in task.tracks], work / NORMALISED_RANDOM)
+
+
+def margin_record(margin) -> dict:
+    return {**asdict(margin), "verdict": margin.verdict(), "text": margin.describe()}
+
+
 def evaluation_record(result) -> dict:
     from mvssl_dist.evaluate.report import SUMMARY_KEYS
 
@@ -286,17 +306,23 @@ def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = print) 
         from mvssl_dist.evaluate import compare
 
         features = str(work / "embeddings")
+        say("  the control: random:0's weights with BatchNorm statistics measured on the library")
+        control = str(normalised_control(work))
         record = {}
         for probe in ("mlp", "knn"):  # the reference's trained probe (it decides champion), then k-NN
             promote = "champion" if probe == "mlp" else None
             ours = evaluate_model(opts, work, trained["model_uri"], tracking_uri, features, promote, say, probe)
             random = evaluate_model(opts, work, "random:0", tracking_uri, None, None, say, probe)
-            margin = compare(ours, random)
+            normalised = evaluate_model(opts, work, control, tracking_uri, None, None, say, probe)
+            margin, control_margin = compare(ours, random), compare(ours, normalised)
             say(f"  model - random, {probe} probe, ROC-AUC macro: {margin.describe()}")
+            say(f"  model - control, {probe} probe, ROC-AUC macro: {control_margin.describe()}")
             scores = {
                 "model": {"model": trained["model_uri"], **evaluation_record(ours)},
                 "random": {"model": "random:0", **evaluation_record(random)},
-                "margin": {**asdict(margin), "verdict": margin.verdict(), "text": margin.describe()},
+                "margin": margin_record(margin),
+                "control": {"model": control, **evaluation_record(normalised)},
+                "control_margin": margin_record(control_margin),
             }
             if probe == "mlp":
                 record.update(scores)
@@ -325,10 +351,21 @@ def summary_lines(work: Path, state: dict, tracking_uri: str) -> list[str]:
         f"  probe     ROC-AUC macro {ours['roc_auc_macro']:.4f} vs. random backbone {rnd['roc_auc_macro']:.4f} "
         f"(PR-AUC {ours['pr_auc_macro']:.4f} vs. {rnd['pr_auc_macro']:.4f}); {ours['promotion']}",
         *([f"            model - random: {ev['margin']['text']}"] if "margin" in ev else []),
+        *control_lines(ev),
         *(knn_lines(ev["knn"]) if "knn" in ev else []),
         f"  embeddings {emb['out']}: {emb['tracks']} tracks",
         f"  browse runs and models:  {ui}   (then open http://127.0.0.1:5000)",
         f"  similar tracks:          mvssl neighbours --embeddings {shlex.quote(str(emb['out']))} --key {key} -k 5",
+    ]
+
+
+def control_lines(scores: dict) -> list[str]:
+    if "control" not in scores:  # a workdir evaluated before the control existed
+        return []
+    return [
+        f"            control (random:0's weights, BatchNorm measured on the library; random:0 itself runs "
+        f"un-normalised) {scores['control']['roc_auc_macro']:.4f}",
+        f"            model - control: {scores['control_margin']['text']}",
     ]
 
 
@@ -337,6 +374,7 @@ def knn_lines(knn: dict) -> list[str]:
         f"  k-NN probe (training-free: how the embedding itself groups tracks by tag) ROC-AUC macro "
         f"{knn['model']['roc_auc_macro']:.4f} vs. random backbone {knn['random']['roc_auc_macro']:.4f}",
         f"            model - random: {knn['margin']['text']}",
+        *control_lines(knn),
     ]
 
 
