@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -387,6 +388,7 @@ def embed_query(path: str, embeddings: Path):
     from mvssl_dist.embed.batch import weights_identity
     from mvssl_dist.embed.search import SearchError
     from mvssl_dist.models import WeightsError, load_backbone
+    from mvssl_dist.tracking import tracking_store
 
     try:
         record = json.loads((embeddings / "embed.json").read_text())
@@ -395,8 +397,11 @@ def embed_query(path: str, embeddings: Path):
         raise SearchError(f"{embeddings / 'embed.json'}: missing or unreadable, so the model is unknown") from None
     if "model_version" in record:  # the version embedded, wherever its alias points now
         model = f"models:/{record['model_name']}/{record['model_version']}"
+    # the registry it was embedded from, unless MLFLOW_TRACKING_URI names one
+    store = None if os.environ.get("MLFLOW_TRACKING_URI") else record.get("tracking_uri")
     try:
-        backbone = load_backbone(model)
+        with tracking_store(store):
+            backbone = load_backbone(model)
         if "weights_sha256" in record.get("weights", {}) and weights_identity(model, {}) != record["weights"]:
             raise SearchError(f"{model}: not the weights {embeddings} was embedded with (the file changed since)")
         return embed_track(backbone, decode(path))[0]
@@ -606,8 +611,6 @@ OUTPUT_FOLDERS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
-
     from mvssl_dist.raytools import RayAddressError
 
     parser = build_parser()

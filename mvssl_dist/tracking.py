@@ -10,6 +10,7 @@ wrapper (:mod:`mvssl_dist.serving`) is logged from code, not pickled.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -26,6 +27,33 @@ def default_tracking_uri(workdir: str | Path | None = None) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{(Path(workdir or os.getcwd()) / 'mlflow.db').resolve()}"
+
+
+def without_password(uri: str) -> str:
+    """``uri`` fit to print or write down: a password in it (``postgresql://user:pw@host/db``) is cut."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+    return urlunsplit(parts._replace(netloc=f"{parts.username}@{host}"))
+
+
+@contextlib.contextmanager
+def tracking_store(uri: str | None):
+    """MLflow pointed at ``uri`` inside the block, then back where it was (``None``: no change)."""
+    import mlflow
+
+    if not uri:
+        yield
+        return
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
 
 
 def default_artifact_location(tracking_uri: str) -> str | None:
@@ -82,7 +110,8 @@ def download_model_weights(uri: str) -> str:
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except MlflowException as err:
-        raise WeightsError(f"{uri}: {_first_line(err)}") from None
+        store = without_password(mlflow.get_tracking_uri())
+        raise WeightsError(f"{uri}: {_first_line(err)} (registry: {store}; MLFLOW_TRACKING_URI chooses it)") from None
     except Exception as err:
         raise WeightsError(f"{uri}: cannot reach the model registry ({_first_line(err)})") from None
     found = sorted(local.rglob(BACKBONE_ARTIFACT))

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -190,7 +191,18 @@ def test_models_uri_and_neighbours(library, embedded, tmp_path, monkeypatch, cap
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[1].split()[0] in keys[1:]  # another track, not the query's own row
     assert main(["embed", str(root), "--model", "models:/nope@latest", "--out", str(tmp_path / "x")]) == 1
-    assert "models:/nope" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "models:/nope" in err and f"registry: {os.environ['MLFLOW_TRACKING_URI']}" in err, err
+    # From another folder, with no MLFLOW_TRACKING_URI: --query finds the registry OUT_DIR names.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    query = [str(Path(sys.executable).parent / "mvssl"), "neighbours", "--embeddings", str(out), "-k", "1"]
+    run = subprocess.run(
+        [*query, "--query", str(expected["good"][2])], cwd=elsewhere, env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0 and expected["good"][2].name in run.stdout, run.stderr
+    assert not (elsewhere / "mlflow.db").exists()  # it did not open (and create) a store in the cwd
 
 
 def test_decode_workers_do_not_load_torch():

@@ -36,3 +36,12 @@ def test_pyfunc_is_logged_from_code_without_warnings_and_serves_the_backbone(tmp
         clips = np.random.default_rng(0).standard_normal((2, 64000)).astype(np.float32) * 0.1
         expected = load_backbone(model_uri)(torch.from_numpy(clips)).detach().numpy()
     np.testing.assert_allclose(served.predict(clips), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_store_uris_are_written_down_without_their_password():
+    from mvssl_dist.tracking import without_password
+
+    assert without_password("postgresql://mlflow:s3cret@db:5432/mlflow") == "postgresql://mlflow@db:5432/mlflow"
+    assert without_password("https://user:pw@mlflow.example/") == "https://user@mlflow.example/"
+    for plain in ("sqlite:////tmp/q/mlflow.db", "http://127.0.0.1:5000", "databricks"):
+        assert without_password(plain) == plain

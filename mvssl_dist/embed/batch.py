@@ -272,7 +272,7 @@ def model_facts(model: str) -> dict:
     if model.startswith("models:/"):
         import mlflow
 
-        from mvssl_dist.tracking import resolve_latest
+        from mvssl_dist.tracking import resolve_latest, without_password
 
         name, _, ref = resolve_latest(model)[len("models:/") :].partition("/")
         if "@" in name:
@@ -285,6 +285,7 @@ def model_facts(model: str) -> dict:
         facts.update(
             model_name=name, model_version=version.version, model_tags=dict(version.tags), run_id=version.run_id
         )
+        facts["tracking_uri"] = without_password(mlflow.get_tracking_uri())  # where `neighbours --query` finds it
     return facts
 
 
