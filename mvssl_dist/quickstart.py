@@ -347,7 +347,8 @@ def summary_lines(work: Path, state: dict, tracking_uri: str) -> list[str]:
         f"  dataset   {work / 'dataset'}: {ing['tracks']} tracks; {ing['rejects']} rejected, "
         f"listed with reasons in {work / 'dataset' / 'rejects.parquet'}",
         f"  model     {MODEL_NAME} v{tr['model_version']} (MLflow run {tr['run_id']}, {tr['steps']} steps); "
-        f"load it with load_backbone('models:/{MODEL_NAME}@champion')",
+        f"load it with load_backbone('models:/{MODEL_NAME}@champion') "
+        f"(from another folder: MLFLOW_TRACKING_URI={shlex.quote(tracking_uri)})",
         f"  probe     ROC-AUC macro {ours['roc_auc_macro']:.4f} vs. random backbone {rnd['roc_auc_macro']:.4f} "
         f"(PR-AUC {ours['pr_auc_macro']:.4f} vs. {rnd['pr_auc_macro']:.4f}); {ours['promotion']}",
         *([f"            model - random: {ev['margin']['text']}"] if "margin" in ev else []),

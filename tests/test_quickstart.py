@@ -108,7 +108,7 @@ def test_pretraining_lowers_the_loss_and_both_backbones_are_scored(quickstart):
 def test_a_second_run_reuses_everything_and_says_where_to_look(quickstart):
     work, tracking, _, (again, printed), rerun_s = quickstart
     assert again == 0 and rerun_s < 60 and printed.count("already done") == 5, printed
-    assert f"mlflow ui --backend-store-uri {tracking}" in printed
+    assert f"mlflow ui --backend-store-uri {tracking}" in printed and f"MLFLOW_TRACKING_URI={tracking}" in printed
     assert "model - random: " in printed and "interval" in printed and "k-NN probe" in printed
     assert printed.count("model - control: ") == 2, printed
     assert f"mvssl neighbours --embeddings {work / 'embeddings'} --key " in printed
