@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     state = run_quickstart(options, say=lambda m: None).state
     candidates = [(f"pre-trained contrastive ({state['pretrain']['steps']} steps)", state["pretrain"]["model_uri"])]
     candidates.append(("random initialisation", "random:0"))
-    candidates.append((CALIBRATED, str(calibrated_random(work))))
+    candidates.append((CALIBRATED, str(normalised_control(work))))  # the quickstart's control
     if FIXTURE.is_file():
         candidates.append(("shared fixture weights (untrained)", str(FIXTURE)))
     for kind in args.probes.split(","):
@@ -106,12 +106,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 CALIBRATED = "random init, BatchNorm from the library"
-
-
-def calibrated_random(work: Path) -> Path:
-    """``random:0``'s weights with BatchNorm statistics measured on the library's labelled tracks:
-    the quickstart's control, made by it (or now, for a workdir evaluated before it had one)."""
-    return normalised_control(work)
 
 
 def track_segments(work: Path, task) -> list[np.ndarray]:

@@ -36,7 +36,8 @@ def without_password(uri: str) -> str:
     parts = urlsplit(uri)
     if parts.password is None:
         return uri
-    host = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+    host = f"[{parts.hostname}]" if ":" in str(parts.hostname) else str(parts.hostname)  # IPv6
+    host += f":{parts.port}" if parts.port else ""
     return urlunsplit(parts._replace(netloc=f"{parts.username}@{host}"))
 
 

@@ -43,5 +43,6 @@ def test_store_uris_are_written_down_without_their_password():
 
     assert without_password("postgresql://mlflow:s3cret@db:5432/mlflow") == "postgresql://mlflow@db:5432/mlflow"
     assert without_password("https://user:pw@mlflow.example/") == "https://user@mlflow.example/"
+    assert without_password("http://u:pw@[::1]:5000") == "http://u@[::1]:5000"
     for plain in ("sqlite:////tmp/q/mlflow.db", "http://127.0.0.1:5000", "databricks"):
         assert without_password(plain) == plain
