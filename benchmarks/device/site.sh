@@ -3,9 +3,7 @@
 # and check that everything imports.
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/mvssl-device-out}
 SITE=${SITE:-/tmp/mvssl-site}
-mkdir -p "$OUT"
 date -u
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "cpus $(nproc); /dev/shm $(df -h /dev/shm | awk 'NR==2 {print $2}')"
