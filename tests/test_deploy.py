@@ -16,6 +16,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import ray_up_updater
 import yaml
 from distributed_helpers import free_port
 from registry_checks import assert_registered_as_trained
@@ -93,11 +94,43 @@ def test_raycluster_has_cpu_and_gpu_groups_with_bounds():
 
 
 def test_ray_up_config_is_consistent():
-    cfg = yaml.safe_load((ROOT / "cluster/ray-up.yaml").read_text())
+    cfg = ray_up_updater.load(ROOT / "cluster/ray-up.yaml")  # Ray's own schema check
     assert cfg["head_node_type"] in cfg["available_node_types"]
     text = (ROOT / "cluster/ray-up.yaml").read_text()
     for script in re.findall(r"python (pipelines/\w+\.py)", text):
         assert (ROOT / script).is_file(), script
+    local = {Path(p) for p in cfg["file_mounts"].values()}
+    assert local == {Path("cluster/mvssl.env")}  # git ignores the filled-in copy of the example
+    assert "cluster/mvssl.env" in (ROOT / ".gitignore").read_text().split()
+    assert "cluster/mvssl.env" in (ROOT / ".dockerignore").read_text().split()
+    assert (ROOT / "cluster/mvssl.env.example").is_file()
+
+
+@pytest.mark.parametrize("head", [True, False], ids=["head", "worker"])
+def test_ray_up_mounts_data_on_the_vm_and_gives_ray_the_settings(head, tmp_path, monkeypatch):
+    """Ray's own node updater on cluster/ray-up.yaml (SSH recorded, no cloud). With `docker:` set,
+    only `initialization_commands` run on the VM; so the shared file system must be mounted there,
+    before `docker run -v /data:/data`, and the settings must reach `ray start` inside the
+    container. (The config once mounted EFS from `setup_commands`, inside an unprivileged
+    container, and passed `-e MLFLOW_TRACKING_URI` from an SSH session that never had it.)"""
+    example = ROOT / "cluster/mvssl.env.example"
+    (tmp_path / "cluster").mkdir()
+    shutil.copy(example, tmp_path / "cluster/mvssl.env")  # what the comments tell a user to do
+    monkeypatch.chdir(tmp_path)
+    sent = ray_up_updater.node_setup(ray_up_updater.load(ROOT / "cluster/ray-up.yaml"), head=head)
+
+    def first(word: str) -> int:
+        return next(i for i, c in enumerate(sent) if word in c.text)
+
+    mount, run, start = first("mount -t nfs4"), first("docker run "), first("ray start")
+    assert not sent[mount].in_container and mount < run, sent[mount]
+    assert "-v /data:/data" in sent[run].text
+    env_file = f"{ray_up_updater.HOME}/mvssl.env"
+    assert f":{env_file} " in sent[run].text  # the settings file is bind-mounted into the container
+    assert sent[start].in_container and f". {env_file} && set +a && ray start" in sent[start].text
+    assert not re.search(r" -e [A-Z_]+ ", sent[run].text)  # no bare `-e NAME`: the VM's shell has none
+    names = {line.split("=")[0] for line in example.read_text().splitlines() if "=" in line and line[0] != "#"}
+    assert {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= names
 
 
 def test_mlflow_server_bundle_has_postgres_minio_and_basic_auth():
