@@ -89,8 +89,12 @@ def test_raycluster_has_cpu_and_gpu_groups_with_bounds():
         if d["kind"] == "Secret"
     }
     for group in [cluster["spec"]["headGroupSpec"], *groups.values()]:
-        env = group["template"]["spec"]["containers"][0]["envFrom"]
+        pod = group["template"]["spec"]
+        env = pod["containers"][0]["envFrom"]
         assert {e["secretRef"]["name"] for e in env} <= secret_names
+        # Ray's object store lives in /dev/shm, which a pod has only 64 MB of unless a volume gives more
+        shm = {m["name"] for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == "/dev/shm"}
+        assert any(v["name"] in shm and v.get("emptyDir", {}).get("medium") == "Memory" for v in pod["volumes"])
 
 
 def test_ray_up_config_is_consistent():
