@@ -26,5 +26,9 @@ ENV PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH MVSSL_HOME=/opt/mvssl-dist
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/mvssl-dist /opt/mvssl-dist
 WORKDIR /opt/mvssl-dist
-RUN mvssl --help >/dev/null && python -c "import ray, mlflow, torch, torchaudio, av"
+# Login shells rebuild PATH from /etc/profile, which on Debian (python:3.11-slim) drops /opt/venv/bin;
+# KubeRay starts every Ray pod with `bash -lc` and `ray up` runs its commands with `bash --login`.
+RUN echo 'export PATH=/opt/venv/bin:$PATH' > /etc/profile.d/mvssl-venv.sh
+RUN mvssl --help >/dev/null && python -c "import ray, mlflow, torch, torchaudio, av" \
+    && bash -lc 'command -v ray && command -v mvssl' | grep -qc /opt/venv/bin/mvssl
 CMD ["mvssl", "--help"]

@@ -183,6 +183,13 @@ def test_docker_image_builds_and_runs_mvssl():
     subprocess.run(["docker", "build", "-t", tag, str(ROOT)], check=True, timeout=3000)
     out = subprocess.run(["docker", "run", "--rm", tag, "mvssl", "--help"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "quickstart" in out.stdout
+    # KubeRay starts Ray pods with `bash -lc` and `ray up` with `bash --login`: a login shell must find
+    # the venv's ray and mvssl (Debian's /etc/profile resets PATH; the image once lost them there).
+    login = "ray --version && command -v mvssl"
+    out = subprocess.run(
+        ["docker", "run", "--rm", tag, "bash", "-lc", login], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0 and "/opt/venv/bin/mvssl" in out.stdout, out.stderr
 
 
 # --------------------------------------------------------------------------- live: mlflow server + ray job submit
