@@ -55,6 +55,8 @@ def test_every_manifest_parses():
     for path in manifests():
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
         assert docs and all(isinstance(d, dict) for d in docs), path
+    for script in (ROOT / "cluster").rglob("*.sh"):
+        subprocess.run(["bash", "-n", str(script)], check=True)  # shell scripts parse
 
 
 def test_rayjob_entrypoints_run_real_pipelines_with_valid_arguments():
