@@ -30,5 +30,5 @@ WORKDIR /opt/mvssl-dist
 # KubeRay starts every Ray pod with `bash -lc` and `ray up` runs its commands with `bash --login`.
 RUN echo 'export PATH=/opt/venv/bin:$PATH' > /etc/profile.d/mvssl-venv.sh
 RUN mvssl --help >/dev/null && python -c "import ray, mlflow, torch, torchaudio, av" \
-    && bash -lc 'command -v ray && command -v mvssl' | grep -qc /opt/venv/bin/mvssl
+    && bash -lc 'command -v ray && command -v mvssl' | grep -q /opt/venv/bin/mvssl
 CMD ["mvssl", "--help"]

@@ -1,7 +1,8 @@
 """What `ray up CONFIG` would run on a node, without a cloud: Ray's own ``NodeUpdater`` sets up one
 node of the config through its real Docker command runner, over an SSH whose commands are only
 recorded. Used by tests/test_deploy.py to check where (VM or container) and in what order Ray runs
-our commands."""
+our commands. It drives Ray's private autoscaler modules (unchanged in shape for years); if a Ray
+release moves them, this file is what to update."""
 
 from __future__ import annotations
 
