@@ -15,6 +15,7 @@ admin_password = ${MLFLOW_ADMIN_PASSWORD}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 INI
 export MLFLOW_AUTH_CONFIG_PATH=/tmp/basic_auth.ini
+python /prepare_db.py  # tables created once, under a lock: replicas and workers must not race
 exec mlflow server \
   --app-name basic-auth \
   --host 0.0.0.0 --port 5000 \
