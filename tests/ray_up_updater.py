@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import types
 from dataclasses import dataclass
+from pathlib import Path
 
 import yaml
 from ray.autoscaler._private.updater import NodeUpdater
@@ -24,9 +25,9 @@ class Command:
     in_container: bool  # run through `docker exec`, not on the VM
 
 
-def load(path) -> dict:
+def load(path: Path) -> dict:
     """The config as `ray up` reads it: defaults filled in, then checked against Ray's schema."""
-    cfg = prepare_config(yaml.safe_load(open(path)))
+    cfg = prepare_config(yaml.safe_load(path.read_text()))
     validate_config(cfg)
     return cfg
 
