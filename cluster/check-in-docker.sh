@@ -9,7 +9,8 @@
 #   - a submitter container per job: `ray job submit` to the head with the manifest's entrypoint,
 #     plus CPU overrides (no GPU here).
 # Ingest reads s3://catalogue/audio/ (24 synthetic tracks and 4 broken files), pre-training runs
-# 2 Ray Train workers on the CPU worker and registers in the server, embedding uses @latest.
+# 2 Ray Train workers on the CPU worker and registers in the server, evaluation probes a 40-track
+# task in MagnaTagATune's format and promotes `champion`, and embedding uses that alias.
 #
 #   bash cluster/check-in-docker.sh        # from the repository root; PY: a python with the test extras
 set -euo pipefail
@@ -45,6 +46,16 @@ for p in files:
     s3.upload_file(str(p), "catalogue", f"audio/{p.relative_to(out).as_posix()}")
 print(f"s3://catalogue/audio/: {len(files)} files")
 PY
+$PY - "$WORK/data/mtat" <<'PY'
+import sys, pathlib
+sys.path.insert(0, "tests")
+from test_evaluate import write_mtat_fixture  # MagnaTagATune's split format, tags that follow the audio
+root = pathlib.Path(sys.argv[1])
+audio, splits, _ = write_mtat_fixture(root, tracks_per_split=(24, 8, 8), seconds=6.0)
+audio.rename(root / "mp3")  # the paths rayjob-evaluate.yaml names
+splits.rename(root / "split")
+print(f"MTAT-format task in {root}: 40 tracks")
+PY
 cat >"$WORK/secrets.env" <<ENV
 MLFLOW_TRACKING_URI=http://mvssl-check-mlflow:5000
 MLFLOW_TRACKING_USERNAME=admin
@@ -76,10 +87,11 @@ submit() {  # JOB ENTRYPOINT: what the RayJob's submitter pod does
   docker run --rm --network $NET --env-file "$WORK/secrets.env" $IMG \
     ray job submit --address http://mvssl-check-head:8265 -- $2 >"$WORK/$1.log" 2>&1 \
     || { tail -40 "$WORK/$1.log"; echo "FAILED: $1 (log above)"; exit 1; }
-  grep -E "^(ingested|[0-9]+ rejected|run |registered|embedded)" "$WORK/$1.log" || true
+  grep -E "^(ingested|[0-9]+ rejected|run |registered|embedded|\s*ROC-AUC|alias:)" "$WORK/$1.log" || true
   echo "   $1 done in $((SECONDS - start)) s"
 }
 submit ingest "$(entrypoint ingest)"
 submit pretrain "$(entrypoint pretrain) train.use_gpu=false train.num_workers=2 train.max_steps=6 data.batch_size=8 train.log_every=2 train.checkpoint_every=3"
-submit embed "$(entrypoint embed | sed 's/@champion/@latest/; s/--gpus 1/--gpus 0/; s/--workers 4/--workers 1/; s/--batch-size 256/--batch-size 16/')"
-echo "all three RayJob entrypoints ran; files in $WORK"
+submit evaluate "$(entrypoint evaluate | sed 's/--gpus 1/--gpus 0/')"
+submit embed "$(entrypoint embed | sed 's/--gpus 1/--gpus 0/; s/--workers 4/--workers 1/; s/--batch-size 256/--batch-size 16/')"
+echo "all four RayJob entrypoints ran; files in $WORK"
