@@ -9,6 +9,7 @@ Other backends (SQLite for a single server): nothing to do.
 """
 
 import os
+import time
 
 from sqlalchemy.engine import make_url
 
@@ -26,10 +27,23 @@ def main() -> None:
     from mlflow.utils.server_cli_utils import resolve_default_artifact_root
 
     libpq = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(libpq, autocommit=True) as conn:
+    with connect(psycopg, libpq) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_ID,))  # released with the connection
         initialize_backend_stores(uri, uri, resolve_default_artifact_root(True, None, uri))
         AuthStore().init_db(os.environ.get("MLFLOW_AUTH_DATABASE_URI") or uri)
+
+
+def connect(psycopg, libpq: str, wait_s: float = 120.0):
+    """PostgreSQL may still be starting beside us (Kubernetes starts both at once): retry for a
+    while, as the server's own store does, rather than exit and wait for a restart back-off."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return psycopg.connect(libpq, autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
 
 
 if __name__ == "__main__":
