@@ -130,12 +130,14 @@ def measure_step_s(rows: int, repeats: int = 2) -> float:
     from mvssl_dist.constants import SEGMENT_SAMPLES
     from mvssl_dist.methods.registry import build_method
 
+    rows = max(2, rows)  # BatchNorm needs two rows to train on
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         method = build_method("contrastive")
         optimizer = torch.optim.AdamW(method.parameters(), lr=1e-4)
-        views = 0.1 * torch.randn(2, rows, SEGMENT_SAMPLES, generator=torch.Generator().manual_seed(0))
+        generator = torch.Generator().manual_seed(0)
+        views = 0.1 * torch.randn(rows, 2, SEGMENT_SAMPLES, generator=generator)  # [batch, views, samples]
         times = []
         for _ in range(repeats + 1):
             t0 = time.perf_counter()
@@ -151,11 +153,11 @@ def measure_step_s(rows: int, repeats: int = 2) -> float:
 
 def planned_step_s(opts: QuickstartOptions) -> float:
     """The step time the pre-training budget is planned with: one worker's share of the batch,
-    measured here. Real steps (2 workers fed by the views pipeline) took 0.75-0.85 of it on 2 cores
+    measured here. Real steps (2 workers fed by the views pipeline) took 0.65-0.75 of it on 2 cores
     (Dec 2026), which leaves the margin; the time box stops a machine that slows down later."""
     if opts.steps > 0:
         return STEP_S  # not used: the steps are given
-    return round(measure_step_s(max(1, 32 // opts.workers)), 2)
+    return round(measure_step_s(32 // opts.workers), 2)
 
 
 def pretrain_config(opts: QuickstartOptions, work: Path, tracking_uri: str, budget: tuple[int, float]) -> dict:
