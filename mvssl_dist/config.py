@@ -72,8 +72,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "stop_on_collapse": False,
         # > 0: stop after this many minutes of the training loop (every worker at the same step),
         # then checkpoint and register that step, as when max_steps is reached. For a time box such
-        # as the quickstart's; the schedules still follow max_steps / epochs.
+        # as the quickstart's.
         "max_minutes": 0.0,
+        # With max_minutes: once a quarter of it has passed, the steps that fit in the rest at the
+        # pace kept since a tenth of it become the last step (never more than max_steps / epochs),
+        # so the learning rate and the other schedules end inside the box. false: the schedules
+        # follow max_steps / epochs and the box only stops the run.
+        "fit_to_max_minutes": True,
     },
     "tracking": {
         "uri": None,  # MLFLOW_TRACKING_URI or a local SQLite store under the working directory

@@ -106,58 +106,19 @@ def ingest_library(opts: QuickstartOptions, work: Path, say) -> dict:
     return {"tracks": summary.tracks, "rejects": summary.rejects, "by_reason": summary.by_reason}
 
 
-STEP_S = 2.0  # a step of batch 32 on 2 CPU cores when none was measured: 1.6-2.6 s in Nov 2026
+MAX_STEPS = 400  # what the quickstart plans; the time box fits it to this machine's pace
 
 
-def pretrain_budget(opts: QuickstartOptions, elapsed_s: float, step_s: float = STEP_S) -> tuple[int, float]:
-    """Steps, and minutes of training loop, that fit the time left (~2.5 min go to the later
-    stages, ~45 s to Ray Train's start-up) at ``step_s`` a step. The steps size the schedules;
-    the minutes stop a slower machine in time (``train.max_minutes``). ``--steps``: no time limit."""
+def pretrain_budget(opts: QuickstartOptions, elapsed_s: float) -> tuple[int, float]:
+    """Steps, and minutes of training loop, for the time left (~2.5 min go to the later stages,
+    ~45 s to Ray Train's start-up). The run plans ``MAX_STEPS`` and, a quarter of the way into its
+    minutes, brings its last step forward to what fits at the pace it keeps
+    (``train.fit_to_max_minutes``), so its schedules end inside the box on a slow machine and a
+    fast one stops at the cap. ``--steps``: exactly those steps, no time limit."""
     if opts.steps > 0:
         return opts.steps, 0.0
     left_s = max(60.0, opts.minutes * 60 - elapsed_s - 150 - 45)
-    return int(min(400, max(30, left_s / step_s))), round(left_s / 60, 2)
-
-
-def measure_step_s(rows: int, repeats: int = 2) -> float:
-    """Seconds a contrastive training step takes on one CPU thread (what each Ray Train worker gets
-    by default) for ``rows`` view pairs, timed in this process: a warm-up step, then the median of
-    ``repeats``. This machine's pace, so ``--minutes`` buys as many steps here as it can."""
-    import statistics
-
-    import torch
-
-    from mvssl_dist.constants import SEGMENT_SAMPLES
-    from mvssl_dist.methods.registry import build_method
-
-    rows = max(2, rows)  # BatchNorm needs two rows to train on
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        method = build_method("contrastive")
-        optimizer = torch.optim.AdamW(method.parameters(), lr=1e-4)
-        generator = torch.Generator().manual_seed(0)
-        views = 0.1 * torch.randn(rows, 2, SEGMENT_SAMPLES, generator=generator)  # [batch, views, samples]
-        times = []
-        for _ in range(repeats + 1):
-            t0 = time.perf_counter()
-            loss, _ = method(views, {}, watch=False)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times[1:])
-    finally:
-        torch.set_num_threads(threads)
-
-
-def planned_step_s(opts: QuickstartOptions) -> float:
-    """The step time the pre-training budget is planned with: one worker's share of the batch,
-    measured here. Real steps (2 workers fed by the views pipeline) took 0.65-0.75 of it on 2 cores
-    (Dec 2026), which leaves the margin; the time box stops a machine that slows down later."""
-    if opts.steps > 0:
-        return STEP_S  # not used: the steps are given
-    return round(measure_step_s(32 // opts.workers), 2)
+    return MAX_STEPS, round(left_s / 60, 2)
 
 
 def pretrain_config(opts: QuickstartOptions, work: Path, tracking_uri: str, budget: tuple[int, float]) -> dict:
@@ -324,17 +285,16 @@ def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = print) 
 
     stage(1, "library", "generating a labelled synthetic music library", lambda: make_library(opts, work, say))
     stage(2, "ingest", "ingesting it into WebDataset shards (Ray Data)", lambda: ingest_library(opts, work, say))
-    budget, pace = state.get("pretrain_budget"), ""
-    if budget is None and state.get("pretrain") is None:
-        step_s = planned_step_s(opts)
-        budget = pretrain_budget(opts, time.perf_counter() - start, step_s)
-        pace = f", planned at {step_s:.1f} s a step as measured here" if not opts.steps else ""
-    elif budget is None:  # a folder from before the budget was recorded
-        budget = pretrain_budget(opts, 0.0)
+    budget = state.get("pretrain_budget")
+    if budget is None:  # a folder from before the budget was recorded gets the whole --minutes
+        budget = pretrain_budget(opts, time.perf_counter() - start if state.get("pretrain") is None else 0.0)
     state.set("pretrain_budget", list(budget))  # a resumed run keeps the length it started with
     cfg = pretrain_config(opts, work, tracking_uri, budget)
     train = cfg["train"]
-    limit = f" (at most {train['max_minutes']:g} min{pace})" if train["max_minutes"] else ""
+    limit = ""
+    if train["max_minutes"]:
+        fitted = " at this machine's pace" if train["fit_to_max_minutes"] else ""
+        limit = f" at most, fitted to {train['max_minutes']:g} min{fitted}"
     workers = f"{train['num_workers']} Ray Train {'GPU ' if train['use_gpu'] else ''}workers"
     trained = stage(
         3,

@@ -147,22 +147,18 @@ def test_quickstart_pretrain_overrides_come_last(tmp_path):
     assert plain["data"]["batch_size"] == 32 and plain["train"]["num_workers"] == 2 and not plain["train"]["use_gpu"]
 
 
-def test_quickstart_plans_its_steps_at_the_pace_measured_here():
-    """--minutes buys as many steps as this machine's pace allows (a fixed 2 s a step used a third
-    of the box on a fast machine), within 30..400, with the time box as the safety net."""
-    import torch
-
-    from mvssl_dist.quickstart import QuickstartOptions, measure_step_s, planned_step_s, pretrain_budget
+def test_quickstart_gives_pretraining_the_minutes_left_and_lets_the_run_fit_its_steps(tmp_path):
+    """--minutes leaves the loop what the other stages do not need; the run plans 400 steps and
+    fits them to that box at the pace it keeps (tests/test_timebox.py, tests/test_pretrain.py)."""
+    from mvssl_dist.quickstart import MAX_STEPS, QuickstartOptions, pretrain_budget, pretrain_config
 
     eight = QuickstartOptions(minutes=8.0)
-    assert pretrain_budget(eight, 20.0, 1.0) == (265, 4.42)  # 480 - 20 - 195 s left for the loop
-    assert pretrain_budget(eight, 20.0, 2.0) == (132, 4.42)
-    assert pretrain_budget(eight, 20.0, 0.1)[0] == 400 and pretrain_budget(eight, 20.0, 30.0)[0] == 30
-    assert pretrain_budget(QuickstartOptions(steps=7), 20.0, 1.0) == (7, 0.0)  # --steps: no box
-    threads = torch.get_num_threads()
-    one, eight_rows = measure_step_s(1, repeats=1), measure_step_s(8, repeats=1)
-    assert 0 < one < eight_rows < 60 and torch.get_num_threads() == threads
-    assert planned_step_s(QuickstartOptions(steps=5)) == 2.0  # given steps: nothing measured
+    assert pretrain_budget(eight, 20.0) == (MAX_STEPS, 4.42)  # 480 - 20 - 195 s left for the loop
+    assert pretrain_budget(eight, 400.0) == (MAX_STEPS, 1.0)  # at least a minute
+    assert pretrain_budget(QuickstartOptions(steps=7), 20.0) == (7, 0.0)  # --steps: no box
+    cfg = pretrain_config(eight, tmp_path, "sqlite:///x.db", pretrain_budget(eight, 20.0))
+    assert cfg["train"]["max_steps"] == MAX_STEPS and cfg["train"]["max_minutes"] == 4.42
+    assert cfg["train"]["fit_to_max_minutes"]
 
 
 def bad_numbers(music: str, weights: str, tmp: str) -> list[tuple[list[str], str]]:

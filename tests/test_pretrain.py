@@ -64,7 +64,10 @@ def test_views_that_run_out_keep_every_trained_step(dataset, workdir, monkeypatc
     said = []
     overrides = tiny(dataset, "barlow_twins", **{"train.max_steps": 50, "train.checkpoint_every": 50})
     result = pretrain(
-        load_config(ROOT / "configs" / "barlow_twins.yaml", overrides), run_name="t-out", report=said.append
+        load_config(ROOT / "configs" / "barlow_twins.yaml", overrides),
+        run_name="t-out",
+        report=said.append,
+        progress_every_s=0.5,
     )
     assert 0 < result.steps < 50
     assert torch.load(Path(result.checkpoint_path) / "state.pt", weights_only=True)["step"] == result.steps
@@ -73,6 +76,29 @@ def test_views_that_run_out_keep_every_trained_step(dataset, workdir, monkeypatc
     assert_registered_as_trained(result.run_id, "barlow_twins")
     assert mlflow.MlflowClient().get_run(result.run_id).data.tags["views_ran_out_at_step"] == str(result.steps)
     assert f"the views ran out at step {result.steps} of 50" in "\n".join(said)
+    # rank 0's progress reached the driver while it ran, the step the run ended at included
+    progress = [line for line in said if line.startswith("[pretrain] step ")]
+    assert progress and progress[-1].startswith(f"[pretrain] step {result.steps} of 50: loss "), said
+
+
+def test_a_time_box_fits_the_schedules_so_the_run_ends_annealed(dataset, workdir, monkeypatch):
+    """400 steps asked, 0.4 minutes of loop allowed: from the pace after a fifth of the box, the
+    run's last step is brought forward, so the learning rate ends its cosine inside the box. (It
+    used to be cut at the step the box ran out, near its peak: the quickstart's 372 planned steps
+    stopped at step 230 on a machine slower than its step timing said.)"""
+    monkeypatch.setenv("MVSSL_FAULT_STEP_DELAY_S", "0.1")  # a steadier pace than bare tiny steps
+    said = []
+    extra = {"train.max_steps": 400, "train.max_minutes": 0.4, "train.checkpoint_every": 400, "train.log_every": 2}
+    result = pretrain(load_config(None, tiny(dataset, **extra)), run_name="boxed", report=said.append)
+    run = mlflow.MlflowClient().get_run(result.run_id)
+    fitted = int(run.data.tags["steps_fitted_to_max_minutes"])
+    assert 0 < result.steps <= fitted < 400, said
+    lrs = sorted((m.step, m.value) for m in mlflow.MlflowClient().get_metric_history(result.run_id, "lr"))
+    assert lrs[-1][0] == result.steps and lrs[-1][1] < 0.1 * 1e-3, lrs[-3:]  # annealed, not cut at the peak
+    ended = f"[pretrain] {result.steps} of the 400 steps planned fitted in train.max_minutes (0.4)"
+    stopped = f"[pretrain] train.max_minutes (0.4) was reached at step {result.steps} of {fitted}"
+    assert any(line.startswith((ended, stopped)) for line in said), said
+    assert said[-2].startswith(f"[pretrain] step {result.steps} of {fitted}: loss "), said
 
 
 def test_a_collapsed_run_is_tagged_warned_and_stopped(dataset, workdir, capsys):

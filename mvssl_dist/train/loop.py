@@ -22,6 +22,7 @@ import torch
 from mvssl_dist.losses.distributed import world_size
 from mvssl_dist.methods import build_method
 from mvssl_dist.train.batchnorm import convert_cross_rank_batchnorm
+from mvssl_dist.train.progress import ProgressPost
 from mvssl_dist.train.schedules import Schedules
 
 STATE_FILE = "state.pt"
@@ -180,27 +181,63 @@ def logged(step: int, cfg: dict) -> bool:
 
 
 class TimeBox:
-    """``train.max_minutes`` as a stop every rank agrees on: rank 0's clock decides, broadcast (one
-    scalar), so that all workers leave the loop at the same step. A no-op at 0. The loop asks on
-    logged steps only (every ``train.log_every``): reading the flag waits for the device."""
+    """``train.max_minutes`` as a stop every rank agrees on, and the schedules fitted to it.
 
-    def __init__(self, minutes: float, device: torch.device) -> None:
-        self.deadline = time.monotonic() + minutes * 60 if minutes > 0 else None
+    Rank 0's clock decides, broadcast (two scalars), so that all workers change course at the same
+    step. With ``fit``, once ``FIT_AFTER`` of the minutes have passed, the steps that fit in the time
+    left at the pace kept since ``PACE_FROM`` of them become the run's last step (never more than
+    planned), so the learning rate and the other schedules finish their course inside the box
+    wherever the step time was mis-guessed; the stop still holds if the machine slows down later.
+    A no-op at 0. The loop asks on logged steps only (every ``train.log_every``): reading the
+    answer waits for the device.
+    """
+
+    PACE_FROM = 0.1  # share of the minutes from which the pace is measured (the warm-up left out)
+    FIT_AFTER = 0.25  # share of the minutes from which it is trusted
+    MARGIN = 0.95  # of the time left, for the checkpoint and a slower stretch
+
+    def __init__(self, minutes: float, device: torch.device, fit: bool = True) -> None:
+        self.seconds = minutes * 60
+        self.started = time.monotonic()
+        self.deadline = self.started + self.seconds if minutes > 0 else None
         self.device = device
+        self.mark: tuple[float, int] | None = None  # (time, step) the pace is measured from
+        self.fitted = not fit
 
-    def spent(self) -> bool:
+    def check(self, step: int, total_steps: int) -> tuple[bool, int]:
+        """(out of time, the run's last step), the same on every rank."""
         if self.deadline is None:
-            return False
-        return rank0_says(time.monotonic() >= self.deadline, self.device)
+            return False, total_steps
+        now = time.monotonic()
+        total = min(total_steps, self.fit(now, step)) if not self.fitted else total_steps
+        out_of_time, total = rank0_values([float(now >= self.deadline), float(total)], self.device)
+        return bool(out_of_time), int(total)
+
+    def fit(self, now: float, step: int) -> int:
+        """The last step that fits at the pace so far, once enough of the box has passed (else no limit)."""
+        elapsed = now - self.started
+        if self.mark is None and elapsed >= self.PACE_FROM * self.seconds:
+            self.mark = (now, step)
+        if self.mark is None or elapsed < self.FIT_AFTER * self.seconds or step <= self.mark[1]:
+            return 2**53
+        mark_time, mark_step = self.mark
+        self.fitted = True
+        pace = (now - mark_time) / (step - mark_step)
+        return step + max(1, int(self.MARGIN * (self.deadline - now) / pace))
+
+
+def rank0_values(values: list[float], device: torch.device) -> list[float]:
+    """Rank 0's ``values`` on every rank (one broadcast), so that all ranks take the same branch."""
+    if world_size() == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.broadcast(tensor, src=0)
+    return tensor.tolist()
 
 
 def rank0_says(flag: bool, device: torch.device) -> bool:
     """Rank 0's ``flag`` on every rank (one broadcast scalar), so that all ranks take the same branch."""
-    if world_size() == 1:
-        return flag
-    value = torch.tensor([float(flag)], device=device)
-    torch.distributed.broadcast(value, src=0)
-    return bool(value.item())
+    return bool(rank0_values([float(flag)], device)[0])
 
 
 def maybe_fault(step: int, rank: int) -> None:
@@ -258,12 +295,14 @@ def train_loop_per_worker(cfg: dict) -> None:
         step = state["step"]
         set_rng_state(state["rng"])
         collapsed_tagged = state.get("collapsed", False)
+        cfg["total_steps"] = min(cfg["total_steps"], state.get("total_steps", cfg["total_steps"]))  # once fitted
     method, model = prepare(method, cfg, device)
     method.train()
     schedules = schedules_for(cfg)
     tracker = Rank0Tracker(cfg, rank)
+    progress = ProgressPost(cfg.get("run_id"), rank)
     watch = CollapseWatch(t, step)
-    timebox = TimeBox(t["max_minutes"], device)
+    timebox = TimeBox(t["max_minutes"], device, fit=t["fit_to_max_minutes"])
     chains = (
         per_view_chains(cfg["data"]["augment"], cfg["data"]["n_views"]) if cfg["data"]["augment_on"] == "device" else []
     )
@@ -318,7 +357,11 @@ def train_loop_per_worker(cfg: dict) -> None:
         if collapsed and not collapsed_tagged:
             tracker.tag("collapsed", "true")
             collapsed_tagged = True
-        out_of_time = watched and timebox.spent()
+        out_of_time, total = timebox.check(step, cfg["total_steps"]) if watched else (False, cfg["total_steps"])
+        if total < cfg["total_steps"]:  # fitted to train.max_minutes: the schedules end at the new last step
+            cfg["total_steps"] = total
+            schedules = schedules_for(cfg)
+            tracker.tag("steps_fitted_to_max_minutes", str(total))
         if out_of_time:
             tracker.tag("max_minutes_reached_at_step", str(step))
         done = step >= cfg["total_steps"] or (collapsed and t["stop_on_collapse"]) or out_of_time
@@ -327,6 +370,7 @@ def train_loop_per_worker(cfg: dict) -> None:
             metrics.update(values, samples_per_s=window_samples / max(elapsed, 1e-9))
             metrics["data_wait_fraction"] = window_wait / max(elapsed, 1e-9)
             tracker.log(metrics, step)
+            progress.post(step, cfg["total_steps"], metrics)
             window_start, window_samples, window_wait = time.perf_counter(), 0, 0.0
         if step % t["checkpoint_every"] == 0 or done:
             tracker.flush()
@@ -354,6 +398,12 @@ def report(
         return
     with tempfile.TemporaryDirectory() as directory:
         save_state(
-            Path(directory), method, optimizer, step, epoch, cfg, {"collapsed": collapsed, "out_of_time": out_of_time}
+            Path(directory),
+            method,
+            optimizer,
+            step,
+            epoch,
+            cfg,
+            {"collapsed": collapsed, "out_of_time": out_of_time, "total_steps": cfg["total_steps"]},
         )
         ray.train.report(summary, checkpoint=ray.train.Checkpoint.from_directory(directory))

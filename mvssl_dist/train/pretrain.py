@@ -40,6 +40,7 @@ RESUME_MAY_CHANGE = {("data", "path"), ("data", "view_cpus")} | {
         "storage_path",
         "log_every",
         "max_minutes",
+        "fit_to_max_minutes",
         "collapse_std",
         "collapse_rank",
         "collapse_patience",
@@ -438,11 +439,14 @@ def pretrain(
     resume: bool = False,
     ray_address: str | None = None,
     report: Callable[[str], None] = print,
+    progress_every_s: float = 20.0,
 ) -> PretrainResult:
-    """Validate, fit, register. ``cfg`` comes from :func:`mvssl_dist.config.load_config`."""
+    """Validate, fit, register. ``cfg`` comes from :func:`mvssl_dist.config.load_config`.
+    ``report`` gets the run's lines, a progress line among them every ``progress_every_s``."""
     import mlflow
 
     from mvssl_dist.raytools import init_ray
+    from mvssl_dist.train.progress import RunProgress, progress_actor_name
 
     facts = dataset_facts(cfg)
     cfg = derive(cfg, facts)
@@ -472,7 +476,8 @@ def pretrain(
         )
     trainer = build_trainer(cfg, run_dir, per_worker, view_cpus, start_step, checkpoint)
     try:
-        result = trainer.fit()
+        with RunProgress(progress_actor_name(run_id), cfg["total_steps"], report, progress_every_s):
+            result = trainer.fit()
     except Exception as err:
         mlflow.MlflowClient().set_terminated(run_id, status="FAILED")
         raise PretrainError(f"training failed: {str(err).strip().splitlines()[-1][:400]}") from err
@@ -486,12 +491,16 @@ def pretrain(
     with result.checkpoint.as_directory() as checkpoint_dir:
         version, state = finish(cfg, run_id, Path(checkpoint_dir), model_name)
     steps, collapsed = state["step"], bool(state.get("collapsed"))
+    fitted = state.get("total_steps", cfg["total_steps"])  # the last step, once fitted to train.max_minutes
+    minutes = f"train.max_minutes ({cfg['train']['max_minutes']:g})"
     if state.get("out_of_time"):
+        report(f"[pretrain] {minutes} was reached at step {steps} of {fitted}; registered what was trained")
+    elif fitted < cfg["total_steps"] and steps >= fitted:
         report(
-            f"[pretrain] train.max_minutes ({cfg['train']['max_minutes']:g}) was reached at step {steps} of "
-            f"{cfg['total_steps']}; registered what was trained"
+            f"[pretrain] {steps} of the {cfg['total_steps']} steps planned fitted in {minutes} at this machine's "
+            "pace; the schedules ended there"
         )
-    elif steps < cfg["total_steps"] and not collapsed:
-        report(f"[pretrain] the views ran out at step {steps} of {cfg['total_steps']}; registered what was trained")
+    elif steps < fitted and not collapsed:
+        report(f"[pretrain] the views ran out at step {steps} of {fitted}; registered what was trained")
     mlflow.MlflowClient().set_terminated(run_id, status="FINISHED")
     return PretrainResult(run_id, name, model_name, version, steps, result.checkpoint.path, collapsed)
