@@ -202,14 +202,14 @@ class TimeBox:
         self.deadline = self.started + self.seconds if minutes > 0 else None
         self.device = device
         self.mark: tuple[float, int] | None = None  # (time, step) the pace is measured from
-        self.fitted = not fit
+        self.fitting = fit  # until the last step has been fitted once
 
     def check(self, step: int, total_steps: int) -> tuple[bool, int]:
         """(out of time, the run's last step), the same on every rank."""
         if self.deadline is None:
             return False, total_steps
         now = time.monotonic()
-        total = min(total_steps, self.fit(now, step)) if not self.fitted else total_steps
+        total = min(total_steps, self.fit(now, step)) if self.fitting else total_steps
         out_of_time, total = rank0_values([float(now >= self.deadline), float(total)], self.device)
         return bool(out_of_time), int(total)
 
@@ -221,7 +221,7 @@ class TimeBox:
         if self.mark is None or elapsed < self.FIT_AFTER * self.seconds or step <= self.mark[1]:
             return 2**53
         mark_time, mark_step = self.mark
-        self.fitted = True
+        self.fitting = False
         pace = (now - mark_time) / (step - mark_step)
         return step + max(1, int(self.MARGIN * (self.deadline - now) / pace))
 
