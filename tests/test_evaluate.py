@@ -337,8 +337,14 @@ def test_early_stopping_counts_optimizer_steps_as_well_as_epochs():
     # Two validation tracks with equal features: every tag ties, so the score is flat from epoch 1.
     train = clustered(0)  # 180 train segments
     flat = SplitFeatures(np.zeros((2, 16), np.float32), np.arange(2), np.eye(3, dtype=np.float32)[[0, 1]])
-    one_step_epochs = train_probe(train, flat, ProbeConfig(batch_size=256, patience=10, patience_steps=30))
+    said = []
+    config = ProbeConfig(batch_size=256, patience=10, patience_steps=30)
+    one_step_epochs = train_probe(train, flat, config, report=said.append, every_s=0)
     assert (one_step_epochs.best_epoch, one_step_epochs.epochs) == (1, 31)  # 30 steps, not 10
+    # and it said how far it got, every epoch here (every 20 s by default), then where it stopped
+    assert said[0].startswith("[evaluate] probe epoch 1: validation ") and len(said) == 31, said
+    assert said[-1].startswith("[evaluate] the probe stopped after 31 epochs; the best on validation, ")
+    assert said[-1].endswith(", at epoch 1"), said[-1]
     three_step_epochs = train_probe(train, flat, ProbeConfig(batch_size=64, patience=10, patience_steps=30))
     assert (three_step_epochs.best_epoch, three_step_epochs.epochs) == (1, 11)  # 10 epochs are 30 steps
 

@@ -271,7 +271,7 @@ def evaluate(options: EvaluateOptions, report: Callable[[str], None] = print) ->
     splits = {s: split_features(task, present, features, s) for s in SPLITS}
     verb = "fitting" if options.probe.kind == "knn" else "training"  # k-NN: no training, a vote
     report(f"[evaluate] {verb} a {options.probe.kind} probe on {len(splits['train'].segments)} segments")
-    probe = train_probe(splits["train"], splits["validation"], options.probe)
+    probe = train_probe(splits["train"], splits["validation"], options.probe, report)
     test_scores = track_scores(probe.model, splits["test"])
     try:
         metrics, per_tag = tagging_metrics(splits["test"].labels, test_scores, task.vocabulary)
