@@ -9,7 +9,7 @@ from mvssl_dist.train.progress import ProgressPost, ProgressPrinter, clock, prog
 def test_a_progress_line_gives_step_loss_pace_and_time_left():
     latest = {"step": 120, "loss": 1.1482, "samples_per_s": 31.4, "data_wait_fraction": 0.01}
     line = progress_line(latest, 372, 130.0, steps_per_s=1.0)
-    assert line == "[pretrain] step 120 of 372: loss 1.148, 31 pairs/s, 2:10 in, ~4:12 left at this pace"
+    assert line == "[pretrain] step 120 of 372: loss 1.148, 31 samples/s, 2:10 in, ~4:12 left at this pace"
     starved = progress_line({**latest, "data_wait_fraction": 0.45}, 372, 10.0, None)
     assert "45% of the time waiting for views" in starved and "left" not in starved
     assert progress_line({"step": 372}, 372, 3725.0, 2.0) == "[pretrain] step 372 of 372: 1:02:05 in"

@@ -58,10 +58,10 @@ class ProgressPost:
 
 
 def progress_line(latest: dict, total_steps: int, elapsed_s: float, steps_per_s: float | None) -> str:
-    """``[pretrain] step 120 of 372: loss 1.148, 31 pairs/s, 2:10 in, ~4:20 left``."""
+    """``[pretrain] step 120 of 372: loss 1.148, 31 samples/s, 2:10 in, ~4:12 left at this pace``."""
     parts = [f"loss {latest['loss']:.3f}"] if "loss" in latest else []
     if "samples_per_s" in latest:
-        parts.append(f"{latest['samples_per_s']:.0f} pairs/s")
+        parts.append(f"{latest['samples_per_s']:.0f} samples/s")
     if latest.get("data_wait_fraction", 0.0) >= 0.2:
         parts.append(f"{latest['data_wait_fraction']:.0%} of the time waiting for views")
     parts.append(f"{clock(elapsed_s)} in")
@@ -132,7 +132,6 @@ class RunProgress:
     """The named actor and the printer for one run: ``with RunProgress(name, total, report):``."""
 
     def __init__(self, name: str, total_steps: int, report: Callable[[str], None], every_s: float = 20.0) -> None:
-        self.name = name
         self.actor = _progress_actor_class().options(name=name, get_if_exists=True).remote()
         self.printer = ProgressPrinter(self._fetch, total_steps, report, every_s)
 
