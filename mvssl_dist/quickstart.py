@@ -286,15 +286,16 @@ def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = print) 
     stage(1, "library", "generating a labelled synthetic music library", lambda: make_library(opts, work, say))
     stage(2, "ingest", "ingesting it into WebDataset shards (Ray Data)", lambda: ingest_library(opts, work, say))
     budget = state.get("pretrain_budget")
-    if budget is None:  # a folder from before the budget was recorded gets the whole --minutes
+    if budget is None:  # not planned yet (a folder from before budgets were kept, trained already: all of it)
         budget = pretrain_budget(opts, time.perf_counter() - start if state.get("pretrain") is None else 0.0)
     state.set("pretrain_budget", list(budget))  # a resumed run keeps the length it started with
     cfg = pretrain_config(opts, work, tracking_uri, budget)
     train = cfg["train"]
-    limit = ""
+    limit, box = "", f"{train['max_minutes']:g} min"
     if train["max_minutes"]:
-        fitted = " at this machine's pace" if train["fit_to_max_minutes"] else ""
-        limit = f" at most, fitted to {train['max_minutes']:g} min{fitted}"
+        limit = (
+            f" at most, fitted to {box} at this machine's pace" if train["fit_to_max_minutes"] else f" (at most {box})"
+        )
     workers = f"{train['num_workers']} Ray Train {'GPU ' if train['use_gpu'] else ''}workers"
     trained = stage(
         3,
