@@ -2,7 +2,8 @@
 # There, in ONE call (see README.md): the probe-quality benchmark (issue 9) with a pre-training run
 # far longer than 2 CPU cores allow: one GPU Ray Train worker, time-boxed. Log in $OUT.
 #   run(carry=[".site-pack"], command="bash benchmarks/device/gpu_probe.sh", timeout_s=540)
-# LAYERS (0.5: the library where random features leave room), STEPS (the schedules' length),
+# LAYERS (0.5: the library where random features leave room), STEPS (at most: the run fits its
+# schedules to MINUTES at the pace it keeps, train.fit_to_max_minutes),
 # MINUTES (the training loop's time box), BATCH and SEEDS size it; GPU=0 dry-runs it on CPU.
 set -uo pipefail
 OUT=${OUT:-/tmp/mvssl-device-out}
