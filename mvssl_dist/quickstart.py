@@ -285,9 +285,7 @@ def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = print) 
 
     stage(1, "library", "generating a labelled synthetic music library", lambda: make_library(opts, work, say))
     stage(2, "ingest", "ingesting it into WebDataset shards (Ray Data)", lambda: ingest_library(opts, work, say))
-    budget = state.get("pretrain_budget")
-    if budget is None:  # not planned yet (a folder from before budgets were kept, trained already: all of it)
-        budget = pretrain_budget(opts, time.perf_counter() - start if state.get("pretrain") is None else 0.0)
+    budget = state.get("pretrain_budget") or pretrain_budget(opts, time.perf_counter() - start)
     state.set("pretrain_budget", list(budget))  # a resumed run keeps the length it started with
     cfg = pretrain_config(opts, work, tracking_uri, budget)
     train = cfg["train"]
