@@ -610,11 +610,29 @@ OUTPUT_FOLDERS = {
 }
 
 
+# Commands whose list of positionals may continue after options, as in
+# `mvssl pretrain --config c.yaml data.path=d --tracking-uri u train.lr=1e-3`.
+LIST_POSITIONALS = {"embed-file": "files", "ingest": "sources", "pretrain": "overrides", "embed": "sources"}
+
+
+def parse_intermixed(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parse_args``, except that a command's list of positionals may be split by its options
+    (argparse's own ``parse_intermixed_args`` refuses subcommands). Anything else left over is
+    the usual "unrecognized arguments" usage error."""
+    args, extra = parser.parse_known_args(argv)
+    name = LIST_POSITIONALS.get(getattr(args, "command", None) or "")
+    if extra and name and not any(item.startswith("-") for item in extra):
+        setattr(args, name, [*getattr(args, name), *extra])
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     from mvssl_dist.raytools import RayAddressError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_intermixed(parser, argv)
     if not getattr(args, "run", None):
         parser.print_help()
         return EXIT_USAGE

@@ -53,6 +53,22 @@ def test_embed_file_matches_the_reference_recipe(tmp_path, encoded_dir, weights,
     assert "embedded 1 file(s), 0 failed" in capsys.readouterr().out
 
 
+def test_a_list_of_positionals_may_go_on_after_options(tmp_path, encoded_dir, weights, capsys):
+    """`mvssl pretrain --config c data.path=d --tracking-uri u train.lr=...`: the override after
+    --tracking-uri is read (here it is the bad one, so the run stops at the config check), and
+    a file after --weights is embedded like the first; an unknown option is still refused."""
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    assert main(["pretrain", "train.lr=1e-3", "--tracking-uri", uri, "train.fit_to_max_minutes=maybe"]) == 1
+    assert "train.fit_to_max_minutes must be true or false, got 'maybe'" in capsys.readouterr().err
+    out = tmp_path / "e.parquet"
+    files = [str(encoded_dir / "music.mp3"), str(encoded_dir / "music.flac")]
+    assert main(["embed-file", files[0], "--weights", str(weights), files[1], "--out", str(out)]) == 0
+    assert pq.read_table(out).num_rows == 2
+    with pytest.raises(SystemExit) as stop:
+        main(["embed-file", files[0], "--weights", str(weights), "--bogus", files[1]])
+    assert stop.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
 def test_embed_file_bad_files_are_reported_and_the_rest_processed(tmp_path, encoded_dir, weights, capsys):
     (tmp_path / "broken.mp3").write_bytes(b"\x00garbage" * 100)
     out = tmp_path / "e.npy"
