@@ -157,6 +157,26 @@ def test_killed_run_resumes_without_duplicates(library, tmp_path):
     assert len(keys) == len(set(keys)) == 11
 
 
+def test_an_interrupted_run_keeps_what_it_embedded(library, tmp_path, capsys):
+    """Ctrl-C (or SIGTERM, which Ray's driver turns into an exit) once results have come in: the
+    tracks embedded so far are written, not lost with the part that was filling up."""
+    root, _, weights = library
+    out = tmp_path / "out"
+
+    def interrupt_on_first_results(line: str) -> None:
+        if "first results" in line:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        embed_library(EmbedOptions([str(root)], str(weights), str(out)), report=interrupt_on_first_results)
+    kept = sum(pq.read_metadata(part).num_rows for part in out.glob("*-*.parquet"))  # tracks- and errors- parts
+    assert 0 < kept < 16  # 11 tracks and 5 broken files, whose reasons are kept too
+    assert main(["embed", str(root), "--model", str(weights), "--out", str(out)]) == 0
+    assert f"16 tracks, {kept} already embedded, {16 - kept} to do" in capsys.readouterr().out
+    keys = [r["source_uri"] for r in table(out, "tracks")]
+    assert len(keys) == len(set(keys)) == 11
+
+
 def test_models_uri_and_neighbours(library, embedded, tmp_path, monkeypatch, capsys):
     from mvssl_dist.tracking import connect, log_and_register_backbone
 

@@ -440,11 +440,13 @@ def embed_library(options: EmbedOptions, report: Callable[[str], None] = print) 
             num_cpus=0 if options.gpus > 0 else actor_cpus,
         )
         progress = Progress(len(todo), start, report)
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for i in range(len(batch["uri"])):
-                writer.add({k: batch[k][i] for k in batch})
-            progress.add(len(batch["uri"]))
-    writer.flush()
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                for i in range(len(batch["uri"])):
+                    writer.add({k: batch[k][i] for k in batch})
+                progress.add(len(batch["uri"]))
+        finally:  # Ctrl-C, or SIGTERM (Ray's driver handler exits): keep what is done for the re-run
+            writer.flush()
     return finalize(out, options, facts, len(items) - len(todo), time.perf_counter() - start)
 
 
