@@ -151,7 +151,10 @@ def pretrain_model(opts: QuickstartOptions, work: Path, cfg: dict, say) -> dict:
     resume = (run_dir / "mvssl_run.json").is_file()
     if resume:
         say("  resuming the interrupted run from its last checkpoint")
-    result = pretrain(cfg, run_name="quickstart", resume=resume, ray_address=opts.ray_address, report=say)
+    again = "the same `mvssl quickstart` command, which resumes it"
+    result = pretrain(
+        cfg, run_name="quickstart", resume=resume, ray_address=opts.ray_address, report=say, continue_with=again
+    )
     return {
         "run_id": result.run_id,
         "model_version": str(result.model_version),

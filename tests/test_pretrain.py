@@ -167,6 +167,40 @@ def test_stopped_run_resumes_with_the_same_mlflow_run(dataset, workdir, capsys):
     assert_registered_as_trained(first, "byol")
 
 
+def test_ctrl_c_marks_the_run_killed_and_says_the_command_that_continues_it(dataset, workdir):
+    """Ray Train's Ctrl-C handler aborts the workers and exits from inside fit(): the run used to
+    end with exit 1, no word, and its MLflow run left RUNNING for good."""
+    storage = workdir / "elsewhere"
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    extra = {"train.max_steps": 6, "train.checkpoint_every": 2, "train.storage_path": storage}
+    args = ["pretrain", *tiny(dataset, **extra), "--run-name", "ctrl-c", "--tracking-uri", uri]
+    env = {**os.environ, "MVSSL_FAULT_STEP_DELAY_S": "1"}
+    env["RAY_ADDRESS"] = ensure_ray().get_runtime_context().gcs_address  # as in the test above
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mvssl_dist.cli", *args],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.time() + 400
+    while time.time() < deadline and not list((storage / "ctrl-c").glob("checkpoint_*/state.pt")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends its foreground job
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "mvssl: error: interrupted", err
+    (line,) = [x for x in out.splitlines() if x.startswith("[pretrain] interrupted: ")]
+    assert "the MLflow run is marked KILLED; its last checkpoint, step " in line, line
+    run_id = json.loads((storage / "ctrl-c" / "mvssl_run.json").read_text())["run_id"]
+    assert mlflow.MlflowClient().get_run(run_id).info.status == "KILLED"
+    command = line.split("continue it with: ")[1].split()
+    assert command[:4] == ["mvssl", "pretrain", "--resume", "ctrl-c"], command
+    assert main(command[1:]) == 0
+    assert mlflow.MlflowClient().get_run(run_id).info.status == "FINISHED"
+
+
 def test_a_killed_worker_is_replaced_and_the_run_finishes(dataset, workdir, monkeypatch):
     """DINO-style clustering, so that the teacher and its centre survive the restart too."""
     import ray

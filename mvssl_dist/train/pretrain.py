@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from mvssl_dist import __version__
-from mvssl_dist.config import ConfigError, config_hash, flatten, load_config
+from mvssl_dist.config import DEFAULTS, ConfigError, config_hash, flatten, load_config
 from mvssl_dist.constants import SAMPLE_RATE
 from mvssl_dist.methods import build_method, canonical_name, check_options
 from mvssl_dist.tracking import connect, default_tracking_uri
@@ -433,6 +435,19 @@ def plot_history(run_id: str, out: Path) -> Path | None:
     return out
 
 
+def interrupted_line(run_dir: Path, cfg: dict, continue_with: str | None) -> str:
+    """What an interrupted run kept, and the command that continues it."""
+    _, step = latest_checkpoint(run_dir)
+    kept = f"its last checkpoint, step {step}, is kept" if step else "no checkpoint was written yet"
+    if continue_with is None:
+        continue_with = f"mvssl pretrain --resume {run_dir.name}"
+        if str(cfg["train"]["storage_path"]) != DEFAULTS["train"]["storage_path"]:
+            continue_with += f" train.storage_path={cfg['train']['storage_path']}"
+        if cfg["tracking"]["uri"]:
+            continue_with += f" --tracking-uri {cfg['tracking']['uri']}"
+    return f"[pretrain] interrupted: the MLflow run is marked KILLED; {kept}; continue it with: {continue_with}"
+
+
 def pretrain(
     cfg: dict,
     run_name: str | None = None,
@@ -440,9 +455,13 @@ def pretrain(
     ray_address: str | None = None,
     report: Callable[[str], None] = print,
     progress_every_s: float = 20.0,
+    continue_with: str | None = None,
 ) -> PretrainResult:
     """Validate, fit, register. ``cfg`` comes from :func:`mvssl_dist.config.load_config`.
-    ``report`` gets the run's lines, a progress line among them every ``progress_every_s``."""
+    ``report`` gets the run's lines, a progress line among them every ``progress_every_s``.
+    Interrupted (Ctrl-C, SIGTERM), the run is marked KILLED, ``report`` is told the command that
+    continues it (``continue_with``, or the ``mvssl pretrain --resume`` one), and
+    KeyboardInterrupt is raised."""
     import mlflow
 
     from mvssl_dist.raytools import init_ray
@@ -475,15 +494,24 @@ def pretrain(
             f"{cfg['data']['n_views']} views need: they give no views"
         )
     trainer = build_trainer(cfg, run_dir, per_worker, view_cpus, start_step, checkpoint)
+    ctrl_c = signal.getsignal(signal.SIGINT)
     try:
         with RunProgress(progress_actor_name(run_id), cfg["total_steps"], report, progress_every_s):
             result = trainer.fit()
     except Exception as err:
         mlflow.MlflowClient().set_terminated(run_id, status="FAILED")
         raise PretrainError(f"training failed: {str(err).strip().splitlines()[-1][:400]}") from err
+    except (KeyboardInterrupt, SystemExit):
+        # Ctrl-C: Ray Train's handler aborts the workers, then exits from inside fit() with
+        # SystemExit(0); SIGTERM (`ray job stop`): Ray's driver handler exits with SystemExit(15).
+        mlflow.MlflowClient().set_terminated(run_id, status="KILLED")
+        report(interrupted_line(run_dir, cfg, continue_with))
+        raise KeyboardInterrupt from None
     finally:
         from mvssl_dist.views.dataset import release_stats_actor
 
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, ctrl_c)  # Ray Train's handler would abort a finished run
         release_stats_actor(f"views-{run_dir.name}")
     if result.checkpoint is None:
         mlflow.MlflowClient().set_terminated(run_id, status="FAILED")
