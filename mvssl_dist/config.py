@@ -287,6 +287,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
     return config
 
 
+def recorded_config(cfg: Mapping) -> dict[str, Any]:
+    """The sections a run writes down (MLflow params, ``config.yaml``, checkpoints,
+    ``mvssl_run.json``), with any password in ``tracking.uri`` cut: a database URI such as
+    ``postgresql://user:pw@host/db`` would otherwise be shown to everyone who can browse runs."""
+    from mvssl_dist.tracking import without_password
+
+    out = {k: cfg[k] for k in ("method", "data", "train", "tracking")}
+    if out["tracking"].get("uri"):
+        out["tracking"] = {**out["tracking"], "uri": without_password(out["tracking"]["uri"])}
+    return out
+
+
 def flatten(config: Mapping, prefix: str = "") -> dict[str, Any]:
     """``{"train.lr": 0.001, ...}`` for MLflow params."""
     flat = {}

@@ -300,3 +300,27 @@ def test_a_resume_against_another_tracking_store_says_where_the_run_was(tmp_path
     message = r"--resume r: MLflow run abc123 is not in sqlite:///.*here\.db \(it was tracked in sqlite:////elsewhere"
     with pytest.raises(PretrainError, match=message):
         start_or_resume_run(cfg, {}, run_dir, resume=True)
+
+
+def test_a_password_in_the_tracking_uri_is_not_written_down(tmp_path, monkeypatch):
+    """`--tracking-uri postgresql://user:pw@host/db` went into the run's MLflow params (shown to
+    everyone who browses runs), its config.yaml, its checkpoints and mvssl_run.json."""
+    from mvssl_dist.config import recorded_config
+    from mvssl_dist.tracking import connect
+    from mvssl_dist.train.pretrain import interrupted_line, start_or_resume_run
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    secret = "postgresql://mvssl:hunter2-pw@db.internal:5432/mlflow"
+    cfg = load_config(None, [f"train.storage_path={tmp_path}", f"tracking.uri={secret}"])
+    store = f"sqlite:///{tmp_path / 'here.db'}"  # the run really goes here; the config only names the other
+    cfg.update(dataset_index_sha256="x", tracking_uri=secret, experiment_id=connect(store, "e"))
+    run_id = start_or_resume_run(cfg, {"index_sha256": "x"}, tmp_path / "r", resume=False)
+    written = json.dumps(mlflow.MlflowClient().get_run(run_id).data.params)
+    written += (tmp_path / "r" / "mvssl_run.json").read_text() + json.dumps(recorded_config(cfg))
+    written += interrupted_line(tmp_path / "r", cfg, None)
+    assert "hunter2" not in written and "postgresql://mvssl@db.internal:5432/mlflow" in written
+    assert cfg["tracking"]["uri"] == secret  # the run itself still connects with it
+    assert json.loads((tmp_path / "r" / "mvssl_run.json").read_text())["config"]["tracking"]["uri"] is None
+    assert "(with MLFLOW_TRACKING_URI set to the tracking URI, password included)" in interrupted_line(
+        tmp_path / "r", cfg, None
+    )

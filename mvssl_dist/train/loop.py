@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mvssl_dist.config import recorded_config
 from mvssl_dist.losses.distributed import world_size
 from mvssl_dist.methods import build_method
 from mvssl_dist.train.batchnorm import convert_cross_rank_batchnorm
@@ -87,7 +88,7 @@ def save_state(directory: Path, method, optimizer, step: int, epoch: int, cfg: d
             "step": step,
             "epoch": epoch,
             "rng": rng_state(),
-            "config": {k: cfg[k] for k in ("method", "data", "train", "tracking")},
+            "config": recorded_config(cfg),
             **extra,
         },
         directory / STATE_FILE,

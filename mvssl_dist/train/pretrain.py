@@ -19,10 +19,10 @@ from pathlib import Path
 import yaml
 
 from mvssl_dist import __version__
-from mvssl_dist.config import DEFAULTS, ConfigError, config_hash, flatten, load_config
+from mvssl_dist.config import DEFAULTS, ConfigError, config_hash, flatten, load_config, recorded_config
 from mvssl_dist.constants import SAMPLE_RATE
 from mvssl_dist.methods import build_method, canonical_name, check_options
-from mvssl_dist.tracking import connect, default_tracking_uri
+from mvssl_dist.tracking import connect, default_tracking_uri, without_password
 
 RUN_RECORD = "mvssl_run.json"
 # What a resumed run may change: how it runs, not what it learns. data.path may move; the dataset
@@ -290,7 +290,7 @@ def start_or_resume_run(cfg: dict, facts: dict, run_dir: Path, resume: bool) -> 
             client.update_run(saved["run_id"], status="RUNNING")
         except mlflow.exceptions.MlflowException:
             raise PretrainError(
-                f"--resume {run_dir.name}: MLflow run {saved['run_id']} is not in {cfg['tracking_uri']} "
+                f"--resume {run_dir.name}: MLflow run {saved['run_id']} is not in {without_password(cfg['tracking_uri'])} "
                 f"(it was tracked in {saved.get('tracking_uri')}; pass --tracking-uri)"
             ) from None
         return saved["run_id"]
@@ -305,7 +305,7 @@ def start_or_resume_run(cfg: dict, facts: dict, run_dir: Path, resume: bool) -> 
         "mlflow.runName": run_dir.name,
     }
     run = client.create_run(cfg["experiment_id"], tags=tags, run_name=run_dir.name)
-    params = flatten({k: cfg[k] for k in ("method", "data", "train", "tracking")})
+    params = flatten(recorded_config(cfg))
     from mlflow.entities import Param
 
     items = [Param(k, str(v)[:6000]) for k, v in params.items()]
@@ -314,10 +314,12 @@ def start_or_resume_run(cfg: dict, facts: dict, run_dir: Path, resume: bool) -> 
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = {
         "run_id": run.info.run_id,
-        "tracking_uri": cfg["tracking_uri"],
+        "tracking_uri": without_password(cfg["tracking_uri"]),
         "dataset_index_sha256": cfg["dataset_index_sha256"],
-        "config": {k: cfg[k] for k in ("method", "data", "train", "tracking")},
+        "config": recorded_config(cfg),
     }
+    if saved["config"]["tracking"]["uri"] != cfg["tracking"]["uri"]:
+        saved["config"]["tracking"]["uri"] = None  # its password was cut: a resume takes the URI as given again
     record.write_text(json.dumps(saved, indent=2) + "\n")
     return run.info.run_id
 
@@ -387,7 +389,7 @@ def finish(cfg: dict, run_id: str, checkpoint_dir: Path, model_name: str) -> tup
     method.load_state_dict(state["model"])
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
         tmp = Path(tmp)
-        (tmp / "config.yaml").write_text(yaml.safe_dump({k: cfg[k] for k in ("method", "data", "train", "tracking")}))
+        (tmp / "config.yaml").write_text(yaml.safe_dump(recorded_config(cfg)))
         mlflow.log_artifact(str(tmp / "config.yaml"))
         torch.save(method.export_release(epoch=state["epoch"]), tmp / f"{method.release_format}_release.pt")
         mlflow.log_artifact(str(tmp / f"{method.release_format}_release.pt"), artifact_path="export")
@@ -443,8 +445,9 @@ def interrupted_line(run_dir: Path, cfg: dict, continue_with: str | None) -> str
         continue_with = f"mvssl pretrain --resume {run_dir.name}"
         if str(cfg["train"]["storage_path"]) != DEFAULTS["train"]["storage_path"]:
             continue_with += f" train.storage_path={cfg['train']['storage_path']}"
-        if cfg["tracking"]["uri"]:
-            continue_with += f" --tracking-uri {cfg['tracking']['uri']}"
+        if uri := cfg["tracking"]["uri"]:
+            given = "MLFLOW_TRACKING_URI set to the tracking URI, password included"
+            continue_with += f" --tracking-uri {uri}" if without_password(uri) == uri else f" (with {given})"
     return f"[pretrain] interrupted: the MLflow run is marked KILLED; {kept}; continue it with: {continue_with}"
 
 
@@ -510,7 +513,7 @@ def pretrain(
     finally:
         from mvssl_dist.views.dataset import release_stats_actor
 
-        if threading.current_thread() is threading.main_thread():
+        if ctrl_c is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, ctrl_c)  # Ray Train's handler would abort a finished run
         release_stats_actor(f"views-{run_dir.name}")
     if result.checkpoint is None:
