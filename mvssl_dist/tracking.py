@@ -72,6 +72,7 @@ def connect(tracking_uri: str, experiment: str) -> str:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     mlflow.set_tracking_uri(tracking_uri)
+    shown = without_password(tracking_uri)  # errors go to logs
     client = mlflow.MlflowClient(tracking_uri)
     try:
         found = client.get_experiment_by_name(experiment)
@@ -81,21 +82,24 @@ def connect(tracking_uri: str, experiment: str) -> str:
     except MlflowException as err:
         if "401" in str(err) or "UNAUTHENTICATED" in str(err):
             raise TrackingError(
-                f"tracking server {tracking_uri}: authentication failed "
+                f"tracking server {shown}: authentication failed "
                 "(check MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)"
             ) from None
         if "403" in str(err) or "PERMISSION_DENIED" in str(err):
-            raise TrackingError(
-                f"tracking server {tracking_uri}: this user may not create or read experiments"
-            ) from None
-        raise TrackingError(f"tracking server {tracking_uri}: {_first_line(err)}") from None
+            raise TrackingError(f"tracking server {shown}: this user may not create or read experiments") from None
+        raise TrackingError(f"tracking server {shown}: {_first_line(err, tracking_uri)}") from None
     except Exception as err:  # requests' connection errors and friends
-        raise TrackingError(f"tracking server {tracking_uri} is unreachable: {_first_line(err)}") from None
+        raise TrackingError(f"tracking server {shown} is unreachable: {_first_line(err, tracking_uri)}") from None
 
 
-def _first_line(err: BaseException) -> str:
+def _first_line(err: BaseException, tracking_uri: str | None = None) -> str:
+    """The error's first line, with the tracking URI's password (MLflow quotes the URL) masked."""
+    from urllib.parse import urlsplit
+
     text = str(err).strip().splitlines()
-    return text[0][:300] if text else type(err).__name__
+    line = text[0] if text else type(err).__name__
+    password = urlsplit(tracking_uri).password if tracking_uri else None
+    return (line.replace(password, "***") if password else line)[:300]
 
 
 def download_model_weights(uri: str) -> str:
@@ -112,9 +116,13 @@ def download_model_weights(uri: str) -> str:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except MlflowException as err:
         store = without_password(mlflow.get_tracking_uri())
-        raise WeightsError(f"{uri}: {_first_line(err)} (registry: {store}; MLFLOW_TRACKING_URI chooses it)") from None
+        raise WeightsError(
+            f"{uri}: {_first_line(err, mlflow.get_tracking_uri())} (registry: {store}; MLFLOW_TRACKING_URI chooses it)"
+        ) from None
     except Exception as err:
-        raise WeightsError(f"{uri}: cannot reach the model registry ({_first_line(err)})") from None
+        raise WeightsError(
+            f"{uri}: cannot reach the model registry ({_first_line(err, mlflow.get_tracking_uri())})"
+        ) from None
     found = sorted(local.rglob(BACKBONE_ARTIFACT))
     if not found:
         raise WeightsError(f"{uri}: the model has no {BACKBONE_ARTIFACT} artifact")

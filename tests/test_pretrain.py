@@ -306,7 +306,7 @@ def test_a_password_in_the_tracking_uri_is_not_written_down(tmp_path, monkeypatc
     """`--tracking-uri postgresql://user:pw@host/db` went into the run's MLflow params (shown to
     everyone who browses runs), its config.yaml, its checkpoints and mvssl_run.json."""
     from mvssl_dist.config import recorded_config
-    from mvssl_dist.tracking import connect
+    from mvssl_dist.tracking import TrackingError, connect
     from mvssl_dist.train.pretrain import interrupted_line, start_or_resume_run
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -324,3 +324,6 @@ def test_a_password_in_the_tracking_uri_is_not_written_down(tmp_path, monkeypatc
     assert "(with MLFLOW_TRACKING_URI set to the tracking URI, password included)" in interrupted_line(
         tmp_path / "r", cfg, None
     )
+    with pytest.raises(TrackingError) as failed:  # nothing listens there; MLflow quotes the URL it tried
+        connect("http://mvssl:hunter2-pw@127.0.0.1:9", "e")
+    assert "hunter2" not in str(failed.value) and "tracking server http://mvssl@127.0.0.1:9" in str(failed.value)
