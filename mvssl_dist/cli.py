@@ -267,9 +267,11 @@ def run_pretrain(args: argparse.Namespace) -> int:
         error(str(err))
         return EXIT_FAILED
     print(f"run {result.run_name} (MLflow run {result.run_id}) finished at step {result.steps}")
-    print(
-        f"registered {result.model_name} version {result.model_version} (alias: latest) -> models:/{result.model_name}@latest"
-    )
+    if result.already_finished:  # @latest may have moved on since
+        print(f"registered as {result.model_name} version {result.model_version} -> {result.model_uri}")
+    else:
+        latest = f"models:/{result.model_name}@latest"
+        print(f"registered {result.model_name} version {result.model_version} (alias: latest) -> {latest}")
     if result.collapsed:
         print("warning: the embeddings collapsed during this run (tagged collapsed=true)")
     return EXIT_OK

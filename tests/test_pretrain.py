@@ -167,9 +167,10 @@ def test_stopped_run_resumes_with_the_same_mlflow_run(dataset, workdir, capsys):
     assert_registered_as_trained(first, "byol")
 
 
-def test_ctrl_c_marks_the_run_killed_and_says_the_command_that_continues_it(dataset, workdir):
+def test_ctrl_c_marks_the_run_killed_and_says_the_command_that_continues_it(dataset, workdir, capsys):
     """Ray Train's Ctrl-C handler aborts the workers and exits from inside fit(): the run used to
-    end with exit 1, no word, and its MLflow run left RUNNING for good."""
+    end with exit 1, no word, and its MLflow run left RUNNING for good. Resuming it once more when
+    it has finished registers nothing new (it registered the same weights as another version)."""
     storage = workdir / "elsewhere"
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     extra = {"train.max_steps": 6, "train.checkpoint_every": 2, "train.storage_path": storage}
@@ -199,6 +200,13 @@ def test_ctrl_c_marks_the_run_killed_and_says_the_command_that_continues_it(data
     assert command[:4] == ["mvssl", "pretrain", "--resume", "ctrl-c"], command
     assert main(command[1:]) == 0
     assert mlflow.MlflowClient().get_run(run_id).info.status == "FINISHED"
+    (version,) = mlflow.MlflowClient().search_model_versions(f"run_id='{run_id}'")
+    capsys.readouterr()
+    assert main(command[1:]) == 0
+    said = capsys.readouterr().out
+    assert f"finished at step 6 and is registered as {version.name} version {version.version}; nothing to" in said
+    assert f"-> models:/{version.name}/{version.version}" in said
+    assert len(mlflow.MlflowClient().search_model_versions(f"run_id='{run_id}'")) == 1
 
 
 def test_a_killed_worker_is_replaced_and_the_run_finishes(dataset, workdir, monkeypatch):

@@ -64,6 +64,11 @@ class PretrainResult:
     steps: int
     checkpoint_path: str
     collapsed: bool
+    already_finished: bool = False  # --resume of a finished run: nothing trained, nothing registered
+
+    @property
+    def model_uri(self) -> str:
+        return f"models:/{self.model_name}/{self.model_version}"
 
 
 # --------------------------------------------------------------------------- validation
@@ -437,6 +442,36 @@ def plot_history(run_id: str, out: Path) -> Path | None:
     return out
 
 
+def finished_run(cfg: dict, run_dir: Path) -> PretrainResult | None:
+    """``--resume`` of a run that finished: what it registered, so that a second resume (a
+    re-run quickstart, a retried job) does not register the same weights again as a new version."""
+    import mlflow
+
+    try:
+        saved = json.loads((run_dir / RUN_RECORD).read_text())
+        check_resumable(saved, cfg, run_dir.name)
+        client = mlflow.MlflowClient()
+        if client.get_run(saved["run_id"]).info.status != "FINISHED":
+            return None
+        versions = client.search_model_versions(f"run_id='{saved['run_id']}'")
+    except (OSError, ValueError, KeyError, mlflow.exceptions.MlflowException):
+        return None  # start_or_resume_run says what is wrong
+    if not versions:
+        return None
+    last = max(versions, key=lambda v: int(v.version))
+    checkpoint, step = latest_checkpoint(run_dir)
+    return PretrainResult(
+        saved["run_id"],
+        run_dir.name,
+        last.name,
+        last.version,
+        int(last.tags.get("step", step)),
+        checkpoint.path if checkpoint else "",
+        last.tags.get("collapsed") == "True",
+        already_finished=True,
+    )
+
+
 def interrupted_line(run_dir: Path, cfg: dict, continue_with: str | None) -> str:
     """What an interrupted run kept, and the command that continues it."""
     _, step = latest_checkpoint(run_dir)
@@ -480,6 +515,12 @@ def pretrain(
     cfg["experiment_id"] = connect(cfg["tracking_uri"], cfg["tracking"]["experiment"])
     model_name = cfg["tracking"]["register_as"] or f"mvssl-{cfg['method']['name']}"
     run_dir = Path(cfg["train"]["storage_path"]).resolve() / name
+    if resume and (done := finished_run(cfg, run_dir)):
+        report(
+            f"[pretrain] run {name} finished at step {done.steps} and is registered as {done.model_name} "
+            f"version {done.model_version}; nothing to continue"
+        )
+        return done
     init_ray(ray_address)
     per_worker, view_cpus = size_cpus(cfg)
     check_gpus(cfg, ray_address, report)
