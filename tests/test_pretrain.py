@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -196,7 +197,7 @@ def test_ctrl_c_marks_the_run_killed_and_says_the_command_that_continues_it(data
     assert "the MLflow run is marked KILLED; its last checkpoint, step " in line, line
     run_id = json.loads((storage / "ctrl-c" / "mvssl_run.json").read_text())["run_id"]
     assert mlflow.MlflowClient().get_run(run_id).info.status == "KILLED"
-    command = line.split("continue it with: ")[1].split()
+    command = shlex.split(line.split("continue it with: ")[1])
     assert command[:4] == ["mvssl", "pretrain", "--resume", "ctrl-c"], command
     assert main(command[1:]) == 0
     assert mlflow.MlflowClient().get_run(run_id).info.status == "FINISHED"

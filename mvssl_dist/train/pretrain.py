@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import tempfile
@@ -477,12 +478,14 @@ def interrupted_line(run_dir: Path, cfg: dict, continue_with: str | None) -> str
     _, step = latest_checkpoint(run_dir)
     kept = f"its last checkpoint, step {step}, is kept" if step else "no checkpoint was written yet"
     if continue_with is None:
-        continue_with = f"mvssl pretrain --resume {run_dir.name}"
+        continue_with = f"mvssl pretrain --resume {shlex.quote(run_dir.name)}"  # quoted: copied into a shell
         if str(cfg["train"]["storage_path"]) != DEFAULTS["train"]["storage_path"]:
-            continue_with += f" train.storage_path={cfg['train']['storage_path']}"
+            continue_with += " " + shlex.quote(f"train.storage_path={cfg['train']['storage_path']}")
         if uri := cfg["tracking"]["uri"]:
             given = "MLFLOW_TRACKING_URI set to the tracking URI, password included"
-            continue_with += f" --tracking-uri {uri}" if without_password(uri) == uri else f" (with {given})"
+            continue_with += (
+                f" --tracking-uri {shlex.quote(uri)}" if without_password(uri) == uri else f" (with {given})"
+            )
     return f"[pretrain] interrupted: the MLflow run is marked KILLED; {kept}; continue it with: {continue_with}"
 
 
