@@ -124,6 +124,20 @@ def test_a_collapsed_run_is_tagged_warned_and_stopped(dataset, workdir, capsys):
     assert version.tags["step"] == "4"
 
 
+def run_until_a_checkpoint(args: list[str], cwd: Path, run_dir: Path, env: dict, **popen) -> subprocess.Popen:
+    """`mvssl ARGS` in a process of its own, a second a step, returned once its first checkpoint is
+    written. The driver joins this process's Ray, as a job on a shared cluster would: stopping it
+    then takes down the job (controller, workers), not a cluster, and saves a Ray start-up."""
+    env = {**os.environ, **env, "MVSSL_FAULT_STEP_DELAY_S": "1"}
+    env["RAY_ADDRESS"] = ensure_ray().get_runtime_context().gcs_address
+    cli = [sys.executable, "-m", "mvssl_dist.cli", *args]
+    proc = subprocess.Popen(cli, cwd=cwd, env=env, text=True, start_new_session=True, **popen)
+    deadline = time.time() + 400
+    while time.time() < deadline and not list(run_dir.glob("checkpoint_*/state.pt")):
+        time.sleep(0.2)
+    return proc
+
+
 def test_stopped_run_resumes_with_the_same_mlflow_run(dataset, workdir, capsys):
     """BYOL, so that the EMA teacher and the predictor come back from the checkpoint too."""
     byol = ["--config", str(ROOT / "configs" / "byol.yaml")]
@@ -134,22 +148,11 @@ def test_stopped_run_resumes_with_the_same_mlflow_run(dataset, workdir, capsys):
         "--run-name",
         "stop-me",
     ]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}", "MVSSL_FAULT_STEP_DELAY_S": "1"}
-    # The first driver joins this process's Ray, as a job on a shared cluster would: its kill then
-    # takes down the job (controller, workers), not a cluster, and saves a Ray start-up.
-    env["RAY_ADDRESS"] = ensure_ray().get_runtime_context().gcs_address
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mvssl_dist.cli", *args],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     run_dir = workdir / "mvssl_runs" / "stop-me"
-    deadline = time.time() + 400
-    while time.time() < deadline and len(list(run_dir.glob("checkpoint_*/state.pt"))) < 1:
-        time.sleep(0.2)
+    tracking = {"MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"}
+    proc = run_until_a_checkpoint(
+        args, workdir, run_dir, tracking, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     first = json.loads((run_dir / "mvssl_run.json").read_text())["run_id"]
@@ -176,20 +179,7 @@ def test_ctrl_c_marks_the_run_killed_and_says_the_command_that_continues_it(data
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     extra = {"train.max_steps": 6, "train.checkpoint_every": 2, "train.storage_path": storage}
     args = ["pretrain", *tiny(dataset, **extra), "--run-name", "ctrl-c", "--tracking-uri", uri]
-    env = {**os.environ, "MVSSL_FAULT_STEP_DELAY_S": "1"}
-    env["RAY_ADDRESS"] = ensure_ray().get_runtime_context().gcs_address  # as in the test above
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mvssl_dist.cli", *args],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    deadline = time.time() + 400
-    while time.time() < deadline and not list((storage / "ctrl-c").glob("checkpoint_*/state.pt")):
-        time.sleep(0.2)
+    proc = run_until_a_checkpoint(args, workdir, storage / "ctrl-c", {}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends its foreground job
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "mvssl: error: interrupted", err
