@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -39,6 +40,7 @@ from mvssl_dist.evaluate.run import (
     EvaluateResult,
     compare,
     find_missing,
+    one_sided_tags,
     read_features,
     split_features,
     track_uri,
@@ -472,6 +474,17 @@ def test_second_probe_reuses_the_cached_features(mtat, evaluated, registered):
     options.probe = ProbeConfig("knn")
     knn = evaluate(options, report=messages.append)
     assert knn.metrics["probe_k"] == 20 and knn.metrics["roc_auc_macro"] > 0.75
+    assert not [m for m in messages if "the probe cannot learn" in m]
+    options.train_fraction, options.max_missing = 0.05, 0.1  # one train track: each tag is on it or not
+    evaluate(options, report=messages.append)
+    (said,) = [m for m in messages if "the probe cannot learn" in m]
+    counts = re.match(r"\[evaluate\] (\d+) of the (\d+) tags scored are on every train track or on none \(", said)
+    assert counts and counts[1] == counts[2] and int(counts[1]) > 1, said
+
+
+def test_one_sided_tags_are_those_on_every_track_or_none():
+    labels = np.array([[1, 0, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0]], np.float32)
+    assert one_sided_tags(labels, ["all", "one", "other", "none"]) == ["all", "none"]
 
 
 def test_too_many_missing_files_refuse_to_run(mtat, registered):

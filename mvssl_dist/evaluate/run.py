@@ -226,6 +226,12 @@ def tag_columns(result: EvaluateResult, tags: Sequence[str] | None) -> np.ndarra
 
 
 # --------------------------------------------------------------------------- driver
+def one_sided_tags(labels: np.ndarray, vocabulary: Sequence[str]) -> list[str]:
+    """The tags that ``labels`` ``[tracks, tags]`` give to every track or to none."""
+    positives = labels.sum(axis=0)
+    return [tag for tag, n in zip(vocabulary, positives, strict=True) if n == 0 or n == len(labels)]
+
+
 def evaluate(options: EvaluateOptions, report: Callable[[str], None] = print) -> EvaluateResult:
     from mvssl_dist.embed.batch import EmbedError, check_counts
     from mvssl_dist.evaluate.tasks import TaskError
@@ -269,6 +275,13 @@ def evaluate(options: EvaluateOptions, report: Callable[[str], None] = print) ->
     if missing:
         report(f"[evaluate] {len(missing)} task track(s) missing or undecodable, listed in {listing}")
     splits = {s: split_features(task, present, features, s) for s in SPLITS}
+    scored = [t for t in task.vocabulary if t not in one_sided_tags(splits["test"].labels, task.vocabulary)]
+    if unlearnable := [t for t in one_sided_tags(splits["train"].labels, task.vocabulary) if t in scored]:
+        report(
+            f"[evaluate] {len(unlearnable)} of the {len(scored)} tags scored are on every train track or on none "
+            f"({', '.join(unlearnable[:8])}{', …' if len(unlearnable) > 8 else ''}): the probe cannot learn "
+            "them, so their test scores are at chance (a larger --train-fraction gives it both kinds)"
+        )
     verb = "fitting" if options.probe.kind == "knn" else "training"  # k-NN: no training, a vote
     report(f"[evaluate] {verb} a {options.probe.kind} probe on {len(splits['train'].segments)} segments")
     probe = train_probe(splits["train"], splits["validation"], options.probe, report)
