@@ -174,11 +174,16 @@ def _check(section: str, key: str, value: Any, default: Any) -> Any:
 
 
 def check_bounds(section: str, key: str, value: float) -> None:
-    for op, bound in BOUNDS[(section, key)]:
+    meaning = f" ({MEANINGS[(section, key)]})" if (section, key) in MEANINGS else ""
+    within(f"config: {section}.{key}", value, BOUNDS[(section, key)], meaning)
+
+
+def within(field: str, value: float, bounds: tuple[tuple[str, float], ...], meaning: str = "") -> None:
+    """Refuse ``value`` unless it meets every ``(op, bound)`` of ``bounds``, naming ``field``."""
+    for op, bound in bounds:
         if not COMPARE[op](value, bound):
-            meaning = f" ({MEANINGS[(section, key)]})" if (section, key) in MEANINGS else ""
             must = f"{bound:g}" if op == "==" else f"{op} {bound:g}"
-            raise ConfigError(f"config: {section}.{key} must be {must}, got {value!r}{meaning}")
+            raise ConfigError(f"{field} must be {must}, got {value!r}{meaning}")
 
 
 def typed_option(field: str, value: Any, annotation: Any) -> Any:

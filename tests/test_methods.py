@@ -30,12 +30,21 @@ def test_options_are_checked_against_the_method_before_anything_starts():
     assert check_options("vicreg", {"var_coeff": 25, "gamma": 1}) == {"var_coeff": 25.0, "gamma": 1.0}
     assert check_options("byol", {"predictor_widths": [256, 2048]}) == {"predictor_widths": [256, 2048]}
     assert check_options("feature_stats", {}) == {}
+    assert check_options("clustering", {"center_momentum": 1}) == {"center_momentum": 1.0}  # bounds included
+    assert check_options("barlow_twins", {"off_coef": 0}) == {"off_coef": 0.0}
     cases = [
         ("contrastive", {"tau": 0.1}, "method.options.tau: not an option of contrastive"),
         ("contrastive", {"temperature": "0.1"}, "temperature must be a number, got '0.1'"),
         ("clustering", {"center_momentum": True}, "center_momentum must be a number"),
         ("barlow_twins", {"head_widths": [1024, 0]}, "head_widths must be a list of positive integers"),
         ("byol", {"predictor_widths": 256}, "predictor_widths must be a list of positive integers"),
+        # a negative temperature used to train 100 steps without a word
+        ("contrastive", {"temperature": -1}, r"method.options.temperature must be > 0, got -1.0"),
+        ("contrastive", {"temperature": 0}, r"method.options.temperature must be > 0, got 0.0"),
+        ("clustering", {"center_momentum": 1.5}, r"method.options.center_momentum must be <= 1, got 1.5"),
+        ("barlow_twins", {"off_coef": -0.1}, r"method.options.off_coef must be >= 0, got -0.1"),
+        ("vicreg", {"gamma": 0}, r"method.options.gamma must be > 0, got 0.0"),
+        ("vicreg", {"cov_coeff": -1}, r"method.options.cov_coeff must be >= 0, got -1.0"),
     ]
     for name, options, message in cases:
         with pytest.raises(ValueError, match=message):

@@ -11,6 +11,7 @@ from mvssl_dist.methods.registry import register
 class BarlowTwins(SSLMethod):
     release_format = "barlow_twins"
     head_widths = (1024, 1024, 2048)
+    option_bounds = {"off_coef": ((">=", 0),)}  # checked by check_options
 
     def __init__(self, off_coef: float = 1.0, head_widths: tuple[int, ...] | None = None) -> None:
         super().__init__(head_widths)

@@ -15,6 +15,7 @@ class Clustering(SSLMethod):
     head_widths = (1024, 1024, 256, 4096)
     uses_teacher = True
     release_prefixes = {"student.": "student.module.", "teacher.": "teacher."}
+    option_bounds = {"center_momentum": ((">=", 0), ("<=", 1))}  # checked by check_options
 
     def __init__(self, center_momentum: float = 0.9, head_widths: tuple[int, ...] | None = None) -> None:
         super().__init__(head_widths)

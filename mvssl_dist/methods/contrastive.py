@@ -11,6 +11,7 @@ from mvssl_dist.methods.registry import register
 class Contrastive(SSLMethod):
     release_format = "contrastive"
     head_widths = (1024, 1024, 2048)
+    option_bounds = {"temperature": ((">", 0),)}  # checked by check_options
 
     def __init__(self, temperature: float = 0.1, head_widths: tuple[int, ...] | None = None) -> None:
         super().__init__(head_widths)

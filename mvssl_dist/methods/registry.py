@@ -35,9 +35,14 @@ def check_options(name: str, options: Mapping) -> dict:
     """``options`` checked against the method's constructor, numbers as its annotations say.
 
     Raises ``ConfigError`` (a ``ValueError``) naming the option (``method.options.tau: ...``) for a
-    name the method does not take or a value of the wrong type, before anything is built or started.
+    name the method does not take, a value of the wrong type, or one outside the method's
+    ``option_bounds``, before anything is built or started.
     """
-    from mvssl_dist.config import typed_options
+    from mvssl_dist.config import typed_options, within
 
     cls = METHODS[canonical_name(name)]
-    return typed_options("method.options", cls.name, options, cls.__init__)
+    checked = typed_options("method.options", cls.name, options, cls.__init__)
+    for key, bounds in getattr(cls, "option_bounds", {}).items():
+        if key in checked:
+            within(f"method.options.{key}", checked[key], bounds)
+    return checked

@@ -11,6 +11,12 @@ from mvssl_dist.methods.registry import register
 class VICReg(SSLMethod):
     release_format = "feature_stats"
     head_widths = (1024, 1024, 2048)
+    option_bounds = {  # checked by check_options
+        "inv_coeff": ((">=", 0),),
+        "var_coeff": ((">=", 0),),
+        "cov_coeff": ((">=", 0),),
+        "gamma": ((">", 0),),
+    }
 
     def __init__(
         self,
