@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from mvssl_dist.constants import EMBEDDING_DIM, SAMPLE_RATE
 from mvssl_dist.embed.segments import cut_segments, peak_normalise
+from mvssl_dist.folder_lock import FolderBusy, exclusive
 from mvssl_dist.shards.ingest import atomic_write, write_parquet
 
 ERROR_SCHEMA = pa.schema([("source_uri", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
@@ -380,10 +381,9 @@ def check_gpus(options: EmbedOptions, report: Callable[[str], None]) -> None:
 
 
 def embed_library(options: EmbedOptions, report: Callable[[str], None] = print) -> EmbedSummary:
-    import ray
-
+    """Embed ``options.sources`` into ``options.out``, resuming what is there; the folder is held
+    for the run, so a second run into it is refused (:mod:`mvssl_dist.folder_lock`)."""
     from mvssl_dist.models import WeightsError, load_backbone
-    from mvssl_dist.raytools import init_ray
     from mvssl_dist.tracking import default_tracking_uri
 
     if options.level not in ("track", "segment", "both"):
@@ -405,7 +405,21 @@ def embed_library(options: EmbedOptions, report: Callable[[str], None] = print) 
         raise EmbedError(str(err)) from None
     facts["weights"] = weights_identity(options.model, facts)
     out = Path(options.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with exclusive(out, "mvssl embed"):
+            return embed_into(out, options, facts, tracking_uri, report)
+    except FolderBusy as err:
+        raise EmbedError(str(err)) from None
+
+
+def embed_into(
+    out: Path, options: EmbedOptions, facts: dict, tracking_uri: str | None, report: Callable[[str], None]
+) -> EmbedSummary:
+    """The embedding run proper, with OUT_DIR held (see :func:`embed_library`)."""
+    import ray
+
+    from mvssl_dist.raytools import init_ray
+
     options = check_out_dir(out, options, facts["weights"])
     items = input_items(options.sources, report)
     done = done_sources(out)

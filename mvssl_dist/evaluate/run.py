@@ -136,9 +136,8 @@ def write_missing(path: Path, missing: list) -> None:
 # --------------------------------------------------------------------------- features
 def embed_features(uris: list[str], model_uri: str, out: Path, listing: Path, options: EvaluateOptions, report) -> None:
     from mvssl_dist.embed.batch import EmbedError, EmbedOptions, embed_library
+    from mvssl_dist.folder_lock import exclusive
 
-    out.mkdir(parents=True, exist_ok=True)
-    listing.write_text("".join(u + "\n" for u in uris))
     opts = EmbedOptions(
         [str(listing)],
         model_uri,
@@ -148,10 +147,13 @@ def embed_features(uris: list[str], model_uri: str, out: Path, listing: Path, op
         gpus=options.gpus,
         ray_address=options.ray_address,
     )
-    try:
-        embed_library(opts, report=report)
-    except EmbedError as err:
-        raise EvaluateError(str(err)) from None
+    # Two evaluations of one model share its features: the second waits for the first's, then reuses them.
+    with exclusive(out, "mvssl evaluate", wait=True, report=report):
+        listing.write_text("".join(u + "\n" for u in uris))
+        try:
+            embed_library(opts, report=report)
+        except EmbedError as err:
+            raise EvaluateError(str(err)) from None
 
 
 def read_features(out: Path, wanted: set[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:

@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mvssl_dist.audio import AudioDecodeError, decode_with_info
+from mvssl_dist.folder_lock import FolderBusy, exclusive
 from mvssl_dist.raytools import init_ray
 from mvssl_dist.shards.format import CODECS, SAMPLE_RATE, encode_payload, write_sample
 from mvssl_dist.shards.uris import display_uri, find_sources, is_remote, not_read_message, read_bytes, uri_to_path
@@ -383,6 +384,15 @@ def ingest(options: IngestOptions, report: Callable[[str], None] = print) -> Ing
         # RMS in dBFS is never above 0 for audio in [-1, 1]: every track would be rejected as silent
         raise IngestError(f"--silence-db {options.silence_db:g}: must be <= 0 (dBFS; full scale is 0)")
     out = Path(options.out).expanduser().resolve()
+    try:
+        with exclusive(out, "mvssl ingest"):
+            return ingest_into(out, options, report)
+    except FolderBusy as err:
+        raise IngestError(str(err)) from None
+
+
+def ingest_into(out: Path, options: IngestOptions, report: Callable[[str], None]) -> IngestSummary:
+    """The ingest proper, with DATASET_DIR held (see :func:`ingest`)."""
     (out / "shards").mkdir(parents=True, exist_ok=True)
     check_options_compatible(out, options)
     found = find_sources(options.sources)
