@@ -11,6 +11,7 @@ are out of its reach.)
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import socket
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 LOCK_FILE = ".mvssl.lock"
+UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
 _HELD: set[Path] = set()  # folders this process holds: a nested hold (evaluate -> embed) is free
 
 
@@ -36,19 +38,9 @@ def exclusive(folder: Path, command: str, wait: bool = False, report: Callable[[
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "another process"
-            if not wait:
-                raise FolderBusy(
-                    f"{folder}: {holder} is writing here; wait for it to end, or choose another folder"
-                ) from None
-            if report:
-                report(f"[lock] waiting for {holder} to finish writing {folder}")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{command} (pid {os.getpid()} on {socket.gethostname()})\n".encode(), 0)
+        if take(fd, folder, wait, report):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{command} (pid {os.getpid()} on {socket.gethostname()})\n".encode(), 0)
         _HELD.add(folder)
         try:
             yield
@@ -56,3 +48,25 @@ def exclusive(folder: Path, command: str, wait: bool = False, report: Callable[[
             _HELD.discard(folder)
     finally:
         os.close(fd)  # releases the lock
+
+
+def take(fd: int, folder: Path, wait: bool, report: Callable[[str], None] | None) -> bool:
+    """Lock ``fd``; False on a file system without locks (some NFS mounts), which then runs
+    unguarded rather than not at all."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "another process"
+        if not wait:
+            raise FolderBusy(
+                f"{folder}: {holder} is writing here; wait for it to end, or choose another folder"
+            ) from None
+        if report:
+            report(f"[lock] waiting for {holder} to finish writing {folder}")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return True
+    except OSError as err:
+        if err.errno in UNSUPPORTED:
+            return False
+        raise

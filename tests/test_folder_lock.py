@@ -68,3 +68,22 @@ def test_the_cli_refuses_a_folder_another_run_is_writing(tmp_path, encoded_dir, 
         holder.wait()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"mvssl: error: {out}: mvssl {command} (pid {holder.pid} on "), err
+
+
+def test_a_file_system_without_locks_runs_unguarded_rather_than_not_at_all(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    failure = OSError(errno.ENOLCK, "No locks available")
+
+    def flock(fd, how):
+        raise failure
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    ran = []
+    with exclusive(tmp_path / "out", "mvssl embed"):
+        ran.append(True)
+    assert ran
+    failure = PermissionError(errno.EACCES, "Permission denied")  # other errors are not swallowed
+    with pytest.raises(PermissionError), exclusive(tmp_path / "out", "mvssl embed"):
+        pass
