@@ -639,9 +639,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     if args.command in OUTPUT_FOLDERS:
+        from mvssl_dist.shards.uris import local_folder
+
         name, flag = OUTPUT_FOLDERS[args.command]
         folder = getattr(args, name)
-        if "://" not in folder and Path(folder).exists() and not Path(folder).is_dir():
+        try:
+            local_folder(folder, flag)  # s3://bucket/x would have become a local folder s3:/bucket/x
+        except ValueError as err:
+            error(str(err))
+            return EXIT_USAGE
+        if Path(folder).exists() and not Path(folder).is_dir():
             error(f"{flag} {folder}: exists and is not a folder")
             return EXIT_USAGE
     try:

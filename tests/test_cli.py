@@ -284,6 +284,35 @@ def test_an_output_folder_that_is_a_file_is_one_line(tmp_path, encoded_dir, weig
     assert err == [f"mvssl: error: {taken / 'below'}: Not a directory"], err
 
 
+@pytest.mark.parametrize("scheme", ["s3://bucket/x", "file:///tmp/x"])
+def test_an_output_uri_is_refused_not_made_a_local_folder_of_that_name(
+    tmp_path, encoded_dir, weights, scheme, capsys, monkeypatch
+):
+    """`--out s3://bucket/x` wrote into a local folder `s3:/bucket/x` under the working one."""
+    from mvssl_dist.embed.batch import EmbedError, EmbedOptions, embed_library
+    from mvssl_dist.shards import IngestError, IngestOptions, ingest
+
+    monkeypatch.chdir(tmp_path)
+    music = str(encoded_dir / "music.mp3")
+    for argv, flag in {
+        ("ingest", music, "--out", scheme): "--out",
+        ("embed", music, "--model", str(weights), "--out", scheme): "--out",
+        ("quickstart", "--workdir", scheme): "--workdir",
+        ("synth-audio", scheme): "OUT_DIR",
+    }.items():
+        assert main(list(argv)) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert (
+            err.startswith(f"mvssl: error: {flag} {scheme}: outputs go to a folder on a local or mounted")
+            and "\n" not in err
+        )
+    with pytest.raises(IngestError, match="outputs go to a folder"):
+        ingest(IngestOptions([music], scheme))
+    with pytest.raises(EmbedError, match="outputs go to a folder"):
+        embed_library(EmbedOptions([music], str(weights), scheme))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_ray_address_where_nothing_listens_is_refused_at_once():
     """ray.init retried such an address for minutes (a typo in --ray-address or RAY_ADDRESS)."""
     import socket

@@ -254,6 +254,11 @@ def test_config_errors_fail_fast_with_the_field_named(dataset, workdir, capsys):
         ),
         ([f"data.path={dataset}", "data.batch_size=4", "train.max_minutes=-1"], "train.max_minutes must be >= 0"),
         ([f"data.path={dataset}", "data.batch_size=4", "--run-name", "../up"], "run name '../up': must be a plain"),
+        # became a local folder named s3:/b/runs under the working one
+        (
+            [f"data.path={dataset}", "data.batch_size=4", "train.storage_path=s3://b/runs"],
+            "train.storage_path s3://b/runs: outputs go to a folder on a local or mounted file system",
+        ),
         (
             [f"data.path={dataset}", "data.batch_size=4", "tracking.uri=http://127.0.0.1:9"],
             "tracking server http://127.0.0.1:9",

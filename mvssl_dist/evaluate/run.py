@@ -19,6 +19,7 @@ import numpy as np
 from mvssl_dist.evaluate.metrics import Margin, TagScore, roc_auc_margin, tagging_metrics
 from mvssl_dist.evaluate.probe import ProbeConfig, SplitFeatures, check_config, track_scores, train_probe
 from mvssl_dist.evaluate.tasks import SPLITS, Task, limit_train, load_task
+from mvssl_dist.shards.uris import local_folder
 
 EXPERIMENT = "mvssl-evaluate"
 
@@ -258,7 +259,10 @@ def evaluate(options: EvaluateOptions, report: Callable[[str], None] = print) ->
     model_uri, cache_name, facts = model_identity(options.model)
     if options.promote_alias and "model_version" not in facts:
         raise EvaluateError(f"--promote-alias needs a registered model (models:/NAME@ALIAS), not {options.model}")
-    base = Path(options.cache_dir).resolve() / cache_name
+    try:
+        base = local_folder(options.cache_dir, "--cache-dir") / cache_name
+    except ValueError as err:
+        raise EvaluateError(str(err)) from None
     counts = {s: len(task.split(s)) for s in SPLITS}
     report(
         f"[evaluate] task {task.name}: {len(task.vocabulary)} tags, " + ", ".join(f"{k} {v}" for k, v in counts.items())

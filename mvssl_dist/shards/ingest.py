@@ -38,7 +38,15 @@ from mvssl_dist.audio import AudioDecodeError, decode_with_info
 from mvssl_dist.folder_lock import FolderBusy, exclusive
 from mvssl_dist.raytools import init_ray
 from mvssl_dist.shards.format import CODECS, SAMPLE_RATE, encode_payload, write_sample
-from mvssl_dist.shards.uris import display_uri, find_sources, is_remote, not_read_message, read_bytes, uri_to_path
+from mvssl_dist.shards.uris import (
+    display_uri,
+    find_sources,
+    is_remote,
+    local_folder,
+    not_read_message,
+    read_bytes,
+    uri_to_path,
+)
 
 SCHEMA_VERSION = 1
 # Decoded 16 kHz int16 mono bytes per source byte, by extension: how units are sized before decoding.
@@ -383,7 +391,10 @@ def ingest(options: IngestOptions, report: Callable[[str], None] = print) -> Ing
     if options.silence_db > 0:
         # RMS in dBFS is never above 0 for audio in [-1, 1]: every track would be rejected as silent
         raise IngestError(f"--silence-db {options.silence_db:g}: must be <= 0 (dBFS; full scale is 0)")
-    out = Path(options.out).expanduser().resolve()
+    try:
+        out = local_folder(options.out, "--out")
+    except ValueError as err:
+        raise IngestError(str(err)) from None
     try:
         with exclusive(out, "mvssl ingest"):
             return ingest_into(out, options, report)

@@ -39,6 +39,20 @@ def uri_to_path(uri: str) -> str:
     return os.fsdecode(unquote_to_bytes(uri[len("file://") :]))
 
 
+def local_folder(value: str, name: str) -> Path:
+    """The output folder ``value`` (named ``name`` in errors, e.g. ``--out``) as a resolved Path.
+    Outputs are written to local or mounted file systems: a URI is refused here, where
+    ``Path`` would have made ``s3://bucket/x`` a folder ``s3:/bucket/x`` under the working one."""
+    if "://" in value:
+        hint = (
+            f"write {uri_to_path(value)}"
+            if value.startswith("file://")
+            else "mount the bucket, or write to a shared folder and copy"
+        )
+        raise ValueError(f"{name} {value}: outputs go to a folder on a local or mounted file system ({hint})")
+    return Path(value).expanduser().resolve()
+
+
 def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 

@@ -23,6 +23,7 @@ from mvssl_dist import __version__
 from mvssl_dist.config import DEFAULTS, ConfigError, config_hash, flatten, load_config, recorded_config
 from mvssl_dist.constants import SAMPLE_RATE
 from mvssl_dist.methods import build_method, canonical_name, check_options
+from mvssl_dist.shards.uris import local_folder
 from mvssl_dist.tracking import connect, default_tracking_uri, without_password
 
 RUN_RECORD = "mvssl_run.json"
@@ -513,11 +514,14 @@ def pretrain(
     name = run_name or cfg["tracking"]["run_name"] or f"{cfg['method']['name']}-{config_hash(cfg)[:6]}-{os.getpid()}"
     if name in (".", "..") or "/" in name or "\\" in name:
         raise ConfigError(f"run name {name!r}: must be a plain name (it is a folder under train.storage_path)")
+    try:
+        run_dir = local_folder(cfg["train"]["storage_path"], "config: train.storage_path") / name
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     cfg["dataset_index_sha256"] = facts["index_sha256"]
     cfg["tracking_uri"] = cfg["tracking"]["uri"] or default_tracking_uri()
     cfg["experiment_id"] = connect(cfg["tracking_uri"], cfg["tracking"]["experiment"])
     model_name = cfg["tracking"]["register_as"] or f"mvssl-{cfg['method']['name']}"
-    run_dir = Path(cfg["train"]["storage_path"]).resolve() / name
     if resume and (done := finished_run(cfg, run_dir)):
         report(
             f"[pretrain] run {name} finished at step {done.steps} and is registered as {done.model_name} "
