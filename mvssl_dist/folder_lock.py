@@ -50,6 +50,23 @@ def exclusive(folder: Path, command: str, wait: bool = False, report: Callable[[
         os.close(fd)  # releases the lock
 
 
+@contextlib.contextmanager
+def output_folder(value: str, flag: str, command: str, error: type[Exception]) -> Iterator[Path]:
+    """The output folder ``value`` (``--out``) resolved and held for ``command``; a URI, or a
+    folder another run is writing, becomes ``error`` (the command's own one-line error)."""
+    from mvssl_dist.shards.uris import local_folder
+
+    try:
+        folder = local_folder(value, flag)
+    except ValueError as err:
+        raise error(str(err)) from None
+    try:
+        with exclusive(folder, command):
+            yield folder
+    except FolderBusy as err:
+        raise error(str(err)) from None
+
+
 def take(fd: int, folder: Path, wait: bool, report: Callable[[str], None] | None) -> bool:
     """Lock ``fd``; False on a file system without locks (some NFS mounts), which then runs
     unguarded rather than not at all."""

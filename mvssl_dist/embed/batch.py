@@ -23,9 +23,8 @@ import pyarrow.parquet as pq
 
 from mvssl_dist.constants import EMBEDDING_DIM, SAMPLE_RATE
 from mvssl_dist.embed.segments import cut_segments, peak_normalise
-from mvssl_dist.folder_lock import FolderBusy, exclusive
+from mvssl_dist.folder_lock import output_folder
 from mvssl_dist.shards.ingest import atomic_write, write_parquet
-from mvssl_dist.shards.uris import local_folder
 
 ERROR_SCHEMA = pa.schema([("source_uri", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
 
@@ -405,15 +404,8 @@ def embed_library(options: EmbedOptions, report: Callable[[str], None] = print) 
     except WeightsError as err:
         raise EmbedError(str(err)) from None
     facts["weights"] = weights_identity(options.model, facts)
-    try:
-        out = local_folder(options.out, "--out")
-    except ValueError as err:
-        raise EmbedError(str(err)) from None
-    try:
-        with exclusive(out, "mvssl embed"):
-            return embed_into(out, options, facts, tracking_uri, report)
-    except FolderBusy as err:
-        raise EmbedError(str(err)) from None
+    with output_folder(options.out, "--out", "mvssl embed", EmbedError) as out:
+        return embed_into(out, options, facts, tracking_uri, report)
 
 
 def embed_into(

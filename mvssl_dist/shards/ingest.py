@@ -35,14 +35,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mvssl_dist.audio import AudioDecodeError, decode_with_info
-from mvssl_dist.folder_lock import FolderBusy, exclusive
+from mvssl_dist.folder_lock import output_folder
 from mvssl_dist.raytools import init_ray
 from mvssl_dist.shards.format import CODECS, SAMPLE_RATE, encode_payload, write_sample
 from mvssl_dist.shards.uris import (
     display_uri,
     find_sources,
     is_remote,
-    local_folder,
     not_read_message,
     read_bytes,
     uri_to_path,
@@ -391,15 +390,8 @@ def ingest(options: IngestOptions, report: Callable[[str], None] = print) -> Ing
     if options.silence_db > 0:
         # RMS in dBFS is never above 0 for audio in [-1, 1]: every track would be rejected as silent
         raise IngestError(f"--silence-db {options.silence_db:g}: must be <= 0 (dBFS; full scale is 0)")
-    try:
-        out = local_folder(options.out, "--out")
-    except ValueError as err:
-        raise IngestError(str(err)) from None
-    try:
-        with exclusive(out, "mvssl ingest"):
-            return ingest_into(out, options, report)
-    except FolderBusy as err:
-        raise IngestError(str(err)) from None
+    with output_folder(options.out, "--out", "mvssl ingest", IngestError) as out:
+        return ingest_into(out, options, report)
 
 
 def ingest_into(out: Path, options: IngestOptions, report: Callable[[str], None]) -> IngestSummary:
