@@ -115,9 +115,9 @@ def download_model_weights(uri: str) -> str:
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except MlflowException as err:
-        store = without_password(mlflow.get_tracking_uri())
+        store = mlflow.get_tracking_uri()
         raise WeightsError(
-            f"{uri}: {_first_line(err, mlflow.get_tracking_uri())} (registry: {store}; MLFLOW_TRACKING_URI chooses it)"
+            f"{uri}: {_first_line(err, store)} (registry: {without_password(store)}; MLFLOW_TRACKING_URI chooses it)"
         ) from None
     except Exception as err:
         raise WeightsError(

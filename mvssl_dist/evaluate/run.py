@@ -281,7 +281,8 @@ def evaluate(options: EvaluateOptions, report: Callable[[str], None] = print) ->
     if missing:
         report(f"[evaluate] {len(missing)} task track(s) missing or undecodable, listed in {listing}")
     splits = {s: split_features(task, present, features, s) for s in SPLITS}
-    scored = [t for t in task.vocabulary if t not in one_sided_tags(splits["test"].labels, task.vocabulary)]
+    unscored = set(one_sided_tags(splits["test"].labels, task.vocabulary))
+    scored = [t for t in task.vocabulary if t not in unscored]
     if unlearnable := [t for t in one_sided_tags(splits["train"].labels, task.vocabulary) if t in scored]:
         report(
             f"[evaluate] {len(unlearnable)} of the {len(scored)} tags scored are on every train track or on none "

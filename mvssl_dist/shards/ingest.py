@@ -38,14 +38,7 @@ from mvssl_dist.audio import AudioDecodeError, decode_with_info
 from mvssl_dist.folder_lock import output_folder
 from mvssl_dist.raytools import init_ray
 from mvssl_dist.shards.format import CODECS, SAMPLE_RATE, encode_payload, write_sample
-from mvssl_dist.shards.uris import (
-    display_uri,
-    find_sources,
-    is_remote,
-    not_read_message,
-    read_bytes,
-    uri_to_path,
-)
+from mvssl_dist.shards.uris import display_uri, find_sources, is_remote, not_read_message, read_bytes, uri_to_path
 
 SCHEMA_VERSION = 1
 # Decoded 16 kHz int16 mono bytes per source byte, by extension: how units are sized before decoding.
