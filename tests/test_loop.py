@@ -1,9 +1,21 @@
-"""The training loop's pure parts: which steps log, collapse counting, metrics read once."""
+"""The training loop's pure parts: which steps log, collapse counting, metrics read once, one step,
+the views' timing and the augmentations applied on the training device."""
+
+import time
 
 import torch
 
 from mvssl_dist.methods import build_method
-from mvssl_dist.train.loop import CollapseWatch, as_floats, logged
+from mvssl_dist.train.loop import (
+    CollapseWatch,
+    Throughput,
+    as_floats,
+    device_augmentation,
+    logged,
+    param_groups,
+    timed,
+    train_step,
+)
 from mvssl_dist.train.schedules import Schedules
 
 THRESHOLDS = {"collapse_std": 1e-4, "collapse_rank": 1.5, "collapse_patience": 50}
@@ -46,3 +58,56 @@ def test_a_step_returns_tensors_and_only_watched_steps_compute_the_collapse_sign
     assert all(isinstance(v, float) for v in numbers.values())
     assert 1.0 < numbers["effective_rank"] <= 8 and numbers["embedding_std"] > 0
     assert abs(numbers["loss"] - (numbers["inv"] + numbers["var"] + numbers["cov"])) < 1e-5
+
+
+def test_one_train_step_moves_the_weights_at_the_scheduled_rate():
+    torch.manual_seed(0)
+    method = build_method("contrastive").train()
+    optimizer = torch.optim.AdamW(param_groups(method), lr=1.0)
+    values = Schedules(total_steps=10, steps_per_epoch=10, lr=1e-3).at(5)
+    before = [p.detach().clone() for p in method.parameters()]
+    t = {"bf16": True, "grad_clip": 3.0}  # bf16 is for CUDA only: a CPU step runs in float32
+    metrics = train_step(method, method, optimizer, torch.randn(4, 2, 64000) * 0.1, None, values, t, watched=False)
+    assert {group["lr"] for group in optimizer.param_groups} == {values["lr"]}
+    assert 0 < float(metrics["grad_norm"]) and torch.isfinite(metrics["loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, method.parameters(), strict=True))
+
+
+def test_batches_trained_before_a_restart_are_passed_over_and_the_wait_is_timed():
+    def slow(n):
+        for i in range(n):
+            time.sleep(0.3 if i == 3 else 0)
+            yield {"i": i}
+
+    got = list(timed(slow(5), skip=2))
+    assert [batch["i"] for batch, _ in got] == [2, 3, 4]
+    assert got[1][1] >= 0.3 and got[0][1] < 0.2 and got[2][1] < 0.2
+    assert list(timed(iter([]), skip=0)) == []
+
+
+def test_throughput_counts_every_workers_samples_and_the_share_spent_waiting():
+    meter = Throughput(workers=2)
+    meter.add(16, 0.0)
+    meter.add(16, 0.02)
+    time.sleep(0.04)
+    rates = meter.metrics()
+    assert meter.samples == 64 and 0 < rates["data_wait_fraction"] <= 0.5
+    assert rates["samples_per_s"] <= 64 / 0.04
+    meter.reset()
+    assert meter.samples == 0 and meter.wait == 0.0
+
+
+def test_augmentations_on_the_device_are_seeded_per_rank_and_off_on_view_workers():
+    chain = [{"name": "gain", "min_db": -6, "max_db": 6, "p": 1.0}]
+    cfg = {"data": {"augment": chain, "augment_on": "device", "n_views": 2}, "train": {"seed": 3}}
+    views = torch.ones(4, 2, 100)
+    cpu = torch.device("cpu")
+    once, again = device_augmentation(cfg, cpu, 0, 0)(views), device_augmentation(cfg, cpu, 0, 0)(views)
+    torch.testing.assert_close(once, again)
+    assert not torch.equal(once, views)
+    assert not torch.equal(once, device_augmentation(cfg, cpu, 1, 0)(views))  # another rank draws other gains
+    assert not torch.equal(once, device_augmentation(cfg, cpu, 0, 40)(views))  # a resumed run draws on
+    on_workers = {**cfg, "data": {**cfg["data"], "augment_on": "workers"}}
+    assert device_augmentation(on_workers, cpu, 0, 0)(views) is views
+    no_chain = {**cfg, "data": {**cfg["data"], "augment": []}}
+    assert device_augmentation(no_chain, cpu, 0, 0)(views) is views

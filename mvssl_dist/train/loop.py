@@ -270,33 +270,117 @@ def prepare(method, cfg: dict, device: torch.device):
     return method, wrapped
 
 
+def restore(method, optimizer, cfg: dict) -> tuple[int, bool]:
+    """Load the run's latest checkpoint into ``method`` and ``optimizer``: (step, collapse already tagged).
+
+    After a worker failure Ray Train hands back the run's latest checkpoint; for ``--resume`` the
+    driver found it on storage. Without either the run starts at ``start_step``.
+    """
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and cfg.get("resume_checkpoint"):
+        checkpoint = ray.train.Checkpoint.from_directory(cfg["resume_checkpoint"])
+    if not checkpoint:
+        return cfg["start_step"], False
+    state = load_state(checkpoint)
+    method.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    cfg["total_steps"] = min(cfg["total_steps"], state.get("total_steps", cfg["total_steps"]))  # once fitted
+    return state["step"], state.get("collapsed", False)
+
+
+def view_batches(cfg: dict, device: torch.device, rank: int, workers: int):
+    """This worker's share of each global batch from its views shard."""
+    import ray.train
+
+    from mvssl_dist.views.dataset import collate_views
+
+    data, seed = cfg["data"], cfg["train"]["seed"]
+    return ray.train.get_dataset_shard("train").iter_torch_batches(
+        batch_size=data["batch_size"] // workers,
+        collate_fn=collate_views(),
+        drop_last=True,
+        local_shuffle_buffer_size=data["shuffle_buffer"] or None,
+        local_shuffle_seed=seed + rank if data["shuffle_buffer"] else None,
+        pin_memory=device.type == "cuda",  # Ray copies to the GPU in its fetch thread, from pinned memory
+    )
+
+
+def timed(batches, skip: int):
+    """``(batch, seconds waited for it)``, after passing over the ``skip`` batches trained before a restart."""
+    batches = iter(batches)
+    while True:
+        start = time.perf_counter()
+        batch = next(batches, None)
+        if batch is None:
+            return
+        if skip > 0:
+            skip -= 1
+            continue
+        yield batch, time.perf_counter() - start
+
+
+def device_augmentation(cfg: dict, device: torch.device, rank: int, step: int):
+    """The views' augmentations when ``data.augment_on`` is ``device`` (else the identity), seeded per rank and step."""
+    from mvssl_dist.views.augment import augment_views, per_view_chains
+
+    data, seed = cfg["data"], cfg["train"]["seed"]
+    chains = per_view_chains(data["augment"], data["n_views"]) if data["augment_on"] == "device" else []
+    if not any(chains):
+        return lambda views: views
+    generator = torch.Generator(device=device).manual_seed(seed * 7919 + rank * 104729 + step)
+    return lambda views: augment_views(views, chains, generator)
+
+
+def train_step(method, model, optimizer, views, tracks, values: dict, t: dict, watched: bool) -> dict:
+    """One optimizer step at the schedules' ``values``: the step's metrics (tensors)."""
+    set_hyperparameters(optimizer, values["lr"], values["weight_decay"])
+    device_type = views.device.type
+    with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=device_type == "cuda" and t["bf16"]):
+        loss, metrics = model(views, values, tracks, watch=watched)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if t["grad_clip"] > 0:
+        metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(method.parameters(), t["grad_clip"]).detach()
+    optimizer.step()
+    method.update_teacher(values["ema_momentum"])
+    return metrics
+
+
+class Throughput:
+    """Samples per second and the share of time spent waiting for views, since the last logged step."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.reset()
+
+    def reset(self) -> None:
+        self.start, self.samples, self.wait = time.perf_counter(), 0, 0.0
+
+    def add(self, samples: int, waited: float) -> None:
+        self.samples += samples * self.workers
+        self.wait += waited
+
+    def metrics(self) -> dict:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        return {"samples_per_s": self.samples / elapsed, "data_wait_fraction": self.wait / elapsed}
+
+
 def train_loop_per_worker(cfg: dict) -> None:
     import ray.train
     from ray.train.torch import get_device
 
-    from mvssl_dist.views.augment import augment_views, per_view_chains
-    from mvssl_dist.views.dataset import collate_views
-
     t = cfg["train"]
     ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
+    rank, workers = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(cfg["threads_per_worker"])))
     device = get_device()
     torch.manual_seed(t["seed"] + rank)
     method = build_method(cfg["method"]["name"], **cfg["method"]["options"])
     optimizer = torch.optim.AdamW(param_groups(method), lr=t["lr"], weight_decay=t["weight_decay"])
-    step, collapsed_tagged = cfg["start_step"], False
-    checkpoint = ray.train.get_checkpoint()  # the latest of this run after a worker failure
-    if checkpoint is None and cfg.get("resume_checkpoint"):  # --resume: the driver found it on storage
-        checkpoint = ray.train.Checkpoint.from_directory(cfg["resume_checkpoint"])
-    if checkpoint:
-        state = load_state(checkpoint)
-        method.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step = state["step"]
-        set_rng_state(state["rng"])
-        collapsed_tagged = state.get("collapsed", False)
-        cfg["total_steps"] = min(cfg["total_steps"], state.get("total_steps", cfg["total_steps"]))  # once fitted
+    step, collapsed_tagged = restore(method, optimizer, cfg)
     method, model = prepare(method, cfg, device)
     method.train()
     schedules = schedules_for(cfg)
@@ -304,52 +388,20 @@ def train_loop_per_worker(cfg: dict) -> None:
     progress = ProgressPost(cfg.get("run_id"), rank)
     watch = CollapseWatch(t, step)
     timebox = TimeBox(t["max_minutes"], device, fit=t["fit_to_max_minutes"])
-    chains = (
-        per_view_chains(cfg["data"]["augment"], cfg["data"]["n_views"]) if cfg["data"]["augment_on"] == "device" else []
-    )
-    generator = torch.Generator(device=device).manual_seed(t["seed"] * 7919 + rank * 104729 + step)
-    autocast = device.type == "cuda" and t["bf16"]
-    per_worker = cfg["data"]["batch_size"] // ctx.get_world_size()
-    shard = ray.train.get_dataset_shard("train")
-    batches = shard.iter_torch_batches(
-        batch_size=per_worker,
-        collate_fn=collate_views(),
-        drop_last=True,
-        local_shuffle_buffer_size=cfg["data"]["shuffle_buffer"] or None,
-        local_shuffle_seed=t["seed"] + rank if cfg["data"]["shuffle_buffer"] else None,
-        pin_memory=device.type == "cuda",  # Ray copies to the GPU in its fetch thread, from pinned memory
-    )
-    skip = step - cfg["start_step"]  # batches already trained on before a restart
-    waited, last = 0.0, time.perf_counter()
-    window_start, window_samples, window_wait = time.perf_counter(), 0, 0.0
+    augment = device_augmentation(cfg, device, rank, step)
+    throughput = Throughput(workers)
     metrics: dict = {}
     reported = step
-    for batch in batches:
-        if skip > 0:
-            skip -= 1
-            last = time.perf_counter()
-            continue
+    for batch, waited in timed(view_batches(cfg, device, rank, workers), skip=step - cfg["start_step"]):
         if step >= cfg["total_steps"]:
             break
-        waited = time.perf_counter() - last
         maybe_fault(step, rank)
-        views = batch["views"].to(device, non_blocking=True).float() / INT16_SCALE
-        if any(chains):
-            views = augment_views(views, chains, generator)
+        views = augment(batch["views"].to(device, non_blocking=True).float() / INT16_SCALE)
         values = schedules.at(step)
-        set_hyperparameters(optimizer, values["lr"], values["weight_decay"])
         watched = logged(step + 1, cfg)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss, metrics = model(views, values, batch["track"].to(device), watch=watched)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if t["grad_clip"] > 0:
-            metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(method.parameters(), t["grad_clip"]).detach()
-        optimizer.step()
-        method.update_teacher(values["ema_momentum"])
+        metrics = train_step(method, model, optimizer, views, batch["track"].to(device), values, t, watched)
         step += 1
-        window_samples += views.shape[0] * ctx.get_world_size()
-        window_wait += waited
+        throughput.add(views.shape[0], waited)
         collapsed = False
         if watched:
             metrics = as_floats(metrics)
@@ -367,17 +419,14 @@ def train_loop_per_worker(cfg: dict) -> None:
             tracker.tag("max_minutes_reached_at_step", str(step))
         done = step >= cfg["total_steps"] or (collapsed and t["stop_on_collapse"]) or out_of_time
         if watched:  # every way of being done is decided on a watched step, the last step included
-            elapsed = time.perf_counter() - window_start
-            metrics.update(values, samples_per_s=window_samples / max(elapsed, 1e-9))
-            metrics["data_wait_fraction"] = window_wait / max(elapsed, 1e-9)
+            metrics.update(values, **throughput.metrics())
             tracker.log(metrics, step)
             progress.post(step, cfg["total_steps"], metrics)
-            window_start, window_samples, window_wait = time.perf_counter(), 0, 0.0
+            throughput.reset()
         if step % t["checkpoint_every"] == 0 or done:
             tracker.flush()
             report(method, optimizer, step, cfg, metrics, collapsed_tagged, rank, out_of_time)
             reported = step
-        last = time.perf_counter()
         if done:
             break
     if step > reported:  # the views ran out before total_steps: keep every step trained
