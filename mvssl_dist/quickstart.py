@@ -239,9 +239,8 @@ def quiet_ray_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = print) -> QuickstartResult:
-    from mvssl_dist.tracking import default_tracking_uri
-
+def check_options(opts: QuickstartOptions) -> None:
+    """One line for the first option out of range, before anything is written."""
     if opts.tracks < 20:
         raise QuickstartError(
             f"--tracks {opts.tracks}: at least 20 (the probe needs train, validation and test tracks)"
@@ -256,6 +255,84 @@ def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = print) 
         raise QuickstartError(
             f"--seconds {opts.seconds:g}: at least 13.4 (tracks vary by 10% and ingest keeps tracks of 12 s and more)"
         )
+
+
+class Stages:
+    """Runs the numbered stages, each once: a finished one is read back from ``quickstart.json``."""
+
+    def __init__(self, state: State, result: QuickstartResult, say: Callable[[str], None]) -> None:
+        self.state, self.result, self.say = state, result, say
+
+    def run(self, number: int, name: str, title: str, work: Callable[[], dict]) -> dict:
+        done = self.state.get(name)
+        if done is not None:
+            self.say(f"[{number}/6] {title}: already done (from {self.state.path.name})")
+            return done
+        self.say(f"[{number}/6] {title}")
+        t0 = time.perf_counter()
+        try:
+            value = work()
+        except Exception as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise QuickstartError(f"stage {number} ({title}) failed: {first}") from err
+        value["seconds"] = self.result.stage_seconds[name] = round(time.perf_counter() - t0, 1)
+        self.state.set(name, value)
+        self.say(f"  done in {value['seconds']:.0f} s")
+        return value
+
+
+def pretrain_title(cfg: dict) -> str:
+    """Stage 3's line: workers, steps and the time box they are fitted to."""
+    train = cfg["train"]
+    limit, box = "", f"{train['max_minutes']:g} min"
+    if train["max_minutes"]:
+        limit = (
+            f" at most, fitted to {box} at this machine's pace" if train["fit_to_max_minutes"] else f" (at most {box})"
+        )
+    workers = f"{train['num_workers']} Ray Train {'GPU ' if train['use_gpu'] else ''}workers"
+    return f"pre-training contrastive, {workers}, {train['max_steps']} steps{limit}; registering the backbone"
+
+
+def evaluate_all(opts: QuickstartOptions, work: Path, model_uri: str, tracking_uri: str, say) -> dict:
+    """The model, ``random:0`` and the normalised control with the MLP probe (which decides
+    ``champion``), then with the k-NN probe; the model's paired margins over each baseline."""
+    say("  the control: random:0's weights with BatchNorm statistics measured on the library")
+    control = str(normalised_control(work))
+    record = {}
+    for probe in ("mlp", "knn"):
+        scores = probe_scores(opts, work, (model_uri, control), tracking_uri, probe, say)
+        if probe == "mlp":
+            record.update(scores)
+        else:
+            record["knn"] = scores
+    return record
+
+
+def probe_scores(opts, work: Path, models: tuple[str, str], tracking_uri: str, probe: str, say) -> dict:
+    from mvssl_dist.evaluate import compare
+
+    model_uri, control = models
+    promote = "champion" if probe == "mlp" else None
+    features = str(work / "embeddings")  # the model's segments, embedded by stage 4
+    ours = evaluate_model(opts, work, model_uri, tracking_uri, features, promote, say, probe)
+    random = evaluate_model(opts, work, "random:0", tracking_uri, None, None, say, probe)
+    normalised = evaluate_model(opts, work, control, tracking_uri, None, None, say, probe)
+    margin, control_margin = compare(ours, random), compare(ours, normalised)
+    say(f"  model - random, {probe} probe, ROC-AUC macro: {margin.describe()}")
+    say(f"  model - control, {probe} probe, ROC-AUC macro: {control_margin.describe()}")
+    return {
+        "model": {"model": model_uri, **evaluation_record(ours)},
+        "random": {"model": "random:0", **evaluation_record(random)},
+        "margin": margin_record(margin),
+        "control": {"model": control, **evaluation_record(normalised)},
+        "control_margin": margin_record(control_margin),
+    }
+
+
+def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = print) -> QuickstartResult:
+    from mvssl_dist.tracking import default_tracking_uri
+
+    check_options(opts)
     work = Path(opts.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(work)
@@ -267,79 +344,23 @@ def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = print) 
 
     quiet_ray_logs()
     start = time.perf_counter()
-
-    def stage(number: int, name: str, title: str, run: Callable[[], dict]) -> dict:
-        done = state.get(name)
-        if done is not None:
-            say(f"[{number}/6] {title}: already done (from {state.path.name})")
-            return done
-        say(f"[{number}/6] {title}")
-        t0 = time.perf_counter()
-        try:
-            value = run()
-        except Exception as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise QuickstartError(f"stage {number} ({title}) failed: {first}") from err
-        result.stage_seconds[name] = round(time.perf_counter() - t0, 1)
-        value["seconds"] = result.stage_seconds[name]
-        state.set(name, value)
-        say(f"  done in {result.stage_seconds[name]:.0f} s")
-        return value
-
-    stage(1, "library", "generating a labelled synthetic music library", lambda: make_library(opts, work, say))
-    stage(2, "ingest", "ingesting it into WebDataset shards (Ray Data)", lambda: ingest_library(opts, work, say))
+    stages = Stages(state, result, say)
+    stages.run(1, "library", "generating a labelled synthetic music library", lambda: make_library(opts, work, say))
+    stages.run(2, "ingest", "ingesting it into WebDataset shards (Ray Data)", lambda: ingest_library(opts, work, say))
     budget = state.get("pretrain_budget") or pretrain_budget(opts, time.perf_counter() - start)
     state.set("pretrain_budget", list(budget))  # a resumed run keeps the length it started with
     cfg = pretrain_config(opts, work, tracking_uri, budget)
-    train = cfg["train"]
-    limit, box = "", f"{train['max_minutes']:g} min"
-    if train["max_minutes"]:
-        limit = (
-            f" at most, fitted to {box} at this machine's pace" if train["fit_to_max_minutes"] else f" (at most {box})"
-        )
-    workers = f"{train['num_workers']} Ray Train {'GPU ' if train['use_gpu'] else ''}workers"
-    trained = stage(
-        3,
-        "pretrain",
-        f"pre-training contrastive, {workers}, {train['max_steps']} steps{limit}; registering the backbone",
-        lambda: pretrain_model(opts, work, cfg, say),
+    trained = stages.run(3, "pretrain", pretrain_title(cfg), lambda: pretrain_model(opts, work, cfg, say))
+    model_uri = trained["model_uri"]
+    stages.run(
+        4, "embed", "embedding the library (Ray Data actor pool)", lambda: embed_tracks(opts, work, model_uri, say)
     )
-    stage(
-        4,
-        "embed",
-        "embedding the library (Ray Data actor pool)",
-        lambda: embed_tracks(opts, work, trained["model_uri"], say),
+    stages.run(
+        5,
+        "evaluate",
+        "probing tags on frozen embeddings: the model vs. a random backbone",
+        lambda: evaluate_all(opts, work, model_uri, tracking_uri, say),
     )
-
-    def evaluate_both() -> dict:
-        from mvssl_dist.evaluate import compare
-
-        features = str(work / "embeddings")
-        say("  the control: random:0's weights with BatchNorm statistics measured on the library")
-        control = str(normalised_control(work))
-        record = {}
-        for probe in ("mlp", "knn"):  # the reference's trained probe (it decides champion), then k-NN
-            promote = "champion" if probe == "mlp" else None
-            ours = evaluate_model(opts, work, trained["model_uri"], tracking_uri, features, promote, say, probe)
-            random = evaluate_model(opts, work, "random:0", tracking_uri, None, None, say, probe)
-            normalised = evaluate_model(opts, work, control, tracking_uri, None, None, say, probe)
-            margin, control_margin = compare(ours, random), compare(ours, normalised)
-            say(f"  model - random, {probe} probe, ROC-AUC macro: {margin.describe()}")
-            say(f"  model - control, {probe} probe, ROC-AUC macro: {control_margin.describe()}")
-            scores = {
-                "model": {"model": trained["model_uri"], **evaluation_record(ours)},
-                "random": {"model": "random:0", **evaluation_record(random)},
-                "margin": margin_record(margin),
-                "control": {"model": control, **evaluation_record(normalised)},
-                "control_margin": margin_record(control_margin),
-            }
-            if probe == "mlp":
-                record.update(scores)
-            else:
-                record["knn"] = scores
-        return record
-
-    stage(5, "evaluate", "probing tags on frozen embeddings: the model vs. a random backbone", evaluate_both)
     say("[6/6] summary")
     result.stage_seconds["total"] = round(time.perf_counter() - start, 1)
     for line in summary_lines(work, state.data, tracking_uri):

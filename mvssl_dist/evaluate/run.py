@@ -235,14 +235,11 @@ def one_sided_tags(labels: np.ndarray, vocabulary: Sequence[str]) -> list[str]:
     return [tag for tag, n in zip(vocabulary, positives, strict=True) if n == 0 or n == len(labels)]
 
 
-def evaluate(options: EvaluateOptions, report: Callable[[str], None] = print) -> EvaluateResult:
+def checked_task(options: EvaluateOptions) -> Task:
+    """The task's splits (train cut to ``--train-fraction``) once every option has been checked; one line if not."""
     from mvssl_dist.embed.batch import EmbedError, check_counts
     from mvssl_dist.evaluate.tasks import TaskError
-    from mvssl_dist.tracking import default_tracking_uri
 
-    start = time.perf_counter()
-    tracking_uri = options.tracking_uri or default_tracking_uri()
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     if not 0 <= options.max_missing <= 1:
         raise EvaluateError(f"--max-missing {options.max_missing}: must be in [0, 1]")
     try:
@@ -256,17 +253,14 @@ def evaluate(options: EvaluateOptions, report: Callable[[str], None] = print) ->
         raise EvaluateError(str(err)) from None
     if "://" not in options.audio_root and not os.path.isdir(options.audio_root):
         raise EvaluateError(f"--audio-root {options.audio_root}: no such directory")
-    model_uri, cache_name, facts = model_identity(options.model)
-    if options.promote_alias and "model_version" not in facts:
-        raise EvaluateError(f"--promote-alias needs a registered model (models:/NAME@ALIAS), not {options.model}")
-    try:
-        base = local_folder(options.cache_dir, "--cache-dir") / cache_name
-    except ValueError as err:
-        raise EvaluateError(str(err)) from None
-    counts = {s: len(task.split(s)) for s in SPLITS}
-    report(
-        f"[evaluate] task {task.name}: {len(task.vocabulary)} tags, " + ", ".join(f"{k} {v}" for k, v in counts.items())
-    )
+    return task
+
+
+def task_features(task: Task, options: EvaluateOptions, model_uri: str, base: Path, report):
+    """Each split's segment features, embedded where the cache lacks them: (splits, missing, its listing, folder).
+
+    Tracks missing from ``--audio-root`` or failing to decode are listed; past ``--max-missing`` the
+    evaluation stops."""
     present, missing = find_missing(task, options.audio_root)
     listing = base / f"missing-{task.slug()}.csv"
     check_missing(missing, len(task.tracks), options.max_missing, listing, options.audio_root)
@@ -281,24 +275,50 @@ def evaluate(options: EvaluateOptions, report: Callable[[str], None] = print) ->
     if missing:
         report(f"[evaluate] {len(missing)} task track(s) missing or undecodable, listed in {listing}")
     splits = {s: split_features(task, present, features, s) for s in SPLITS}
-    unscored = set(one_sided_tags(splits["test"].labels, task.vocabulary))
-    scored = [t for t in task.vocabulary if t not in unscored]
-    if unlearnable := [t for t in one_sided_tags(splits["train"].labels, task.vocabulary) if t in scored]:
+    return splits, missing, listing, features_dir
+
+
+def warn_unlearnable(splits: dict, vocabulary: Sequence[str], report) -> None:
+    """One line naming the scored tags the train split cannot teach (on all its tracks, or on none)."""
+    unscored = set(one_sided_tags(splits["test"].labels, vocabulary))
+    scored = [t for t in vocabulary if t not in unscored]
+    if unlearnable := [t for t in one_sided_tags(splits["train"].labels, vocabulary) if t in scored]:
         report(
             f"[evaluate] {len(unlearnable)} of the {len(scored)} tags scored are on every train track or on none "
             f"({', '.join(unlearnable[:8])}{', …' if len(unlearnable) > 8 else ''}): the probe cannot learn "
             "them, so their test scores are at chance (a larger --train-fraction gives it both kinds)"
         )
+
+
+def evaluate(options: EvaluateOptions, report: Callable[[str], None] = print) -> EvaluateResult:
+    from mvssl_dist.evaluate.report import log_evaluation
+    from mvssl_dist.tracking import default_tracking_uri
+
+    start = time.perf_counter()
+    tracking_uri = options.tracking_uri or default_tracking_uri()
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    task = checked_task(options)
+    model_uri, cache_name, facts = model_identity(options.model)
+    if options.promote_alias and "model_version" not in facts:
+        raise EvaluateError(f"--promote-alias needs a registered model (models:/NAME@ALIAS), not {options.model}")
+    try:
+        base = local_folder(options.cache_dir, "--cache-dir") / cache_name
+    except ValueError as err:
+        raise EvaluateError(str(err)) from None
+    counts = ", ".join(f"{s} {len(task.split(s))}" for s in SPLITS)
+    report(f"[evaluate] task {task.name}: {len(task.vocabulary)} tags, {counts}")
+    splits, missing, listing, features_dir = task_features(task, options, model_uri, base, report)
+    warn_unlearnable(splits, task.vocabulary, report)
     verb = "fitting" if options.probe.kind == "knn" else "training"  # k-NN: no training, a vote
     report(f"[evaluate] {verb} a {options.probe.kind} probe on {len(splits['train'].segments)} segments")
     probe = train_probe(splits["train"], splits["validation"], options.probe, report)
-    test_scores = track_scores(probe.model, splits["test"])
+    test = splits["test"]
+    test_scores = track_scores(probe.model, test)
     try:
-        metrics, per_tag = tagging_metrics(splits["test"].labels, test_scores, task.vocabulary)
+        metrics, per_tag = tagging_metrics(test.labels, test_scores, task.vocabulary)
     except ValueError as err:
         raise EvaluateError(f"task {task.name}, test split: {err}") from None
     metrics.update(probe_epochs=probe.epochs, probe_best_epoch=probe.best_epoch, **probe.facts)
-    test = splits["test"]
     result = EvaluateResult(
         task.slug(),
         metrics,
@@ -311,7 +331,5 @@ def evaluate(options: EvaluateOptions, report: Callable[[str], None] = print) ->
     )
     result.model_name, result.model_version = facts.get("model_name"), facts.get("model_version")
     result.seconds = time.perf_counter() - start
-    from mvssl_dist.evaluate.report import log_evaluation
-
     log_evaluation(result, options, task, facts, probe.history, listing, tracking_uri)
     return result

@@ -490,6 +490,61 @@ def interrupted_line(run_dir: Path, cfg: dict, continue_with: str | None) -> str
     return f"[pretrain] interrupted: the MLflow run is marked KILLED; {kept}; continue it with: {continue_with}"
 
 
+def run_folder(cfg: dict, name: str) -> Path:
+    """``train.storage_path/name``, refused in one line when either is not a plain local folder."""
+    if name in (".", "..") or "/" in name or "\\" in name:
+        raise ConfigError(f"run name {name!r}: must be a plain name (it is a folder under train.storage_path)")
+    try:
+        return local_folder(cfg["train"]["storage_path"], "config: train.storage_path") / name
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def fit(trainer, cfg: dict, run_dir: Path, report, progress_every_s: float, continue_with: str | None):
+    """``trainer.fit()`` with progress lines; a failure or an interrupt ends the MLflow run
+    (FAILED, or KILLED with the line that continues it, then KeyboardInterrupt)."""
+    import mlflow
+
+    from mvssl_dist.train.progress import RunProgress, progress_actor_name
+    from mvssl_dist.views.dataset import release_stats_actor
+
+    run_id = cfg["run_id"]
+    ctrl_c = signal.getsignal(signal.SIGINT)
+    try:
+        with RunProgress(progress_actor_name(run_id), cfg["total_steps"], report, progress_every_s):
+            return trainer.fit()
+    except Exception as err:
+        mlflow.MlflowClient().set_terminated(run_id, status="FAILED")
+        raise PretrainError(f"training failed: {str(err).strip().splitlines()[-1][:400]}") from err
+    except (KeyboardInterrupt, SystemExit):
+        # Ctrl-C: Ray Train's handler aborts the workers, then exits from inside fit() with
+        # SystemExit(0); SIGTERM (`ray job stop`): Ray's driver handler exits with SystemExit(15).
+        mlflow.MlflowClient().set_terminated(run_id, status="KILLED")
+        report(interrupted_line(run_dir, cfg, continue_with))
+        raise KeyboardInterrupt from None
+    finally:
+        if ctrl_c is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, ctrl_c)  # Ray Train's handler would abort a finished run
+        release_stats_actor(f"views-{run_dir.name}")
+
+
+def ending_line(cfg: dict, state: dict) -> str | None:
+    """Why a run ended before the steps it planned (time box, fitted schedules, views run out), if it did."""
+    steps, collapsed = state["step"], bool(state.get("collapsed"))
+    fitted = state.get("total_steps", cfg["total_steps"])  # the last step, once fitted to train.max_minutes
+    minutes = f"train.max_minutes ({cfg['train']['max_minutes']:g})"
+    if state.get("out_of_time"):
+        return f"[pretrain] {minutes} was reached at step {steps} of {fitted}; registered what was trained"
+    if fitted < cfg["total_steps"] and steps >= fitted:
+        return (
+            f"[pretrain] {steps} of the {cfg['total_steps']} steps planned fitted in {minutes} at this machine's "
+            "pace; the schedules ended there"
+        )
+    if steps < fitted and not collapsed:
+        return f"[pretrain] the views ran out at step {steps} of {fitted}; registered what was trained"
+    return None
+
+
 def pretrain(
     cfg: dict,
     run_name: str | None = None,
@@ -507,17 +562,11 @@ def pretrain(
     import mlflow
 
     from mvssl_dist.raytools import init_ray
-    from mvssl_dist.train.progress import RunProgress, progress_actor_name
 
     facts = dataset_facts(cfg)
     cfg = derive(cfg, facts)
     name = run_name or cfg["tracking"]["run_name"] or f"{cfg['method']['name']}-{config_hash(cfg)[:6]}-{os.getpid()}"
-    if name in (".", "..") or "/" in name or "\\" in name:
-        raise ConfigError(f"run name {name!r}: must be a plain name (it is a folder under train.storage_path)")
-    try:
-        run_dir = local_folder(cfg["train"]["storage_path"], "config: train.storage_path") / name
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    run_dir = run_folder(cfg, name)
     cfg["dataset_index_sha256"] = facts["index_sha256"]
     cfg["tracking_uri"] = cfg["tracking"]["uri"] or default_tracking_uri()
     cfg["experiment_id"] = connect(cfg["tracking_uri"], cfg["tracking"]["experiment"])
@@ -531,8 +580,7 @@ def pretrain(
     init_ray(ray_address)
     per_worker, view_cpus = size_cpus(cfg)
     check_gpus(cfg, ray_address, report)
-    run_id = start_or_resume_run(cfg, facts, run_dir, resume)
-    cfg["run_id"] = run_id
+    run_id = cfg["run_id"] = start_or_resume_run(cfg, facts, run_dir, resume)
     checkpoint, start_step = latest_checkpoint(run_dir) if resume else (None, 0)
     report(
         f"[pretrain] run {name} ({run_id}): {cfg['method']['name']}, {facts['tracks']} tracks, "
@@ -545,41 +593,14 @@ def pretrain(
             f"{cfg['data']['n_views']} views need: they give no views"
         )
     trainer = build_trainer(cfg, run_dir, per_worker, view_cpus, start_step, checkpoint)
-    ctrl_c = signal.getsignal(signal.SIGINT)
-    try:
-        with RunProgress(progress_actor_name(run_id), cfg["total_steps"], report, progress_every_s):
-            result = trainer.fit()
-    except Exception as err:
-        mlflow.MlflowClient().set_terminated(run_id, status="FAILED")
-        raise PretrainError(f"training failed: {str(err).strip().splitlines()[-1][:400]}") from err
-    except (KeyboardInterrupt, SystemExit):
-        # Ctrl-C: Ray Train's handler aborts the workers, then exits from inside fit() with
-        # SystemExit(0); SIGTERM (`ray job stop`): Ray's driver handler exits with SystemExit(15).
-        mlflow.MlflowClient().set_terminated(run_id, status="KILLED")
-        report(interrupted_line(run_dir, cfg, continue_with))
-        raise KeyboardInterrupt from None
-    finally:
-        from mvssl_dist.views.dataset import release_stats_actor
-
-        if ctrl_c is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, ctrl_c)  # Ray Train's handler would abort a finished run
-        release_stats_actor(f"views-{run_dir.name}")
+    result = fit(trainer, cfg, run_dir, report, progress_every_s, continue_with)
     if result.checkpoint is None:
         mlflow.MlflowClient().set_terminated(run_id, status="FAILED")
         raise PretrainError("training ended without a checkpoint; nothing registered")
     with result.checkpoint.as_directory() as checkpoint_dir:
         version, state = finish(cfg, run_id, Path(checkpoint_dir), model_name)
-    steps, collapsed = state["step"], bool(state.get("collapsed"))
-    fitted = state.get("total_steps", cfg["total_steps"])  # the last step, once fitted to train.max_minutes
-    minutes = f"train.max_minutes ({cfg['train']['max_minutes']:g})"
-    if state.get("out_of_time"):
-        report(f"[pretrain] {minutes} was reached at step {steps} of {fitted}; registered what was trained")
-    elif fitted < cfg["total_steps"] and steps >= fitted:
-        report(
-            f"[pretrain] {steps} of the {cfg['total_steps']} steps planned fitted in {minutes} at this machine's "
-            "pace; the schedules ended there"
-        )
-    elif steps < fitted and not collapsed:
-        report(f"[pretrain] the views ran out at step {steps} of {fitted}; registered what was trained")
+    if line := ending_line(cfg, state):
+        report(line)
     mlflow.MlflowClient().set_terminated(run_id, status="FINISHED")
-    return PretrainResult(run_id, name, model_name, version, steps, result.checkpoint.path, collapsed)
+    collapsed = bool(state.get("collapsed"))
+    return PretrainResult(run_id, name, model_name, version, state["step"], result.checkpoint.path, collapsed)
