@@ -230,6 +230,37 @@ def test_list_files_saved_by_spreadsheets_and_notepad_resolve(tmp_path):
         assert find_sources([str(tmp_path / name)]).uris == [path_to_uri(tmp_path / "a.mp3")], name
 
 
+def test_linked_folders_are_walked_once_and_an_unlistable_folder_is_one_line(tmp_path, monkeypatch, capsys):
+    """Symbolic links to folders were passed over in silence (their tracks never ingested), and a
+    folder that could not be listed was skipped without a word."""
+    shelf, other = tmp_path / "shelf", tmp_path / "elsewhere" / "artist"
+    (shelf / "sub").mkdir(parents=True)
+    other.mkdir(parents=True)
+    for path in (shelf / "a.mp3", shelf / "sub" / "b.flac", other / "c.ogg"):
+        path.write_bytes(b"x")
+    (shelf / "artist").symlink_to(other)  # a catalogue assembled from links
+    (shelf / "sub" / "up").symlink_to(shelf)  # a loop
+    (shelf / "again").symlink_to(other)  # a second link to one folder
+    walked = find_sources([str(shelf)]).uris
+    names = sorted(uri.rsplit("/", 1)[-1] for uri in walked)
+    assert names == ["a.mp3", "b.flac", "c.ogg"], walked
+    assert walked == find_sources([str(shelf)]).uris  # the same paths on every run
+
+    real_scandir = os.scandir
+
+    def refusing(path="."):
+        if os.fspath(path).endswith("sub"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    assert main(["ingest", str(shelf), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert (
+        err == f"mvssl: error: {shelf / 'sub'}: cannot list this folder (Permission denied); its files would be missed"
+    )
+
+
 def test_list_files_and_globs(catalogue, tmp_path, ray_local):
     root, expected = catalogue
     (tmp_path / "list.txt").write_text("\n".join(str(p) for p in expected["good"][:2]) + "\n")

@@ -98,13 +98,30 @@ class Sources:
 
 def _walk_local(root: str, found: Sources) -> None:
     """Audio files under ``root``; directories whose names look like audio are inputs too
-    (they will be rejected as unreadable rather than silently walked into)."""
-    inputs, others = [], []
-    for dirpath, dirnames, filenames in os.walk(root):
+    (they will be rejected as unreadable rather than silently walked into).
+
+    Symbolic links to folders are followed (catalogues on shared disks are often assembled that
+    way), each folder once: a link back up the tree, or a second link to one folder, adds nothing.
+    Folders are walked in name order, so a re-run lists the same paths. A folder that cannot be
+    listed stops the walk with one line: its files would otherwise be left out in silence."""
+    inputs, others, seen = [], [], set()
+
+    def unlisted(err: OSError) -> None:
+        raise SourceError(f"{err.filename}: cannot list this folder ({err.strerror or err}); its files would be missed")
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted, followlinks=True):
+        try:
+            folder = os.stat(dirpath)
+        except OSError as err:
+            unlisted(err)
+        if (folder.st_dev, folder.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((folder.st_dev, folder.st_ino))
         for name in dirnames:
             if has_audio_extension(name):
                 inputs.append(os.path.join(dirpath, name))
-        dirnames[:] = [d for d in dirnames if not has_audio_extension(d)]
+        dirnames[:] = sorted(d for d in dirnames if not has_audio_extension(d))
         for name in filenames:
             (inputs if has_audio_extension(name) else others).append(os.path.join(dirpath, name))
     found.uris += [path_to_uri(p) for p in sorted(inputs)]
