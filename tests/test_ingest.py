@@ -190,6 +190,42 @@ def test_killed_ingest_resumes_to_the_same_index(catalogue, tmp_path):
     assert not list(out.glob(".*tmp*"))
 
 
+def test_a_failed_write_is_one_line_and_leaves_no_partial_file(catalogue, ingested, tmp_path, monkeypatch):
+    """A full disk gave the user a Ray traceback and left the half-written tar behind."""
+    import errno
+    import importlib
+
+    module = importlib.import_module("mvssl_dist.shards.ingest")  # the package's `ingest` is the function
+
+    _, expected = catalogue
+    defaults = IngestOptions([], "")
+    options = json.dumps({k: getattr(defaults, k) for k in module.PROCESSING_OPTIONS})
+    uris = [path_to_uri(p) for p in expected["good"][:2]]
+    out = tmp_path / "full"
+    (out / "shards").mkdir(parents=True)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(module, "write_sample", full)
+    result = module.process_unit({"unit": 3, "uris": uris, "out": str(out), "options": options})
+    assert result["error"] == f"writing {out / 'shards' / 'shard-000003.tar'}: No space left on device"
+    assert list((out / "shards").iterdir()) == []  # the temporary tar is gone
+    monkeypatch.undo()
+
+    gone = tmp_path / "gone"  # the output folder vanished under the workers: the driver says so in one line
+    with pytest.raises(module.IngestError) as err:
+        module.run_units(gone, {0: uris}, IngestOptions([], str(gone), progress=False), report=lambda m: None)
+    assert str(err.value).startswith(f"writing {gone / 'shards'}")
+    assert "No such file or directory; the 0 unit(s) finished are kept" in str(err.value)
+
+    done, _ = ingested  # what a killed run left under temporary names goes at the next run
+    for stale in (done / "shards" / ".shard-000000.tar.tmp-999", done / ".index.parquet.tmp-999"):
+        stale.write_bytes(b"half")
+    ingest(IngestOptions([str(catalogue[0])], str(done), shard_target_mb=2, progress=False), report=lambda m: None)
+    assert not list(done.glob(".*.tmp-*")) and not list((done / "shards").glob(".*.tmp-*"))
+
+
 def test_flac_codec_stores_the_same_audio(catalogue, ingested, tmp_path, ray_local):  # noqa: ARG001
     root, expected = catalogue
     out = tmp_path / "flac"

@@ -216,34 +216,48 @@ def inspect_input(uri: str, options: dict) -> tuple[dict, np.ndarray | None]:
 
 
 def process_unit(item: dict) -> dict:
-    """Ray Data ``map`` function: one unit's inputs -> its shard tar and manifest."""
+    """Ray Data ``map`` function: one unit's inputs -> its shard tar and manifest.
+
+    Inputs that cannot be read are rejects; an error writing the output (a full disk, a folder
+    gone read-only) comes back as the row's ``error``, because Ray Data hands the driver only a
+    traceback's text for an exception raised here."""
     unit, uris, out, options = item["unit"], list(item["uris"]), Path(item["out"]), json.loads(item["options"])
     if delay := float(os.environ.get("MVSSL_FAULT_UNIT_DELAY_S", "0")):  # fault injection for kill/resume tests
         time.sleep(delay)
+    try:
+        return {**write_unit(unit, uris, out, options), "error": ""}
+    except OSError as err:
+        where = err.filename or out / "shards" / f"{shard_name(unit)}.tar"
+        return {"unit": unit, "tracks": 0, "inputs": len(uris), "error": f"writing {where}: {err.strerror or err}"}
+
+
+def write_unit(unit: int, uris: list[str], out: Path, options: dict) -> dict:
+    """One unit's shard tar (under a temporary name until complete) and then its manifest."""
     shards = out / "shards"
     name = shard_name(unit)
     ext = CODECS[options["codec"]]
     rows, seen = [], {}
     tar_tmp = shards / f".{name}.tar.tmp-{os.getpid()}"
-    with tarfile.open(tar_tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for position, uri in enumerate(uris):
-            row, audio = inspect_input(uri, options)
-            row.update(unit=unit, position=position)
-            if audio is not None and row["key"] in seen:
-                row.update(
-                    status=f"duplicate_of:{row['key']}", detail=f"same content as {display_uri(seen[row['key']])}"
-                )
-            elif audio is not None:
-                seen[row["key"]] = uri
-                row["shard"] = f"shards/{name}.tar"
-                meta = {k: row[k] for k in ("num_samples", "duration_s", "source_sha256")}
-                meta.update(key=row["key"], sample_rate=SAMPLE_RATE, dtype="int16", codec=options["codec"])
-                write_sample(tar, row["key"], meta, encode_payload(audio, options["codec"]), ext)
-            rows.append(row)
-    if seen:
-        os.replace(tar_tmp, shards / f"{name}.tar")
-    else:
-        tar_tmp.unlink()
+    try:
+        with tarfile.open(tar_tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for position, uri in enumerate(uris):
+                row, audio = inspect_input(uri, options)
+                row.update(unit=unit, position=position)
+                if audio is not None and row["key"] in seen:
+                    row.update(
+                        status=f"duplicate_of:{row['key']}", detail=f"same content as {display_uri(seen[row['key']])}"
+                    )
+                elif audio is not None:
+                    seen[row["key"]] = uri
+                    row["shard"] = f"shards/{name}.tar"
+                    meta = {k: row[k] for k in ("num_samples", "duration_s", "source_sha256")}
+                    meta.update(key=row["key"], sample_rate=SAMPLE_RATE, dtype="int16", codec=options["codec"])
+                    write_sample(tar, row["key"], meta, encode_payload(audio, options["codec"]), ext)
+                rows.append(row)
+        if seen:
+            os.replace(tar_tmp, shards / f"{name}.tar")
+    finally:
+        tar_tmp.unlink(missing_ok=True)  # a unit without tracks, or one that failed part-way
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
     write_parquet(shards / f"{name}.parquet", table)
     return {"unit": unit, "tracks": len(seen), "inputs": len(rows)}
@@ -360,6 +374,11 @@ def run_units(out: Path, todo: dict[int, list[str]], options: IngestOptions, rep
     ds = ds.map(process_unit, num_cpus=1, compute=ray.data.TaskPoolStrategy(size=options.workers or None))
     done = 0
     for result in ds.iter_rows():
+        if result["error"]:
+            raise IngestError(
+                f"{result['error']}; the {done} unit(s) finished are kept, "
+                "so the same command continues from there"
+            )
         done += 1
         report(
             f"[ingest] {shard_name(result['unit'])}: {result['tracks']}/{result['inputs']} tracks ({done}/{len(items)})"
@@ -390,6 +409,7 @@ def ingest(options: IngestOptions, report: Callable[[str], None] = print) -> Ing
 def ingest_into(out: Path, options: IngestOptions, report: Callable[[str], None]) -> IngestSummary:
     """The ingest proper, with DATASET_DIR held (see :func:`ingest`)."""
     (out / "shards").mkdir(parents=True, exist_ok=True)
+    remove_partial_files(out)
     check_options_compatible(out, options)
     found = find_sources(options.sources)
     uris = found.uris
@@ -410,6 +430,14 @@ def ingest_into(out: Path, options: IngestOptions, report: Callable[[str], None]
         init_ray(options.ray_address, max(options.workers or 0, os.cpu_count() or 1))
         run_units(out, todo, options, report)
     return finalize(out, plan, options, len(todo), len(not_read))
+
+
+def remove_partial_files(out: Path) -> None:
+    """Delete what a killed run left under temporary names (``.shard-000003.tar.tmp-PID``): the
+    folder is held by this run, so no other writer owns them, and a unit left unfinished is
+    written again from the start."""
+    for tmp in [*out.glob(".*.tmp-*"), *(out / "shards").glob(".*.tmp-*")]:
+        tmp.unlink(missing_ok=True)
 
 
 def not_read_line(uris: list[str], out: Path) -> str:
