@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -175,6 +176,48 @@ def test_an_interrupted_run_keeps_what_it_embedded(library, tmp_path, capsys):
     assert f"16 tracks, {kept} already embedded, {16 - kept} to do" in capsys.readouterr().out
     keys = [r["source_uri"] for r in table(out, "tracks")]
     assert len(keys) == len(set(keys)) == 11
+
+
+def test_a_run_stopped_between_the_two_parts_of_a_flush_embeds_those_tracks_again(
+    library, tmp_path, monkeypatch, capsys
+):
+    """With --level both, a full disk after the tracks part and before the segments part left
+    tracks without segments, and the re-run counted them done: their segments were never written."""
+    import errno
+
+    import pyarrow.parquet as parquet
+
+    root, _, weights = library
+    out = tmp_path / "out"
+    real_write = parquet.write_table
+
+    def full_for_segments(table, where, *args, **kwargs):
+        if ".segments-" in str(where):
+            raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
+        return real_write(table, where, *args, **kwargs)
+
+    monkeypatch.setattr(parquet, "write_table", full_for_segments)
+    assert main(["embed", str(root), "--model", str(weights), "--out", str(out), "--level", "both"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after Ray's own log lines
+    assert re.fullmatch(rf"mvssl: error: {re.escape(str(out))}/segments-[0-9-]+\.parquet: No space left on device", err)
+    monkeypatch.undo()
+    assert not list(out.glob("tracks-*.parquet"))  # the tracks part commits a flush, so it is written last
+
+    options = EmbedOptions([str(root)], str(weights), str(out), level="both", rows_per_part=3)
+    embed_library(options, report=lambda line: None)
+    first, second = sorted(out.glob("tracks-*.parquet"))[:2]
+    first.unlink()  # killed between the writes: segments without their tracks part
+    (out / second.name.replace("tracks-", "segments-")).unlink()  # an older version's order: tracks without segments
+    (out / f".{second.name}.tmp-999").write_bytes(b"half")
+    said: list[str] = []
+    embed_library(options, report=said.append)
+    assert "left by a run stopped part-way; its tracks are embedded again" in "\n".join(said)
+    tracks, segments = table(out, "tracks"), table(out, "segments")
+    assert len(tracks) == len({r["source_uri"] for r in tracks}) == 11
+    assert len(segments) == len({(r["source_uri"], r["segment"]) for r in segments})
+    assert {r["source_uri"] for r in segments} == {r["source_uri"] for r in tracks}
+    assert sum(r["num_segments"] for r in tracks) == len(segments)
+    assert not list(out.glob(".*.tmp-*"))
 
 
 def test_models_uri_and_neighbours(library, embedded, tmp_path, monkeypatch, capsys):

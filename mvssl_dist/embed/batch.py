@@ -190,11 +190,33 @@ def segment_schema() -> pa.Schema:
     )
 
 
-def done_sources(out: Path) -> set[str]:
+def done_sources(out: Path, level: str) -> set[str]:
+    """Inputs OUT_DIR has finished: in a part that commits them (the tracks part, or with
+    ``--level segment`` the segments part) or in an errors part."""
     done: set[str] = set()
-    for part in [*out.glob("tracks-*.parquet"), *out.glob("segments-*.parquet"), *out.glob("errors-*.parquet")]:
+    committing = "segments" if level == "segment" else "tracks"
+    for part in [*out.glob(f"{committing}-*.parquet"), *out.glob("errors-*.parquet")]:
         done.update(pq.read_table(part, columns=["source_uri"]).column("source_uri").to_pylist())
     return done
+
+
+def drop_unpaired_parts(out: Path, level: str) -> list[Path]:
+    """With ``--level both`` every flush writes a segments part, then its tracks part (the commit).
+    A run stopped between the two (a full disk, a kill) leaves one without the other; it is
+    deleted, so that its tracks are embedded again whole. Files left under temporary names go too.
+    The caller holds OUT_DIR."""
+    dropped = [*out.glob(".*.tmp-*")]
+    if level == "both":
+        stamps = {kind: {p.name.split("-", 1)[1] for p in out.glob(f"{kind}-*.parquet")} for kind in PAIRED}
+        dropped += [
+            out / f"{kind}-{stamp}" for kind in PAIRED for stamp in stamps[kind] - set.intersection(*stamps.values())
+        ]
+    for path in dropped:
+        path.unlink(missing_ok=True)
+    return dropped
+
+
+PAIRED = ("segments", "tracks")
 
 
 def fixed_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
@@ -230,18 +252,6 @@ class PartWriter:
         if self.tracks:
             rows, self.tracks = self.tracks, []
             segs = [np.frombuffer(r["segment_embeddings"], np.float32).reshape(-1, EMBEDDING_DIM) for r in rows]
-            if self.options.level in ("track", "both"):
-                table = pa.table(
-                    {
-                        "key": [r["key"] for r in rows],
-                        "source_uri": [r["uri"] for r in rows],
-                        "duration_s": [float(r["duration_s"]) for r in rows],
-                        "num_segments": [int(r["num_segments"]) for r in rows],
-                        "embedding": fixed_list(np.stack([s.mean(axis=0) for s in segs])),
-                    },
-                    schema=track_schema(),
-                )
-                write_parquet(self.out / f"tracks-{stamp}.parquet", table)
             if self.options.level in ("segment", "both"):
                 hop = self.options.hop_s
                 table = pa.table(
@@ -255,6 +265,18 @@ class PartWriter:
                     schema=segment_schema(),
                 )
                 write_parquet(self.out / f"segments-{stamp}.parquet", table)
+            if self.options.level in ("track", "both"):
+                table = pa.table(
+                    {
+                        "key": [r["key"] for r in rows],
+                        "source_uri": [r["uri"] for r in rows],
+                        "duration_s": [float(r["duration_s"]) for r in rows],
+                        "num_segments": [int(r["num_segments"]) for r in rows],
+                        "embedding": fixed_list(np.stack([s.mean(axis=0) for s in segs])),
+                    },
+                    schema=track_schema(),
+                )
+                write_parquet(self.out / f"tracks-{stamp}.parquet", table)  # last: it commits the flush
         if self.errors:
             rows, self.errors = self.errors, []
             table = pa.table(
@@ -417,8 +439,10 @@ def embed_into(
     from mvssl_dist.raytools import init_ray
 
     options = check_out_dir(out, options, facts["weights"])
+    if dropped := [p.name for p in drop_unpaired_parts(out, options.level) if not p.name.startswith(".")]:
+        report(f"[embed] {', '.join(dropped)}: left by a run stopped part-way; its tracks are embedded again")
     items = input_items(options.sources, report)
-    done = done_sources(out)
+    done = done_sources(out, options.level)
     todo = [it for it in items if it["uri"] not in done]
     report(f"[embed] {len(items)} tracks, {len(items) - len(todo)} already embedded, {len(todo)} to do")
     start = time.perf_counter()

@@ -111,6 +111,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as err:  # pyarrow's errors name no file: say which one (a full disk, a read-only folder)
+        if err.filename or not err.errno:
+            raise
+        raise OSError(err.errno, os.strerror(err.errno), str(path)) from err
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -376,8 +380,7 @@ def run_units(out: Path, todo: dict[int, list[str]], options: IngestOptions, rep
     for result in ds.iter_rows():
         if result["error"]:
             raise IngestError(
-                f"{result['error']}; the {done} unit(s) finished are kept, "
-                "so the same command continues from there"
+                f"{result['error']}; the {done} unit(s) finished are kept, so the same command continues from there"
             )
         done += 1
         report(
