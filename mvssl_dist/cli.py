@@ -185,6 +185,14 @@ def add_ingest(sub: argparse._SubParsersAction) -> None:
         default=-60.0,
         help="tracks quieter than this RMS (dBFS) are rejected (default: %(default)s)",
     )
+    p.add_argument(
+        "--retry",
+        type=lambda value: tuple(r.strip() for r in value.split(",") if r.strip()),
+        default=(),
+        metavar="REASON[,REASON]",
+        help="read again the inputs rejected for these reasons (e.g. unreadable: a network or disk error "
+        "since mended; truncated: a file still being copied); their shards are written again",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
     p.set_defaults(run=run_ingest)
 
@@ -204,6 +212,7 @@ def run_ingest(args: argparse.Namespace) -> int:
         codec=args.codec,
         silence_db=args.silence_db,
         progress=not args.no_progress,
+        retry=args.retry,
     )
     try:
         summary = ingest(options)

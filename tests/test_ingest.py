@@ -226,6 +226,33 @@ def test_a_failed_write_is_one_line_and_leaves_no_partial_file(catalogue, ingest
     assert not list(done.glob(".*.tmp-*")) and not list((done / "shards").glob(".*.tmp-*"))
 
 
+def test_retry_reads_again_what_was_rejected_for_a_reason_since_mended(catalogue, tmp_path, ray_local, capsys):  # noqa: ARG001
+    """A read that failed (a network or disk error, a file not yet copied in) stayed rejected for
+    good: a re-run skips finished units, so only a new DATASET_DIR could take the file in."""
+    _, expected = catalogue
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    for path in expected["good"][:3]:
+        shutil.copy(path, shelf / path.name)
+    late = tmp_path / "late.flac"
+    (shelf / "late.flac").symlink_to(late)  # not there yet: read fails
+    args = ["ingest", str(shelf), "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(args) == 0
+    assert main(args) == 0  # the same command leaves the reject as it is
+    rejects = pq.read_table(tmp_path / "out" / "rejects.parquet").to_pylist()
+    assert [r["reason"] for r in rejects] == ["unreadable"] and "late.flac" in rejects[0]["detail"]
+    shutil.copy(next(p for p in expected["good"][3:] if p.suffix == ".flac"), late)
+    capsys.readouterr()
+    assert main([*args, "--retry", "unreadable,truncated"]) == 0
+    out = capsys.readouterr().out
+    assert "--retry unreadable,truncated: 1 input(s) in 1 unit(s) are read again" in out
+    assert "ingested 4 tracks" in out and "rejected" not in out
+    index = pq.read_table(tmp_path / "out" / "index.parquet").column("source_uri").to_pylist()
+    assert len(index) == 4 and any(uri.endswith("late.flac") for uri in index)
+    assert main([*args, "--retry", "unreadble"]) == 1
+    assert capsys.readouterr().err.strip().startswith("mvssl: error: --retry unreadble: not a reason inputs are")
+
+
 def test_flac_codec_stores_the_same_audio(catalogue, ingested, tmp_path, ray_local):  # noqa: ARG001
     root, expected = catalogue
     out = tmp_path / "flac"

@@ -66,6 +66,7 @@ INDEX_SCHEMA = pa.schema(
     ]
 )
 NOT_READ = "not_read.parquet"
+REJECT_REASONS = ("empty", "not_audio", "truncated", "too_short", "too_long", "silent", "unreadable", "zero_length")
 REJECT_SCHEMA = pa.schema([("source_uri", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
 MANIFEST_SCHEMA = pa.schema(
     [("unit", pa.int64()), ("position", pa.int64()), ("status", pa.string()), ("detail", pa.string())]
@@ -90,6 +91,7 @@ class IngestOptions:
     codec: str = "s16"
     silence_db: float = -60.0
     progress: bool = True
+    retry: tuple[str, ...] = ()  # reject reasons whose inputs this run reads again (their units are redone)
 
 
 @dataclass
@@ -360,6 +362,22 @@ def record_not_read(out: Path, other_files: list[str], plan: pa.Table) -> list[s
     return uris
 
 
+def reopen_units(out: Path, reasons: tuple[str, ...]) -> tuple[int, int]:
+    """Units holding inputs rejected for one of ``reasons`` lose their manifest, the mark that
+    they are done, so this run processes them again (a read that failed for a while, a file that
+    was still being copied): (units, such inputs). A run stopped after this resumes them as any
+    unfinished unit; the folder is held by this run."""
+    units = inputs = 0
+    for manifest in sorted((out / "shards").glob("shard-*.parquet")):
+        hits = sum(
+            status in reasons for status in pq.read_table(manifest, columns=["status"]).column("status").to_pylist()
+        )
+        if hits:
+            manifest.unlink()
+            units, inputs = units + 1, inputs + hits
+    return units, inputs
+
+
 def pending_units(out: Path, plan: pa.Table) -> dict[int, list[str]]:
     units: dict[int, list[str]] = {}
     for uri, unit in zip(plan.column("uri").to_pylist(), plan.column("unit").to_pylist(), strict=True):
@@ -402,6 +420,8 @@ def ingest(options: IngestOptions, report: Callable[[str], None] = print) -> Ing
         raise IngestError(
             f"--min-duration-s {options.min_duration_s:g} must not exceed --max-duration-s {options.max_duration_s:g}"
         )
+    if unknown := [r for r in options.retry if r not in REJECT_REASONS]:
+        raise IngestError(f"--retry {unknown[0]}: not a reason inputs are rejected for ({', '.join(REJECT_REASONS)})")
     if options.silence_db > 0:
         # RMS in dBFS is never above 0 for audio in [-1, 1]: every track would be rejected as silent
         raise IngestError(f"--silence-db {options.silence_db:g}: must be <= 0 (dBFS; full scale is 0)")
@@ -424,6 +444,9 @@ def ingest_into(out: Path, options: IngestOptions, report: Callable[[str], None]
     if plan.num_rows != len(previous):
         write_parquet(out / "plan.parquet", plan)
     not_read = record_not_read(out, found.other_files, plan)
+    if options.retry:
+        units, inputs = reopen_units(out, options.retry)
+        report(f"[ingest] --retry {','.join(options.retry)}: {inputs} input(s) in {units} unit(s) are read again")
     todo = pending_units(out, plan)
     report(f"[ingest] {len(uris)} inputs, {plan.num_rows - len(previous)} new; {len(todo)} unit(s) to process")
     kept = set(not_read)  # once: a hash-named bucket can pass over 100,000s of files
