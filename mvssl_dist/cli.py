@@ -185,16 +185,20 @@ def add_ingest(sub: argparse._SubParsersAction) -> None:
         default=-60.0,
         help="tracks quieter than this RMS (dBFS) are rejected (default: %(default)s)",
     )
+    add_retry(p, "read again the inputs rejected for these reasons; their shards are written again")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
+    p.set_defaults(run=run_ingest)
+
+
+def add_retry(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument(
         "--retry",
         type=lambda value: tuple(r.strip() for r in value.split(",") if r.strip()),
         default=(),
         metavar="REASON[,REASON]",
-        help="read again the inputs rejected for these reasons (e.g. unreadable: a network or disk error "
-        "since mended; truncated: a file still being copied); their shards are written again",
+        help=f"{what} (e.g. unreadable: a network or disk error since mended; truncated: a file that was "
+        "still being copied)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
-    p.set_defaults(run=run_ingest)
 
 
 def run_ingest(args: argparse.Namespace) -> int:
@@ -319,6 +323,7 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
         help="GPUs per model actor (1, or a fraction to share one); bf16 (default: 0, CPU)",
     )
     p.add_argument("--ray-address", help=RAY_ADDRESS_HELP)
+    add_retry(p, "embed again the inputs that failed for these reasons")
     p.set_defaults(run=run_embed)
 
 
@@ -337,6 +342,7 @@ def run_embed(args: argparse.Namespace) -> int:
         args.workers,
         args.gpus,
         args.ray_address,
+        retry=args.retry,
     )
     try:
         summary = embed_library(options)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -218,6 +219,24 @@ def test_a_run_stopped_between_the_two_parts_of_a_flush_embeds_those_tracks_agai
     assert {r["source_uri"] for r in segments} == {r["source_uri"] for r in tracks}
     assert sum(r["num_segments"] for r in tracks) == len(segments)
     assert not list(out.glob(".*.tmp-*"))
+
+
+def test_retry_embeds_again_what_failed_for_a_reason_since_mended(library, tmp_path, capsys):
+    root, expected, weights = library
+    shelf, late = tmp_path / "shelf", tmp_path / "late.flac"
+    shelf.mkdir()
+    for path in expected["good"][:2]:
+        shutil.copy(path, shelf / path.name)
+    (shelf / "late.flac").symlink_to(late)  # not copied in yet
+    args = ["embed", str(shelf), "--model", str(weights), "--out", str(tmp_path / "out")]
+    assert main(args) == 0 and main(args) == 0
+    assert "3 tracks, 3 already embedded, 0 to do" in capsys.readouterr().out  # an error stays an error
+    shutil.copy(next(p for p in expected["good"][2:] if p.suffix == ".flac"), late)
+    assert main([*args, "--retry", "unreadable"]) == 0
+    out = capsys.readouterr().out
+    assert "--retry unreadable: 1 input(s) that failed are embedded again" in out and "3 tracks into" in out
+    assert pq.read_table(tmp_path / "out" / "errors.parquet").num_rows == 0
+    assert len(table(tmp_path / "out", "tracks")) == 3
 
 
 def test_models_uri_and_neighbours(library, embedded, tmp_path, monkeypatch, capsys):
