@@ -224,6 +224,33 @@ def test_a_killed_worker_is_replaced_and_the_run_finishes(dataset, workdir, monk
     assert_registered_as_trained(result.run_id, "clustering")
 
 
+def test_a_failed_run_says_what_it_kept_and_the_command_that_continues_it(dataset, workdir, monkeypatch):
+    """A failure (a worker lost with no retries left, a full disk) said only the last line of Ray's
+    error: not that a checkpoint was kept, nor how to go on from it."""
+    import ray
+
+    from mvssl_dist.train.pretrain import PretrainError
+
+    monkeypatch.setenv("MVSSL_FAULT_KILL_AT_STEP", "3")
+    monkeypatch.setenv("MVSSL_FAULT_MARKER", str(workdir / "killed"))
+    monkeypatch.setenv("MVSSL_FAULT_RANK", "0")
+    ray.shutdown()  # the local Ray this run starts passes the fault to its workers
+    extra = {"train.max_steps": 6, "train.checkpoint_every": 2, "train.max_failures": 0}
+    try:
+        with pytest.raises(PretrainError) as failed:
+            pretrain(load_config(None, tiny(dataset, **extra)), run_name="fails", report=lambda m: None)
+    finally:
+        ray.shutdown()
+    said = str(failed.value)
+    assert said.startswith("training failed: ") and "\n" not in said, said
+    assert said.endswith(
+        "; the MLflow run is marked FAILED; its last checkpoint, step 2, is kept; "
+        "continue it with: mvssl pretrain --resume fails"
+    ), said
+    run_id = json.loads((workdir / "mvssl_runs" / "fails" / "mvssl_run.json").read_text())["run_id"]
+    assert mlflow.MlflowClient().get_run(run_id).info.status == "FAILED"
+
+
 def test_config_errors_fail_fast_with_the_field_named(dataset, workdir, capsys):
     cases = [
         (["train.lrr=1"], "unknown key 'train.lrr'"),

@@ -476,6 +476,11 @@ def finished_run(cfg: dict, run_dir: Path) -> PretrainResult | None:
 
 def interrupted_line(run_dir: Path, cfg: dict, continue_with: str | None) -> str:
     """What an interrupted run kept, and the command that continues it."""
+    return f"[pretrain] interrupted: the MLflow run is marked KILLED; {continuation(run_dir, cfg, continue_with)}"
+
+
+def continuation(run_dir: Path, cfg: dict, continue_with: str | None) -> str:
+    """The stopped run's last checkpoint, and the command that continues it from there."""
     _, step = latest_checkpoint(run_dir)
     kept = f"its last checkpoint, step {step}, is kept" if step else "no checkpoint was written yet"
     if continue_with is None:
@@ -487,7 +492,7 @@ def interrupted_line(run_dir: Path, cfg: dict, continue_with: str | None) -> str
             continue_with += (
                 f" --tracking-uri {shlex.quote(uri)}" if without_password(uri) == uri else f" (with {given})"
             )
-    return f"[pretrain] interrupted: the MLflow run is marked KILLED; {kept}; continue it with: {continue_with}"
+    return f"{kept}; continue it with: {continue_with}"
 
 
 def run_folder(cfg: dict, name: str) -> Path:
@@ -515,7 +520,9 @@ def fit(trainer, cfg: dict, run_dir: Path, report, progress_every_s: float, cont
             return trainer.fit()
     except Exception as err:
         mlflow.MlflowClient().set_terminated(run_id, status="FAILED")
-        raise PretrainError(f"training failed: {str(err).strip().splitlines()[-1][:400]}") from err
+        cause = str(err).strip().splitlines()[-1][:400]
+        after = continuation(run_dir, cfg, continue_with)
+        raise PretrainError(f"training failed: {cause}; the MLflow run is marked FAILED; {after}") from err
     except (KeyboardInterrupt, SystemExit):
         # Ctrl-C: Ray Train's handler aborts the workers, then exits from inside fit() with
         # SystemExit(0); SIGTERM (`ray job stop`): Ray's driver handler exits with SystemExit(15).
