@@ -136,11 +136,24 @@ def resolve_latest(uri: str) -> str:
     return uri
 
 
-def log_and_register_backbone(backbone_file: Path, name: str, tags: dict[str, str], alias: str | None = None) -> str:
+MODEL_DESCRIPTION = (
+    "Audio embedding backbones pre-trained by mvssl-dist: the reference 2.8 M-parameter ResNet on log-mel "
+    "spectrograms (16 kHz mono, 4 s segments, 1024-d embeddings). Each version's description says how it "
+    "was trained; evaluations add eval.<task>.* tags. Load one in Python with "
+    "`from mvssl_dist.models import load_backbone; load_backbone('models:/{name}@champion')` "
+    "(or `mlflow.pyfunc.load_model`, which predicts on [batch, 64000] float32 audio); embed a library "
+    "with `mvssl embed SRC --model models:/{name}/VERSION --out DIR`."
+)
+
+
+def log_and_register_backbone(
+    backbone_file: Path, name: str, tags: dict[str, str], alias: str | None = None, description: str = ""
+) -> str:
     """Log the backbone as a pyfunc model in the active run and register it; returns the version.
 
     The new version is what ``models:/NAME@latest`` (= ``models:/NAME/latest``) resolves to;
-    ``alias`` optionally points another alias at it too.
+    ``alias`` optionally points another alias at it too. ``description`` is the version's, shown
+    in the MLflow UI; a registered model without a description gets one saying how to load it.
     """
     import shutil
     import tempfile
@@ -154,7 +167,7 @@ def log_and_register_backbone(backbone_file: Path, name: str, tags: dict[str, st
         with tempfile.TemporaryDirectory() as tmp:
             renamed = Path(tmp) / BACKBONE_ARTIFACT
             shutil.copyfile(backbone_file, renamed)
-            return log_and_register_backbone(renamed, name, tags, alias)
+            return log_and_register_backbone(renamed, name, tags, alias, description)
     info = mlflow.pyfunc.log_model(
         name=MODEL_ARTIFACT_PATH,
         python_model=str(Path(__file__).with_name("pyfunc_model.py")),  # models from code: see serving.py
@@ -165,6 +178,10 @@ def log_and_register_backbone(backbone_file: Path, name: str, tags: dict[str, st
     )
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
+    if description:
+        client.update_model_version(name, version, description=description)
+    if not client.get_registered_model(name).description:
+        client.update_registered_model(name, description=MODEL_DESCRIPTION.format(name=name))
     if alias:
         client.set_registered_model_alias(name, alias, version)
     for key, value in tags.items():

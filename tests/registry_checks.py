@@ -40,6 +40,10 @@ def mlflow_at(uri: str | None):
 def check(client, run_id: str, method: str, version: str, model_name: str) -> None:
     registered = client.get_model_version(model_name, version)
     assert registered.tags["source_run_id"] == run_id and registered.run_id == run_id
+    # what a user browsing the registry reads: how the version was trained, how to load the model
+    assert registered.description.startswith(f"{method} pre-training, {registered.tags['step']} steps at batch ")
+    assert registered.description.endswith(f"; MLflow run {run_id}.")
+    assert f"load_backbone('models:/{model_name}@champion')" in client.get_registered_model(model_name).description
     run = client.get_run(run_id)
     assert run.data.tags["method"] == method and run.data.tags["dataset_index_sha256"]
     assert {"loss", "lr", "embedding_std", "effective_rank", "samples_per_s", "data_wait_fraction"} <= set(

@@ -413,8 +413,19 @@ def finish(cfg: dict, run_id: str, checkpoint_dir: Path, model_name: str) -> tup
             "dataset_index_sha256": cfg["dataset_index_sha256"],
             "collapsed": str(bool(state.get("collapsed"))),
         }
-        version = log_and_register_backbone(backbone, model_name, tags)
+        version = log_and_register_backbone(backbone, model_name, tags, description=version_description(cfg, state))
     return version, state
+
+
+def version_description(cfg: dict, state: dict) -> str:
+    """How a registered version was trained, in a sentence for the MLflow UI."""
+    t, data = cfg["train"], cfg["data"]
+    ended = " (its embeddings collapsed)" if state.get("collapsed") else ""
+    return (
+        f"{cfg['method']['name']} pre-training, {state['step']} steps at batch {data['batch_size']} on "
+        f"{t['num_workers']} {'GPU' if t['use_gpu'] else 'CPU'} workers{ended}; dataset {data['path']} "
+        f"(index sha256 {cfg['dataset_index_sha256'][:12]}); MLflow run {cfg['run_id']}."
+    )
 
 
 def plot_history(run_id: str, out: Path) -> Path | None:
