@@ -228,14 +228,17 @@ def test_retry_embeds_again_what_failed_for_a_reason_since_mended(library, tmp_p
     for path in expected["good"][:2]:
         shutil.copy(path, shelf / path.name)
     (shelf / "late.flac").symlink_to(late)  # not copied in yet
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "gone.ogg").symlink_to(tmp_path / "gone.ogg")
     args = ["embed", str(shelf), "--model", str(weights), "--out", str(tmp_path / "out")]
-    assert main(args) == 0 and main(args) == 0
+    assert main([*args, str(tmp_path / "other")]) == 0 and main(args) == 0
     assert "3 tracks, 3 already embedded, 0 to do" in capsys.readouterr().out  # an error stays an error
     shutil.copy(next(p for p in expected["good"][2:] if p.suffix == ".flac"), late)
     assert main([*args, "--retry", "unreadable"]) == 0
     out = capsys.readouterr().out
     assert "--retry unreadable: 1 input(s) that failed are embedded again" in out and "3 tracks into" in out
-    assert pq.read_table(tmp_path / "out" / "errors.parquet").num_rows == 0
+    errors = pq.read_table(tmp_path / "out" / "errors.parquet").column("source_uri").to_pylist()
+    assert [uri.rsplit("/", 1)[-1] for uri in errors] == ["gone.ogg"]  # not among this run's inputs: kept
     assert len(table(tmp_path / "out", "tracks")) == 3
 
 

@@ -202,13 +202,18 @@ def done_sources(out: Path, level: str) -> set[str]:
     return done
 
 
-def reopen_errors(out: Path, reasons: tuple[str, ...]) -> int:
-    """Take the inputs that failed for one of ``reasons`` out of the errors parts, so that this
-    run embeds them again; how many. The caller holds OUT_DIR."""
+def reopen_errors(out: Path, reasons: tuple[str, ...], uris: list[str]) -> int:
+    """Take this run's inputs (``uris``) that failed for one of ``reasons`` out of the errors
+    parts, so that the run embeds them again; how many. Other inputs' errors stay listed. The
+    caller holds OUT_DIR."""
     dropped = 0
     for part in sorted(out.glob("errors-*.parquet")):
         table = pq.read_table(part)
-        kept = table.filter(pc.invert(pc.is_in(table.column("reason"), pa.array(list(reasons), pa.string()))))
+        again = pc.and_(
+            pc.is_in(table.column("reason"), pa.array(list(reasons), pa.string())),
+            pc.is_in(table.column("source_uri"), pa.array(uris, pa.string())),
+        )
+        kept = table.filter(pc.invert(again))
         if kept.num_rows == table.num_rows:
             continue
         dropped += table.num_rows - kept.num_rows
@@ -462,10 +467,9 @@ def embed_into(
     options = check_out_dir(out, options, facts["weights"])
     if dropped := [p.name for p in drop_unpaired_parts(out, options.level) if not p.name.startswith(".")]:
         report(f"[embed] {', '.join(dropped)}: left by a run stopped part-way; its tracks are embedded again")
-    if options.retry:
-        again = reopen_errors(out, options.retry)
-        report(f"[embed] --retry {','.join(options.retry)}: {again} input(s) that failed are embedded again")
     items = input_items(options.sources, report)
+    if options.retry and (again := reopen_errors(out, options.retry, [it["uri"] for it in items])):
+        report(f"[embed] --retry {','.join(options.retry)}: {again} input(s) that failed are embedded again")
     done = done_sources(out, options.level)
     todo = [it for it in items if it["uri"] not in done]
     report(f"[embed] {len(items)} tracks, {len(items) - len(todo)} already embedded, {len(todo)} to do")
