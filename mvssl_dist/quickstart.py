@@ -330,11 +330,20 @@ def probe_scores(opts, work: Path, models: tuple[str, str], tracking_uri: str, p
 
 
 def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = print) -> QuickstartResult:
-    from mvssl_dist.tracking import default_tracking_uri
+    from mvssl_dist.folder_lock import FolderBusy, exclusive
 
     check_options(opts)
     work = Path(opts.workdir).resolve()
-    work.mkdir(parents=True, exist_ok=True)
+    try:
+        with exclusive(work, "mvssl quickstart"):  # a second quickstart here would race this one stage by stage
+            return run_stages(opts, work, say)
+    except FolderBusy as err:
+        raise QuickstartError(str(err)) from None
+
+
+def run_stages(opts: QuickstartOptions, work: Path, say: Callable[[str], None]) -> QuickstartResult:
+    from mvssl_dist.tracking import default_tracking_uri
+
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(work)
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     state = State(work / STATE_FILE)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -131,6 +132,26 @@ def test_quickstart_refuses_tracks_that_ingest_would_reject(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "--seconds 12: at least 13.4" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "library").exists()
+
+
+def test_a_second_quickstart_in_one_workdir_is_refused(tmp_path, capsys):
+    """Two quickstarts in one folder raced stage by stage (the second resumed the first's
+    pre-training run while it was still training)."""
+    import fcntl
+
+    fd = os.open(tmp_path / ".mvssl.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # per open file: conflicts as another process's hold would
+    os.write(fd, b"mvssl quickstart (pid 4242 on elsewhere)\n")
+    try:
+        assert main(["quickstart", "--workdir", str(tmp_path)]) == 1
+    finally:
+        os.close(fd)
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"mvssl: error: {tmp_path}: mvssl quickstart (pid 4242 on elsewhere) is writing here; "
+        "wait for it to end, or choose another folder"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".mvssl.lock"]
 
 
 def test_quickstart_refuses_options_its_workdir_was_not_made_with(tmp_path, capsys):

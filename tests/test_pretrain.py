@@ -251,6 +251,38 @@ def test_a_failed_run_says_what_it_kept_and_the_command_that_continues_it(datase
     assert mlflow.MlflowClient().get_run(run_id).info.status == "FAILED"
 
 
+def hold_elsewhere(folder: Path) -> int:
+    """``folder``'s lock as another process holds it (flock is per open file, so a second open
+    here conflicts like one in another process); returns the descriptor to close."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".mvssl.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, b"mvssl pretrain (pid 4242 on elsewhere)\n")
+    return fd
+
+
+def test_a_run_being_trained_is_not_trained_twice(dataset, workdir, capsys):
+    """A second --resume of a running run (a retried job, the quickstart started again in another
+    terminal) trained it again into the same checkpoints and MLflow run."""
+    fd = hold_elsewhere(workdir / "mvssl_runs" / "busy")
+    try:
+        for resume in ("--resume", "--run-name"):
+            assert main(["pretrain", *tiny(dataset), resume, "busy"]) == 1
+            err = capsys.readouterr().err.strip().splitlines()[-1]
+            assert err == (
+                f"mvssl: error: run busy: {workdir / 'mvssl_runs' / 'busy'}: mvssl pretrain (pid 4242 on elsewhere) "
+                "is writing here; wait for it to end, or choose another folder"
+            )
+    finally:
+        os.close(fd)
+    assert not mlflow.MlflowClient().search_runs([e.experiment_id for e in mlflow.search_experiments()])
+    assert main(["pretrain", *tiny(dataset), "--resume", "no-such-run"]) == 1
+    assert "--resume no-such-run: no such run" in capsys.readouterr().err
+    assert not (workdir / "mvssl_runs" / "no-such-run").exists()
+
+
 def test_config_errors_fail_fast_with_the_field_named(dataset, workdir, capsys):
     cases = [
         (["train.lrr=1"], "unknown key 'train.lrr'"),

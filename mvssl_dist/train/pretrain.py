@@ -6,6 +6,7 @@ size, method, tracking server). A run that fails registers nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -22,6 +23,7 @@ import yaml
 from mvssl_dist import __version__
 from mvssl_dist.config import DEFAULTS, ConfigError, config_hash, flatten, load_config, recorded_config
 from mvssl_dist.constants import SAMPLE_RATE
+from mvssl_dist.folder_lock import FolderBusy, exclusive
 from mvssl_dist.methods import build_method, canonical_name, check_options
 from mvssl_dist.shards.uris import local_folder
 from mvssl_dist.tracking import connect, default_tracking_uri, without_password
@@ -577,10 +579,6 @@ def pretrain(
     Interrupted (Ctrl-C, SIGTERM), the run is marked KILLED, ``report`` is told the command that
     continues it (``continue_with``, or the ``mvssl pretrain --resume`` one), and
     KeyboardInterrupt is raised."""
-    import mlflow
-
-    from mvssl_dist.raytools import init_ray
-
     facts = dataset_facts(cfg)
     cfg = derive(cfg, facts)
     name = run_name or cfg["tracking"]["run_name"] or f"{cfg['method']['name']}-{config_hash(cfg)[:6]}-{os.getpid()}"
@@ -589,6 +587,41 @@ def pretrain(
     cfg["tracking_uri"] = cfg["tracking"]["uri"] or default_tracking_uri()
     cfg["experiment_id"] = connect(cfg["tracking_uri"], cfg["tracking"]["experiment"])
     model_name = cfg["tracking"]["register_as"] or f"mvssl-{cfg['method']['name']}"
+    try:
+        with run_hold(run_dir, resume):
+            return train_and_register(
+                cfg, facts, run_dir, model_name, resume, ray_address, report, continue_with, progress_every_s
+            )
+    except FolderBusy as err:
+        raise PretrainError(f"run {name}: {err}") from None
+
+
+def run_hold(run_dir: Path, resume: bool):
+    """One process trains a run at a time: a second ``--resume`` of it (a retried job, a
+    quickstart started again in another terminal) would train it twice into the same checkpoints
+    and MLflow run. A run to resume that does not exist gets no folder (its error comes next)."""
+    if resume and not run_dir.is_dir():
+        return contextlib.nullcontext()
+    return exclusive(run_dir, "mvssl pretrain")
+
+
+def train_and_register(
+    cfg: dict,
+    facts: dict,
+    run_dir: Path,
+    model_name: str,
+    resume: bool,
+    ray_address: str | None,
+    report: Callable[[str], None],
+    continue_with: str | None,
+    progress_every_s: float = 20.0,
+) -> PretrainResult:
+    """Start or resume the run, fit it, register its backbone: :func:`pretrain` with the run held."""
+    import mlflow
+
+    from mvssl_dist.raytools import init_ray
+
+    name = run_dir.name
     if resume and (done := finished_run(cfg, run_dir)):
         report(
             f"[pretrain] run {name} finished at step {done.steps} and is registered as {done.model_name} "
