@@ -27,6 +27,7 @@ from mvssl_dist.embed.segments import cut_segments, peak_normalise
 from mvssl_dist.folder_lock import output_folder
 from mvssl_dist.shards.ingest import REJECT_REASONS, atomic_write, write_parquet
 
+PAIRED = ("segments", "tracks")  # with --level both, the two parts of one flush, in the order written
 ERROR_SCHEMA = pa.schema([("source_uri", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
 
 
@@ -238,9 +239,6 @@ def drop_unpaired_parts(out: Path, level: str) -> list[Path]:
     for path in dropped:
         path.unlink(missing_ok=True)
     return dropped
-
-
-PAIRED = ("segments", "tracks")
 
 
 def fixed_list(matrix: np.ndarray) -> pa.FixedSizeListArray:

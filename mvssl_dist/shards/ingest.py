@@ -262,6 +262,8 @@ def write_unit(unit: int, uris: list[str], out: Path, options: dict) -> dict:
                 rows.append(row)
         if seen:
             os.replace(tar_tmp, shards / f"{name}.tar")
+        else:  # no track: no tar (nor one left from an earlier pass over this unit, see reopen_units)
+            (shards / f"{name}.tar").unlink(missing_ok=True)
     finally:
         tar_tmp.unlink(missing_ok=True)  # a unit without tracks, or one that failed part-way
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
