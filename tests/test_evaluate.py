@@ -201,6 +201,9 @@ def test_csv_task_errors_name_the_problem(tmp_path):
     path.write_text("uri,split,tags\na.mp3,train\nb.mp3\n")
     with pytest.raises(TaskError, match="task.csv:3: too few fields"):
         load_task(f"csv:{path}", None)
+    path.write_text("uri,split,tags\na.mp3,train,rock\nb.mp3,validation,rock\nc.mp3,test,rock\n a.mp3 ,test,rock\n")
+    with pytest.raises(TaskError, match=r"task.csv:5: a.mp3 is listed again \(first on line 2\)"):
+        load_task(f"csv:{path}", None)  # in train and test: the probe would be scored on what it learned
     with pytest.raises(TaskError, match="needs --split-dir"):
         load_task("mtat", None)
 

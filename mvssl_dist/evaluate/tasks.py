@@ -162,6 +162,7 @@ def read_csv_task(path: Path) -> Task:
     if not path.is_file():
         raise TaskError(f"{path}: task file not found")
     by_split: dict[str, list] = {s: [] for s in SPLITS}
+    first_line: dict[str, int] = {}
     with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheet exports start with a BOM
         reader = csv.DictReader(handle)
         reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
@@ -175,7 +176,11 @@ def read_csv_task(path: Path) -> Task:
             if split not in SPLITS:
                 raise TaskError(f"{path}:{line}: split '{split}' is not one of {', '.join(SPLITS)}")
             tags = [t.strip() for t in (row["tags"] or "").split(",") if t.strip()]
-            by_split[split].append((row["uri"].strip(), row["uri"].strip(), tags))
+            uri = row["uri"].strip()
+            if uri in first_line:  # in two splits, the probe would be tested on what it trained on
+                raise TaskError(f"{path}:{line}: {uri} is listed again (first on line {first_line[uri]})")
+            first_line[uri] = line
+            by_split[split].append((uri, uri, tags))
     vocabulary = sorted({tag for _, _, tags in by_split["train"] for tag in tags})
     for split in ("validation", "test"):
         for uri, _, tags in by_split[split]:
