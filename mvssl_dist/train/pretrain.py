@@ -534,7 +534,10 @@ def fit(trainer, cfg: dict, run_dir: Path, report, progress_every_s: float, cont
     except Exception as err:
         mlflow.MlflowClient().set_terminated(run_id, status="FAILED")
         cause = str(err).strip().splitlines()[-1][:400]
-        after = continuation(run_dir, cfg, continue_with)
+        try:
+            after = continuation(run_dir, cfg, continue_with)
+        except Exception:  # the storage itself may be what failed: the cause comes first
+            after = f"its checkpoints are under {run_dir}"
         raise PretrainError(f"training failed: {cause}; the MLflow run is marked FAILED; {after}") from err
     except (KeyboardInterrupt, SystemExit):
         # Ctrl-C: Ray Train's handler aborts the workers, then exits from inside fit() with
