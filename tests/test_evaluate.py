@@ -182,9 +182,9 @@ def test_jamendo_audio_is_found_in_the_low_quality_download_too(tmp_path):
     assert missing == [("16/3.mp3", "not_found")]
     # only MTG-Jamendo names its files so: a CSV task's x.mp3 is not looked for as x.low.mp3
     labels = tmp_path / "labels.csv"
-    labels.write_text("uri,split,tags\n15/2.mp3,train,a\n14/1.mp3,validation,a\n14/1.mp3,test,a\n")
+    labels.write_text("uri,split,tags\n15/2.mp3,train,a\n14/1.mp3,validation,a\n17/4.mp3,test,a\n")
     present, missing = find_missing(load_task(f"csv:{labels}", None), str(audio))
-    assert len(present) == 2 and missing == [("15/2.mp3", "not_found")]
+    assert len(present) == 1 and missing == [("15/2.mp3", "not_found"), ("17/4.mp3", "not_found")]
 
 
 def test_csv_task_errors_name_the_problem(tmp_path):
