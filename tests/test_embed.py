@@ -242,6 +242,16 @@ def test_retry_embeds_again_what_failed_for_a_reason_since_mended(library, tmp_p
     assert len(table(tmp_path / "out", "tracks")) == 3
 
 
+def test_an_out_dir_inside_the_source_is_not_walked(library, tmp_path, capsys):
+    _, expected, weights = library
+    for path in expected["good"][:2]:
+        shutil.copy(path, tmp_path / path.name)
+    for _ in range(2):  # the second run finds OUT_DIR's parts, lock and embed.json under the source
+        assert main(["embed", str(tmp_path), "--model", str(weights), "--out", str(tmp_path / "emb")]) == 0
+        said = capsys.readouterr().out
+        assert "not read" not in said and "2 tracks into" in said, said
+
+
 def test_models_uri_and_neighbours(library, embedded, tmp_path, monkeypatch, capsys):
     from mvssl_dist.tracking import connect, log_and_register_backbone
 

@@ -253,6 +253,20 @@ def test_retry_reads_again_what_was_rejected_for_a_reason_since_mended(catalogue
     assert capsys.readouterr().err.strip().startswith("mvssl: error: --retry unreadble: not a reason inputs are")
 
 
+def test_an_output_folder_inside_the_source_is_not_walked(catalogue, tmp_path, ray_local, monkeypatch, capsys):  # noqa: ARG001
+    """`mvssl ingest . --out dataset` listed the dataset's own index, shards and lock as files
+    "not read" on every re-run."""
+    _, expected = catalogue
+    for path in expected["good"][:2]:
+        shutil.copy(path, tmp_path / path.name)
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        assert main(["ingest", ".", "--out", "dataset", "--no-progress"]) == 0
+        said = capsys.readouterr().out
+        assert "ingested 2 tracks" in said and "not read" not in said, said
+    assert not (tmp_path / "dataset" / "not_read.parquet").exists()
+
+
 def test_flac_codec_stores_the_same_audio(catalogue, ingested, tmp_path, ray_local):  # noqa: ARG001
     root, expected = catalogue
     out = tmp_path / "flac"

@@ -71,15 +71,16 @@ def is_dataset_dir(path: str) -> bool:
     return "://" not in path and (Path(path) / "index.parquet").is_file() and (Path(path) / "dataset.json").is_file()
 
 
-def input_items(sources: list[str], report: Callable[[str], None] = print) -> list[dict]:
-    """Raw audio URIs (same resolution as ingest) or the tracks of one DATASET_DIR."""
+def input_items(sources: list[str], report: Callable[[str], None] = print, out: Path | None = None) -> list[dict]:
+    """Raw audio URIs (same resolution as ingest; a walk passes over OUT_DIR ``out``) or the tracks
+    of one DATASET_DIR."""
     if len(sources) == 1 and is_dataset_dir(sources[0]):
         index = pq.read_table(Path(sources[0]) / "index.parquet").to_pylist()
         root = str(Path(sources[0]).resolve())
         return [{"uri": r["source_uri"], "key": r["key"], "shard": f"{root}/{r['shard']}"} for r in index]
     from mvssl_dist.shards.uris import find_sources, not_read_message
 
-    found = find_sources(sources)
+    found = find_sources(sources, output=out)
     if found.other_files:
         report(f"[embed] {not_read_message(found.other_files)}; name them or list them to embed them too")
     return [{"uri": u, "key": "", "shard": ""} for u in found.uris]
@@ -465,7 +466,7 @@ def embed_into(
     options = check_out_dir(out, options, facts["weights"])
     if dropped := [p.name for p in drop_unpaired_parts(out, options.level) if not p.name.startswith(".")]:
         report(f"[embed] {', '.join(dropped)}: left by a run stopped part-way; its tracks are embedded again")
-    items = input_items(options.sources, report)
+    items = input_items(options.sources, report, out)
     if options.retry and (again := reopen_errors(out, options.retry, [it["uri"] for it in items])):
         report(f"[embed] --retry {','.join(options.retry)}: {again} input(s) that failed are embedded again")
     done = done_sources(out, options.level)

@@ -436,7 +436,7 @@ def ingest_into(out: Path, options: IngestOptions, report: Callable[[str], None]
     (out / "shards").mkdir(parents=True, exist_ok=True)
     remove_partial_files(out)
     check_options_compatible(out, options)
-    found = find_sources(options.sources)
+    found = find_sources(options.sources, output=out)
     uris = found.uris
     if not uris:
         hint = f"; {not_read_message(found.other_files)}: name them or list them" if found.other_files else ""

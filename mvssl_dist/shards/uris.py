@@ -96,15 +96,16 @@ class Sources:
     other_files: list[str] = field(default_factory=list)
 
 
-def _walk_local(root: str, found: Sources) -> None:
+def _walk_local(root: str, found: Sources, skip: frozenset = frozenset()) -> None:
     """Audio files under ``root``; directories whose names look like audio are inputs too
     (they will be rejected as unreadable rather than silently walked into).
 
     Symbolic links to folders are followed (catalogues on shared disks are often assembled that
     way), each folder once: a link back up the tree, or a second link to one folder, adds nothing.
     Folders are walked in name order, so a re-run lists the same paths. A folder that cannot be
-    listed stops the walk with one line: its files would otherwise be left out in silence."""
-    inputs, others, seen = [], [], set()
+    listed stops the walk with one line: its files would otherwise be left out in silence.
+    ``skip``: folders (as ``(st_dev, st_ino)``) not to walk, such as the run's own output folder."""
+    inputs, others, seen = [], [], set(skip)
 
     def unlisted(err: OSError) -> None:
         raise SourceError(f"{err.filename}: cannot list this folder ({err.strerror or err}); its files would be missed")
@@ -168,18 +169,24 @@ def _read_list_file(path: str) -> list[str]:
     return [to_uri(u) for u in table.column("uri").to_pylist() if u]
 
 
-def find_sources(sources: list[str]) -> Sources:
+def find_sources(sources: list[str], output: str | os.PathLike | None = None) -> Sources:
     """Directories (recursive), glob patterns, list files and single files -> ordered unique URIs.
 
     A file named directly (argument, list file, glob match) is an input whatever its name; a
     folder walk takes the names with an audio extension and lists the others in ``other_files``.
+    A walk passes over ``output``, the run's own folder (``mvssl ingest . --out dataset``): its
+    index, shards and lock are not inputs.
     """
     found = Sources()
+    skip = frozenset()
+    if output is not None and os.path.isdir(output):
+        folder = os.stat(output)
+        skip = frozenset({(folder.st_dev, folder.st_ino)})
     for src in sources:
         if is_remote(src):
             _add_remote(src, found)
         elif os.path.isdir(src) and not has_audio_extension(os.path.basename(os.path.normpath(src))):
-            _walk_local(src, found)
+            _walk_local(src, found, skip)
         elif src.endswith(LIST_SUFFIXES) and os.path.isfile(src):
             found.uris += _read_list_file(src)
         elif os.path.lexists(src):
@@ -190,7 +197,7 @@ def find_sources(sources: list[str]) -> Sources:
                 raise SourceError(f"{src}: the pattern matches nothing")
             for match in matches:
                 if os.path.isdir(match):
-                    _walk_local(match, found)
+                    _walk_local(match, found, skip)
                 else:
                     found.uris.append(path_to_uri(match))
         else:
