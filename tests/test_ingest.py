@@ -267,6 +267,31 @@ def test_an_output_folder_inside_the_source_is_not_walked(catalogue, tmp_path, r
     assert not (tmp_path / "dataset" / "not_read.parquet").exists()
 
 
+def test_a_large_input_is_decoded_from_the_file_with_the_same_result(catalogue, monkeypatch):
+    """Inputs were read whole into memory (and copied once more by the decoder): a multi-GB master
+    could take a worker's memory. Above a size they are now hashed and decoded from the open file."""
+    import importlib
+
+    uris = importlib.import_module("mvssl_dist.shards.uris")
+    ingest_module = importlib.import_module("mvssl_dist.shards.ingest")
+    _, expected = catalogue
+    options = {"min_duration_s": 12.0, "max_duration_s": 1800.0, "silence_db": -60.0}
+    inputs = [*expected["good"], *expected["rejects"]]
+    in_memory = [ingest_module.inspect_input(path_to_uri(p), options) for p in inputs]
+    monkeypatch.setattr(uris, "STREAM_ABOVE_BYTES", 0)  # every input counts as large
+    opened = []
+    real_open = uris.open_input
+    monkeypatch.setattr(uris, "open_input", lambda uri: opened.append(uri) or real_open(uri))
+    streamed = [ingest_module.inspect_input(path_to_uri(p), options) for p in inputs]
+    assert len(opened) >= 2 * len(expected["good"])  # hashed in one pass, decoded from a second
+    for path, (row, audio), (row_s, audio_s) in zip(inputs, in_memory, streamed, strict=True):
+        assert row_s == row, path
+        if audio is None:
+            assert audio_s is None, path
+        else:
+            np.testing.assert_array_equal(audio_s, audio)
+
+
 def test_flac_codec_stores_the_same_audio(catalogue, ingested, tmp_path, ray_local):  # noqa: ARG001
     root, expected = catalogue
     out = tmp_path / "flac"

@@ -38,7 +38,14 @@ from mvssl_dist.audio import AudioDecodeError, decode_with_info
 from mvssl_dist.folder_lock import output_folder
 from mvssl_dist.raytools import init_ray
 from mvssl_dist.shards.format import CODECS, SAMPLE_RATE, encode_payload, write_sample
-from mvssl_dist.shards.uris import display_uri, find_sources, is_remote, not_read_message, read_bytes, uri_to_path
+from mvssl_dist.shards.uris import (
+    display_uri,
+    find_sources,
+    is_remote,
+    not_read_message,
+    open_for_decoding,
+    uri_to_path,
+)
 
 SCHEMA_VERSION = 1
 # Decoded 16 kHz int16 mono bytes per source byte, by extension: how units are sized before decoding.
@@ -178,17 +185,21 @@ def inspect_input(uri: str, options: dict) -> tuple[dict, np.ndarray | None]:
     row: dict = {"source_uri": uri, "status": "ok", "detail": None}
     name = display_uri(uri)
     try:
-        data = read_bytes(uri)
+        source, sha, size = open_for_decoding(uri)
     except OSError as err:
         return {**row, "status": "unreadable", "detail": f"{name}: {err.strerror or err}"}, None
-    if not data:
+    if not size:
         return {**row, "status": "empty", "detail": f"{name}: empty file (0 bytes)"}, None
-    sha = hashlib.sha256(data).hexdigest()
-    row.update(source_sha256=sha, key=sha[:32], source_bytes=len(data))
+    row.update(source_sha256=sha, key=sha[:32], source_bytes=size)
     try:
-        decoded = decode_with_info(data, SAMPLE_RATE, name=name, max_seconds=options["max_duration_s"])
+        decoded = decode_with_info(source, SAMPLE_RATE, name=name, max_seconds=options["max_duration_s"])
     except AudioDecodeError as err:
         return {**row, "status": err.reason, "detail": str(err)}, None
+    except OSError as err:  # a streamed input that stopped being readable part-way
+        return {**row, "status": "unreadable", "detail": f"{name}: {err.strerror or err}"}, None
+    finally:
+        if hasattr(source, "close"):
+            source.close()
     duration = decoded.duration_s
     level = rms_db(decoded.audio)
     row.update(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import fnmatch
 import glob
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,53 @@ def read_bytes(uri: str) -> bytes:
         raise IsADirectoryError(21, "is a directory, not a file", uri)
     with fs.open_input_stream(path) as stream:
         return stream.read()
+
+
+STREAM_ABOVE_BYTES = 256 * 1024**2  # larger inputs are decoded from the open file, not from memory
+
+
+def input_size(uri: str) -> int:
+    """Bytes in a ``file://`` or remote input (OSError when it is missing or a folder)."""
+    if uri.startswith("file://"):
+        path = uri_to_path(uri)
+        if os.path.isdir(path):
+            raise IsADirectoryError(21, "is a directory, not a file", path)
+        return os.stat(path).st_size
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(2, "no such file", uri)
+    if info.type == pafs.FileType.Directory:
+        raise IsADirectoryError(21, "is a directory, not a file", uri)
+    return info.size or 0
+
+
+def open_input(uri: str):
+    """A seekable binary file of a ``file://`` or remote input (the caller closes it)."""
+    if uri.startswith("file://"):
+        return open(uri_to_path(uri), "rb")
+    fs, path = filesystem(uri)
+    return fs.open_input_file(path)
+
+
+def open_for_decoding(uri: str, stream_above: int | None = None) -> tuple:
+    """``(source, SHA-256 hex, size)`` of an input, for hashing and decoding.
+
+    Up to ``stream_above`` bytes (default :data:`STREAM_ABOVE_BYTES`) the source is the file's
+    bytes, read once. A larger input is hashed in a streamed pass and the source is the open
+    file, so a multi-GB master needs no more of a worker's memory than its decoded 16 kHz audio
+    (from memory the decoder also copies the bytes once). The caller closes a file source.
+    OSError when the input cannot be read."""
+    limit = STREAM_ABOVE_BYTES if stream_above is None else stream_above
+    size = input_size(uri)
+    if size <= limit:
+        data = read_bytes(uri)
+        return data, hashlib.sha256(data).hexdigest(), len(data)
+    digest = hashlib.sha256()
+    with open_input(uri) as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return open_input(uri), digest.hexdigest(), size
 
 
 @dataclass
