@@ -8,6 +8,7 @@ import torch
 from mvssl_dist.methods import build_method
 from mvssl_dist.train.loop import (
     CollapseWatch,
+    Rank0Tracker,
     Throughput,
     as_floats,
     device_augmentation,
@@ -111,3 +112,35 @@ def test_augmentations_on_the_device_are_seeded_per_rank_and_off_on_view_workers
     assert device_augmentation(on_workers, cpu, 0, 0)(views) is views
     no_chain = {**cfg, "data": {**cfg["data"], "augment": []}}
     assert device_augmentation(no_chain, cpu, 0, 0)(views) is views
+
+
+def test_metrics_wait_out_a_tracking_server_that_is_away_and_training_goes_on(tmp_path, capsys):
+    """A tracking server restart used to raise in rank 0's logging and fail the run."""
+    import mlflow
+
+    from mvssl_dist.train.progress import progress_line
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = mlflow.MlflowClient(uri).create_run("0").info.run_id
+    tracker = Rank0Tracker({"run_id": run_id, "tracking_uri": uri}, rank=0)
+    working = tracker.client.log_batch
+
+    def away(*args, **kwargs):
+        raise mlflow.exceptions.MlflowException("API request to http://tracking/ failed: Connection refused")
+
+    tracker.client.log_batch = away
+    for step in range(1, 301):  # past the 200 that trigger a flush, and past MLflow's 1,000 per call
+        tracker.log({"loss": 1.0 / step, "lr": 0.1, "grad_norm": 1.0, "samples_per_s": 30.0}, step)
+    tracker.tag("steps_fitted_to_max_minutes", "300")
+    said = capsys.readouterr().out
+    assert said.count("MLflow unreachable (API request to http://tracking/ failed: Connection refused)") == 1
+    behind = tracker.behind()["metrics_unlogged"]
+    assert behind >= 1200
+    line = progress_line({"step": 300, "loss": 0.1, "metrics_unlogged": behind}, 400, 60.0, 1.0)
+    assert f"MLflow unreachable, {behind} metrics kept to send" in line
+    tracker.client.log_batch = working  # back
+    tracker.flush()
+    assert tracker.behind() == {} and not tracker.buffer
+    client = mlflow.MlflowClient(uri)
+    assert len(client.get_metric_history(run_id, "loss")) == 300
+    assert client.get_run(run_id).data.tags["steps_fitted_to_max_minutes"] == "300"

@@ -101,17 +101,26 @@ def load_state(checkpoint) -> dict:
 
 
 class Rank0Tracker:
-    """Per-step metrics to MLflow from rank 0 only; a no-op elsewhere."""
+    """Per-step metrics and tags to MLflow from rank 0 only; a no-op elsewhere.
+
+    A tracking server that cannot be reached for a while (a restart, a network cut) does not stop
+    training: what could not be sent is kept (the newest ``KEPT`` metrics) and sent with the next
+    flush that gets through, and :meth:`behind` tells the progress line."""
+
+    BATCH = 1000  # MLflow's limit on metrics per log_batch call
+    KEPT = 100_000
 
     def __init__(self, cfg: dict, rank: int) -> None:
         self.active = rank == 0 and cfg.get("run_id")
+        self.buffer: list = []
+        self.tags: list[tuple[str, str]] = []
+        self.failing = False
         if self.active:
             import mlflow
 
             mlflow.set_tracking_uri(cfg["tracking_uri"])
             self.client = mlflow.MlflowClient(cfg["tracking_uri"])
             self.run_id = cfg["run_id"]
-            self.buffer: list = []
 
     def log(self, metrics: dict, step: int) -> None:
         if not self.active:
@@ -126,12 +135,30 @@ class Rank0Tracker:
 
     def tag(self, key: str, value: str) -> None:
         if self.active:
-            self.client.set_tag(self.run_id, key, value)
+            self.tags.append((key, value))
+            self.flush()
 
     def flush(self) -> None:
-        if self.active and self.buffer:
-            self.client.log_batch(self.run_id, metrics=self.buffer)
-            self.buffer = []
+        if not self.active:
+            return
+        try:
+            while self.tags:
+                self.client.set_tag(self.run_id, *self.tags[0])
+                self.tags.pop(0)
+            while self.buffer:
+                self.client.log_batch(self.run_id, metrics=self.buffer[: self.BATCH])
+                del self.buffer[: self.BATCH]
+            self.failing = False
+        except Exception as err:  # noqa: BLE001  the server away for a while must not end a long run
+            if not self.failing:
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+                print(f"[pretrain] MLflow unreachable ({first}); training goes on, metrics kept", flush=True)
+            self.failing = True
+            del self.buffer[: max(0, len(self.buffer) - self.KEPT)]
+
+    def behind(self) -> dict:
+        """``{"metrics_unlogged": N}`` while the tracking server cannot be reached, else nothing."""
+        return {"metrics_unlogged": len(self.buffer)} if self.failing else {}
 
 
 def system_metrics() -> dict:
@@ -421,7 +448,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         if watched:  # every way of being done is decided on a watched step, the last step included
             metrics.update(values, **throughput.metrics())
             tracker.log(metrics, step)
-            progress.post(step, cfg["total_steps"], metrics)
+            progress.post(step, cfg["total_steps"], {**metrics, **tracker.behind()})
             throughput.reset()
         if step % t["checkpoint_every"] == 0 or done:
             tracker.flush()

@@ -52,7 +52,7 @@ class ProgressPost:
 
     def post(self, step: int, total_steps: int, metrics: dict) -> None:
         if self.handle is not None:
-            keep = ("loss", "samples_per_s", "data_wait_fraction")
+            keep = ("loss", "samples_per_s", "data_wait_fraction", "metrics_unlogged")
             figures = {k: float(metrics[k]) for k in keep if k in metrics}
             self.handle.post.remote({"step": step, "total_steps": total_steps, **figures})
 
@@ -64,6 +64,8 @@ def progress_line(latest: dict, total_steps: int, elapsed_s: float, steps_per_s:
         parts.append(f"{latest['samples_per_s']:.0f} samples/s")
     if latest.get("data_wait_fraction", 0.0) >= 0.2:
         parts.append(f"{latest['data_wait_fraction']:.0%} of the time waiting for views")
+    if latest.get("metrics_unlogged"):
+        parts.append(f"MLflow unreachable, {latest['metrics_unlogged']:.0f} metrics kept to send")
     parts.append(f"{clock(elapsed_s)} in")
     left = total_steps - latest["step"]
     if steps_per_s and left > 0:
