@@ -283,6 +283,35 @@ def test_a_run_being_trained_is_not_trained_twice(dataset, workdir, capsys):
     assert not (workdir / "mvssl_runs" / "no-such-run").exists()
 
 
+def test_a_run_whose_registration_failed_registers_on_resume_without_training(dataset, workdir, monkeypatch):
+    """The tracking server away when training ended: the driver's registration raised a traceback,
+    and a resume would have trained nothing and then found no checkpoint to register."""
+    import importlib
+
+    module = importlib.import_module("mvssl_dist.train.pretrain")
+    real_finish = module.finish
+
+    def server_away(*args, **kwargs):
+        raise mlflow.exceptions.MlflowException("API request to http://tracking/ failed: Connection refused")
+
+    monkeypatch.setattr(module, "finish", server_away)
+    cfg = load_config(None, tiny(dataset))
+    with pytest.raises(module.PretrainError) as failed:
+        pretrain(cfg, run_name="unregistered", report=lambda m: None)
+    assert str(failed.value) == (
+        "registering failed: API request to http://tracking/ failed: Connection refused; its last checkpoint, "
+        "step 3, is kept; continue it with: mvssl pretrain --resume unregistered"
+    )
+    monkeypatch.setattr(module, "finish", real_finish)
+    monkeypatch.setattr(module, "build_trainer", lambda *a, **k: pytest.fail("trained again"))
+    said: list[str] = []
+    result = pretrain(load_config(None, tiny(dataset)), run_name="unregistered", resume=True, report=said.append)
+    assert "[pretrain] run unregistered was trained to the end (step 3); registering its backbone" in said
+    assert result.steps == 3 and result.model_version == "1"
+    assert mlflow.MlflowClient().get_run(result.run_id).info.status == "FINISHED"
+    assert_registered_as_trained(result.run_id, "contrastive")
+
+
 def test_config_errors_fail_fast_with_the_field_named(dataset, workdir, capsys):
     cases = [
         (["train.lrr=1"], "unknown key 'train.lrr'"),

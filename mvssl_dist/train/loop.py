@@ -138,7 +138,16 @@ class Rank0Tracker:
             self.tags.append((key, value))
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, patience_s: float = 0.0) -> None:
+        """Send what is kept; with ``patience_s`` (the run's last flush), try again every 10 s
+        for that long before leaving the rest unsent."""
+        deadline = time.monotonic() + patience_s
+        self.send()
+        while self.failing and time.monotonic() < deadline:
+            time.sleep(min(10.0, max(0.0, deadline - time.monotonic())))
+            self.send()
+
+    def send(self) -> None:
         if not self.active:
             return
         try:
@@ -460,7 +469,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         tracker.tag("views_ran_out_at_step", str(step))
         tracker.flush()
         report(method, optimizer, step, cfg, metrics, collapsed_tagged, rank)
-    tracker.flush()
+    tracker.flush(patience_s=120.0)  # a tracking server restarting now still gets the run's metrics
 
 
 def report(

@@ -646,15 +646,30 @@ def train_and_register(
             f"[pretrain] {facts['too_short']} more tracks are shorter than the {facts['need_s']:g} s "
             f"{cfg['data']['n_views']} views need: they give no views"
         )
-    trainer = build_trainer(cfg, run_dir, per_worker, view_cpus, start_step, checkpoint)
-    result = fit(trainer, cfg, run_dir, report, progress_every_s, continue_with)
-    if result.checkpoint is None:
-        mlflow.MlflowClient().set_terminated(run_id, status="FAILED")
-        raise PretrainError("training ended without a checkpoint; nothing registered")
-    with result.checkpoint.as_directory() as checkpoint_dir:
-        version, state = finish(cfg, run_id, Path(checkpoint_dir), model_name)
+    if checkpoint is not None and trained_to_the_end(checkpoint, cfg):  # stopped while registering
+        report(f"[pretrain] run {name} was trained to the end (step {start_step}); registering its backbone")
+    else:
+        trainer = build_trainer(cfg, run_dir, per_worker, view_cpus, start_step, checkpoint)
+        checkpoint = fit(trainer, cfg, run_dir, report, progress_every_s, continue_with).checkpoint
+        if checkpoint is None:
+            mlflow.MlflowClient().set_terminated(run_id, status="FAILED")
+            raise PretrainError("training ended without a checkpoint; nothing registered")
+    try:
+        with checkpoint.as_directory() as checkpoint_dir:
+            version, state = finish(cfg, run_id, Path(checkpoint_dir), model_name)
+        mlflow.MlflowClient().set_terminated(run_id, status="FINISHED")
+    except mlflow.exceptions.MlflowException as err:  # the tracking server away at the end
+        cause = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise PretrainError(f"registering failed: {cause}; {continuation(run_dir, cfg, continue_with)}") from None
     if line := ending_line(cfg, state):
         report(line)
-    mlflow.MlflowClient().set_terminated(run_id, status="FINISHED")
     collapsed = bool(state.get("collapsed"))
-    return PretrainResult(run_id, name, model_name, version, state["step"], result.checkpoint.path, collapsed)
+    return PretrainResult(run_id, name, model_name, version, state["step"], checkpoint.path, collapsed)
+
+
+def trained_to_the_end(checkpoint, cfg: dict) -> bool:
+    """Whether a run's checkpoint is its last: its last step (as fitted) reached, or its time box spent."""
+    from mvssl_dist.train.loop import load_state
+
+    state = load_state(checkpoint)
+    return bool(state.get("out_of_time")) or state["step"] >= state.get("total_steps", cfg["total_steps"])
