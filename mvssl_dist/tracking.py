@@ -87,12 +87,12 @@ def connect(tracking_uri: str, experiment: str) -> str:
             ) from None
         if "403" in str(err) or "PERMISSION_DENIED" in str(err):
             raise TrackingError(f"tracking server {shown}: this user may not create or read experiments") from None
-        raise TrackingError(f"tracking server {shown}: {_first_line(err, tracking_uri)}") from None
+        raise TrackingError(f"tracking server {shown}: {first_line(err, tracking_uri)}") from None
     except Exception as err:  # requests' connection errors and friends
-        raise TrackingError(f"tracking server {shown} is unreachable: {_first_line(err, tracking_uri)}") from None
+        raise TrackingError(f"tracking server {shown} is unreachable: {first_line(err, tracking_uri)}") from None
 
 
-def _first_line(err: BaseException, tracking_uri: str | None = None) -> str:
+def first_line(err: BaseException, tracking_uri: str | None = None) -> str:
     """The error's first line, with the tracking URI's password (MLflow quotes the URL) masked."""
     from urllib.parse import urlsplit
 
@@ -117,11 +117,11 @@ def download_model_weights(uri: str) -> str:
     except MlflowException as err:
         store = mlflow.get_tracking_uri()
         raise WeightsError(
-            f"{uri}: {_first_line(err, store)} (registry: {without_password(store)}; MLFLOW_TRACKING_URI chooses it)"
+            f"{uri}: {first_line(err, store)} (registry: {without_password(store)}; MLFLOW_TRACKING_URI chooses it)"
         ) from None
     except Exception as err:
         raise WeightsError(
-            f"{uri}: cannot reach the model registry ({_first_line(err, mlflow.get_tracking_uri())})"
+            f"{uri}: cannot reach the model registry ({first_line(err, mlflow.get_tracking_uri())})"
         ) from None
     found = sorted(local.rglob(BACKBONE_ARTIFACT))
     if not found:

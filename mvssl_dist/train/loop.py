@@ -22,6 +22,7 @@ import torch
 from mvssl_dist.config import recorded_config
 from mvssl_dist.losses.distributed import world_size
 from mvssl_dist.methods import build_method
+from mvssl_dist.tracking import first_line
 from mvssl_dist.train.batchnorm import convert_cross_rank_batchnorm
 from mvssl_dist.train.progress import ProgressPost
 from mvssl_dist.train.schedules import Schedules
@@ -119,7 +120,8 @@ class Rank0Tracker:
             import mlflow
 
             mlflow.set_tracking_uri(cfg["tracking_uri"])
-            self.client = mlflow.MlflowClient(cfg["tracking_uri"])
+            self.tracking_uri = cfg["tracking_uri"]
+            self.client = mlflow.MlflowClient(self.tracking_uri)
             self.run_id = cfg["run_id"]
 
     def log(self, metrics: dict, step: int) -> None:
@@ -160,8 +162,8 @@ class Rank0Tracker:
             self.failing = False
         except Exception as err:  # noqa: BLE001  the server away for a while must not end a long run
             if not self.failing:
-                first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-                print(f"[pretrain] MLflow unreachable ({first}); training goes on, metrics kept", flush=True)
+                cause = first_line(err, self.tracking_uri)  # MLflow quotes the URL: its password masked
+                print(f"[pretrain] MLflow unreachable ({cause}); training goes on, metrics kept", flush=True)
             self.failing = True
             del self.buffer[: max(0, len(self.buffer) - self.KEPT)]
 

@@ -26,7 +26,7 @@ from mvssl_dist.constants import SAMPLE_RATE
 from mvssl_dist.folder_lock import FolderBusy, exclusive
 from mvssl_dist.methods import build_method, canonical_name, check_options
 from mvssl_dist.shards.uris import local_folder
-from mvssl_dist.tracking import connect, default_tracking_uri, without_password
+from mvssl_dist.tracking import connect, default_tracking_uri, first_line, without_password
 
 RUN_RECORD = "mvssl_run.json"
 # What a resumed run may change: how it runs, not what it learns. data.path may move; the dataset
@@ -659,7 +659,7 @@ def train_and_register(
             version, state = finish(cfg, run_id, Path(checkpoint_dir), model_name)
         mlflow.MlflowClient().set_terminated(run_id, status="FINISHED")
     except mlflow.exceptions.MlflowException as err:  # the tracking server away at the end
-        cause = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        cause = first_line(err, cfg["tracking_uri"])  # MLflow quotes the URL: its password masked
         raise PretrainError(f"registering failed: {cause}; {continuation(run_dir, cfg, continue_with)}") from None
     if line := ending_line(cfg, state):
         report(line)
