@@ -96,14 +96,10 @@ def load_track(item: dict) -> tuple[str, np.ndarray]:
                 return item["key"], member.audio
         raise ValueError(f"track {item['key']} missing from {item['shard']}")
     from mvssl_dist.audio import decode
-    from mvssl_dist.shards.uris import display_uri, open_for_decoding
+    from mvssl_dist.shards.uris import decoding_input, display_uri
 
-    source, sha, _ = open_for_decoding(item["uri"])  # a large file is decoded from disk, not from memory
-    try:
+    with decoding_input(item["uri"]) as (source, sha, _):  # a large file is decoded from disk, not from memory
         return sha[:32], decode(source, SAMPLE_RATE, name=display_uri(item["uri"]))
-    finally:
-        if hasattr(source, "close"):
-            source.close()
 
 
 def prepare_tracks(batch: dict, segment_s: float, hop_s: float) -> dict:

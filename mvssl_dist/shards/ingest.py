@@ -39,11 +39,11 @@ from mvssl_dist.folder_lock import output_folder
 from mvssl_dist.raytools import init_ray
 from mvssl_dist.shards.format import CODECS, SAMPLE_RATE, encode_payload, write_sample
 from mvssl_dist.shards.uris import (
+    decoding_input,
     display_uri,
     find_sources,
     is_remote,
     not_read_message,
-    open_for_decoding,
     uri_to_path,
 )
 
@@ -185,21 +185,15 @@ def inspect_input(uri: str, options: dict) -> tuple[dict, np.ndarray | None]:
     row: dict = {"source_uri": uri, "status": "ok", "detail": None}
     name = display_uri(uri)
     try:
-        source, sha, size = open_for_decoding(uri)
-    except OSError as err:
-        return {**row, "status": "unreadable", "detail": f"{name}: {err.strerror or err}"}, None
-    if not size:
-        return {**row, "status": "empty", "detail": f"{name}: empty file (0 bytes)"}, None
-    row.update(source_sha256=sha, key=sha[:32], source_bytes=size)
-    try:
-        decoded = decode_with_info(source, SAMPLE_RATE, name=name, max_seconds=options["max_duration_s"])
+        with decoding_input(uri) as (source, sha, size):
+            if not size:
+                return {**row, "status": "empty", "detail": f"{name}: empty file (0 bytes)"}, None
+            row.update(source_sha256=sha, key=sha[:32], source_bytes=size)
+            decoded = decode_with_info(source, SAMPLE_RATE, name=name, max_seconds=options["max_duration_s"])
     except AudioDecodeError as err:
         return {**row, "status": err.reason, "detail": str(err)}, None
-    except OSError as err:  # a streamed input that stopped being readable part-way
+    except OSError as err:  # unreadable, or a streamed input that stopped being readable part-way
         return {**row, "status": "unreadable", "detail": f"{name}: {err.strerror or err}"}, None
-    finally:
-        if hasattr(source, "close"):
-            source.close()
     duration = decoded.duration_s
     level = rms_db(decoded.audio)
     row.update(

@@ -7,11 +7,13 @@ name that is not valid UTF-8 round-trips losslessly. Object storage goes through
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fnmatch
 import glob
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote_to_bytes
@@ -75,15 +77,21 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 def read_bytes(uri: str) -> bytes:
     """The whole content of a ``file://`` or remote URI (OSError when unreadable)."""
     if uri.startswith("file://"):
-        path = uri_to_path(uri)
-        if os.path.isdir(path):
-            raise IsADirectoryError(21, "is a directory, not a file", path)
-        with open(path, "rb") as handle:
+        if os.path.isdir(uri_to_path(uri)):
+            raise IsADirectoryError(21, "is a directory, not a file", uri_to_path(uri))
+    else:
+        fs, path = filesystem(uri)
+        if fs.get_file_info(path).type == pafs.FileType.Directory:
+            raise IsADirectoryError(21, "is a directory, not a file", uri)
+    return _read_all(uri)
+
+
+def _read_all(uri: str) -> bytes:
+    """The content of an input already known to be a file (see :func:`read_bytes`)."""
+    if uri.startswith("file://"):
+        with open(uri_to_path(uri), "rb") as handle:
             return handle.read()
     fs, path = filesystem(uri)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.Directory:
-        raise IsADirectoryError(21, "is a directory, not a file", uri)
     with fs.open_input_stream(path) as stream:
         return stream.read()
 
@@ -115,24 +123,27 @@ def open_input(uri: str):
     return fs.open_input_file(path)
 
 
-def open_for_decoding(uri: str, stream_above: int | None = None) -> tuple:
-    """``(source, SHA-256 hex, size)`` of an input, for hashing and decoding.
+@contextlib.contextmanager
+def decoding_input(uri: str, stream_above: int | None = None) -> Iterator[tuple]:
+    """``with decoding_input(uri) as (source, sha256_hex, size):`` an input, to hash and decode.
 
     Up to ``stream_above`` bytes (default :data:`STREAM_ABOVE_BYTES`) the source is the file's
     bytes, read once. A larger input is hashed in a streamed pass and the source is the open
-    file, so a multi-GB master needs no more of a worker's memory than its decoded 16 kHz audio
-    (from memory the decoder also copies the bytes once). The caller closes a file source.
+    file (closed on leaving the block), so a multi-GB master needs no more of a worker's memory
+    than its decoded 16 kHz audio (from memory the decoder also copies the bytes once).
     OSError when the input cannot be read."""
     limit = STREAM_ABOVE_BYTES if stream_above is None else stream_above
-    size = input_size(uri)
+    size = input_size(uri)  # also refuses a folder or a missing file
     if size <= limit:
-        data = read_bytes(uri)
-        return data, hashlib.sha256(data).hexdigest(), len(data)
+        data = _read_all(uri)
+        yield data, hashlib.sha256(data).hexdigest(), len(data)
+        return
     digest = hashlib.sha256()
     with open_input(uri) as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
-    return open_input(uri), digest.hexdigest(), size
+    with open_input(uri) as handle:
+        yield handle, digest.hexdigest(), size
 
 
 @dataclass
