@@ -330,15 +330,12 @@ def probe_scores(opts, work: Path, models: tuple[str, str], tracking_uri: str, p
 
 
 def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = print) -> QuickstartResult:
-    from mvssl_dist.folder_lock import FolderBusy, exclusive
+    from mvssl_dist.folder_lock import output_folder
 
     check_options(opts)
-    work = Path(opts.workdir).resolve()
-    try:
-        with exclusive(work, "mvssl quickstart"):  # a second quickstart here would race this one stage by stage
-            return run_stages(opts, work, say)
-    except FolderBusy as err:
-        raise QuickstartError(str(err)) from None
+    # held: a second quickstart here would race this one stage by stage
+    with output_folder(opts.workdir, "--workdir", "mvssl quickstart", QuickstartError) as work:
+        return run_stages(opts, work, say)
 
 
 def run_stages(opts: QuickstartOptions, work: Path, say: Callable[[str], None]) -> QuickstartResult:

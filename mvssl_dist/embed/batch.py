@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from mvssl_dist.constants import EMBEDDING_DIM, SAMPLE_RATE
 from mvssl_dist.embed.segments import cut_segments, peak_normalise
 from mvssl_dist.folder_lock import output_folder
-from mvssl_dist.shards.ingest import REJECT_REASONS, atomic_write, write_parquet
+from mvssl_dist.shards.ingest import atomic_write, remove_temporaries, retry_problem, write_parquet
 
 PAIRED = ("segments", "tracks")  # with --level both, the two parts of one flush, in the order written
 ERROR_SCHEMA = pa.schema([("source_uri", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
@@ -229,14 +229,13 @@ def reopen_errors(out: Path, reasons: tuple[str, ...], uris: list[str]) -> int:
 def drop_unpaired_parts(out: Path, level: str) -> list[Path]:
     """With ``--level both`` every flush writes a segments part, then its tracks part (the commit).
     A run stopped between the two (a full disk, a kill) leaves one without the other; it is
-    deleted, so that its tracks are embedded again whole. Files left under temporary names go too.
-    The caller holds OUT_DIR."""
-    dropped = [*out.glob(".*.tmp-*")]
-    if level == "both":
-        stamps = {kind: {p.name.split("-", 1)[1] for p in out.glob(f"{kind}-*.parquet")} for kind in PAIRED}
-        dropped += [
-            out / f"{kind}-{stamp}" for kind in PAIRED for stamp in stamps[kind] - set.intersection(*stamps.values())
-        ]
+    deleted, so that its tracks are embedded again whole. The caller holds OUT_DIR."""
+    if level != "both":
+        return []
+    stamps = {kind: {p.name.split("-", 1)[1] for p in out.glob(f"{kind}-*.parquet")} for kind in PAIRED}
+    dropped = [
+        out / f"{kind}-{stamp}" for kind in PAIRED for stamp in stamps[kind] - set.intersection(*stamps.values())
+    ]
     for path in dropped:
         path.unlink(missing_ok=True)
     return dropped
@@ -438,8 +437,8 @@ def embed_library(options: EmbedOptions, report: Callable[[str], None] = print) 
     if options.hop_s <= 0:
         raise EmbedError("--hop-s must be > 0")
     check_counts(options.workers, options.gpus, options.batch_size)
-    if unknown := [r for r in options.retry if r not in REJECT_REASONS]:
-        raise EmbedError(f"--retry {unknown[0]}: not a reason inputs fail for ({', '.join(REJECT_REASONS)})")
+    if problem := retry_problem(options.retry):
+        raise EmbedError(problem)
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or (
         default_tracking_uri() if options.model.startswith("models:/") else None
     )
@@ -464,7 +463,8 @@ def embed_into(
     from mvssl_dist.raytools import init_ray
 
     options = check_out_dir(out, options, facts["weights"])
-    if dropped := [p.name for p in drop_unpaired_parts(out, options.level) if not p.name.startswith(".")]:
+    remove_temporaries(out)
+    if dropped := [p.name for p in drop_unpaired_parts(out, options.level)]:
         report(f"[embed] {', '.join(dropped)}: left by a run stopped part-way; its tracks are embedded again")
     items = input_items(options.sources, report, out)
     if options.retry and (again := reopen_errors(out, options.retry, [it["uri"] for it in items])):

@@ -129,6 +129,23 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             tmp.unlink()
 
 
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Delete what a killed run left in ``folder`` under :func:`atomic_write`'s temporary names
+    (``.index.parquet.tmp-PID``; ingest's ``.shard-000003.tar.tmp-PID`` too); the deleted paths.
+    Only for a folder the caller holds, so that no other writer owns them."""
+    left = sorted(folder.glob(".*.tmp-*"))
+    for path in left:
+        path.unlink(missing_ok=True)
+    return left
+
+
+def retry_problem(reasons: tuple[str, ...]) -> str | None:
+    """``--retry``'s one-line error when one of ``reasons`` is not a reason inputs are rejected for."""
+    if unknown := [r for r in reasons if r not in REJECT_REASONS]:
+        return f"--retry {unknown[0]}: not a reason inputs are rejected for ({', '.join(REJECT_REASONS)})"
+    return None
+
+
 def write_parquet(path: Path, table: pa.Table) -> None:
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
@@ -427,8 +444,8 @@ def ingest(options: IngestOptions, report: Callable[[str], None] = print) -> Ing
         raise IngestError(
             f"--min-duration-s {options.min_duration_s:g} must not exceed --max-duration-s {options.max_duration_s:g}"
         )
-    if unknown := [r for r in options.retry if r not in REJECT_REASONS]:
-        raise IngestError(f"--retry {unknown[0]}: not a reason inputs are rejected for ({', '.join(REJECT_REASONS)})")
+    if problem := retry_problem(options.retry):
+        raise IngestError(problem)
     if options.silence_db > 0:
         # RMS in dBFS is never above 0 for audio in [-1, 1]: every track would be rejected as silent
         raise IngestError(f"--silence-db {options.silence_db:g}: must be <= 0 (dBFS; full scale is 0)")
@@ -439,7 +456,8 @@ def ingest(options: IngestOptions, report: Callable[[str], None] = print) -> Ing
 def ingest_into(out: Path, options: IngestOptions, report: Callable[[str], None]) -> IngestSummary:
     """The ingest proper, with DATASET_DIR held (see :func:`ingest`)."""
     (out / "shards").mkdir(parents=True, exist_ok=True)
-    remove_partial_files(out)
+    for folder in (out, out / "shards"):  # a unit left unfinished is written again from the start
+        remove_temporaries(folder)
     check_options_compatible(out, options)
     found = find_sources(options.sources, output=out)
     uris = found.uris
@@ -463,14 +481,6 @@ def ingest_into(out: Path, options: IngestOptions, report: Callable[[str], None]
         init_ray(options.ray_address, max(options.workers or 0, os.cpu_count() or 1))
         run_units(out, todo, options, report)
     return finalize(out, plan, options, len(todo), len(not_read))
-
-
-def remove_partial_files(out: Path) -> None:
-    """Delete what a killed run left under temporary names (``.shard-000003.tar.tmp-PID``): the
-    folder is held by this run, so no other writer owns them, and a unit left unfinished is
-    written again from the start."""
-    for tmp in [*out.glob(".*.tmp-*"), *(out / "shards").glob(".*.tmp-*")]:
-        tmp.unlink(missing_ok=True)
 
 
 def not_read_line(uris: list[str], out: Path) -> str:
