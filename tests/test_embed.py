@@ -95,6 +95,16 @@ def test_dataset_input_gives_the_same_vectors(library, embedded, tmp_path):
     for row in table(out, "tracks"):
         a, b = np.array(row["embedding"]), raw[row["source_uri"]]
         assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.999
+    shard = sorted((dataset / "shards").glob("*.tar"))[0]
+    with open(shard, "r+b") as handle:
+        handle.truncate(10_000)  # cut short after ingest: its tracks are errors that say why
+    held = {r["key"] for r in pq.read_table(dataset / "index.parquet").to_pylist() if r["shard"].endswith(shard.name)}
+    embed_library(EmbedOptions([str(dataset)], str(weights), str(tmp_path / "cut")), report=lambda m: None)
+    errors = pq.read_table(tmp_path / "cut" / "errors.parquet").to_pylist()
+    assert {e["detail"].split("track ")[1][:32] for e in errors} == held
+    assert all(
+        shard.name in e["detail"] and ("not in the shard" in e["detail"] or "tar" in e["detail"]) for e in errors
+    )
 
 
 def test_an_out_dir_is_only_extended_with_the_same_weights_and_cut(library, embedded, tmp_path, capsys):

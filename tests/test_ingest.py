@@ -148,6 +148,16 @@ def test_rerun_skips_everything_and_a_new_file_is_picked_up(catalogue, tmp_path,
     first = ingest(IngestOptions([str(src)], str(out), shard_target_mb=2, progress=False), report=lambda m: None)
     again = ingest(IngestOptions([str(src)], str(out), shard_target_mb=2, progress=False), report=lambda m: None)
     assert again.units_run == 0 and again.tracks == first.tracks
+    shards = sorted((out / "shards").glob("*.tar"))
+    written = {s.name: s.read_bytes() for s in shards}
+    shards[0].write_bytes(written[shards[0].name][:10_000])  # a copy cut short, and one lost
+    shards[-1].unlink()
+    lines: list[str] = []
+    mended = ingest(IngestOptions([str(src)], str(out), shard_target_mb=2, progress=False), report=lines.append)
+    assert mended.units_run == 2 and mended.tracks == first.tracks
+    assert f"shards/{shards[0].name} is 10,000 bytes, but ingest wrote {len(written[shards[0].name]):,}" in lines[0]
+    assert "(and 1 more): written again from the inputs" in lines[0]
+    assert {s.name: s.read_bytes() for s in sorted((out / "shards").glob("*.tar"))} == written  # byte for byte
     encode(src / "new_track.ogg", render(STYLES[3], 13.0, 44100, seed=99), 44100)
     grown = ingest(IngestOptions([str(src)], str(out), shard_target_mb=2, progress=False), report=lambda m: None)
     assert grown.units_run == 1 and grown.tracks == first.tracks + 1
@@ -411,6 +421,22 @@ def test_member_names_are_validated_and_bad_members_skipped():
     bad = [i for i in items if isinstance(i, Malformed)]
     assert [t.key for t in tracks] == [good_key] and tracks[0].pcm.tolist() == list(range(10))
     assert {b.name for b in bad} == {"../evil.json", bad_key, short_key, f"{good_key}.json", "dir/x.s16"}
+
+
+def test_a_shard_cut_short_names_every_wanted_track_it_lost():
+    keys = [f"{i:032x}" for i in range(4)]
+    pcm = np.zeros(2000, dtype="<i2").tobytes()
+    whole = _tar(
+        [m for k in keys for m in ((f"{k}.json", json.dumps({"num_samples": 2000}).encode()), (f"{k}.s16", pcm))]
+    ).getvalue()
+    per_track = 2 * 512 + 512 + 4096  # two headers, the json's block, the payload's blocks
+    for cut in (2 * per_track, 2 * per_track + 1500):  # at a member's start tarfile stops without an error
+        items = list(read_shard(io.BytesIO(whole[:cut]), "t.tar", set(keys)))
+        read = [i.key for i in items if not isinstance(i, Malformed)]
+        bad = {i.name: i.reason for i in items if isinstance(i, Malformed)}
+        assert read and set(read) | set(bad) == set(keys) and not set(read) & set(bad)  # one record each
+        assert "not in the shard, though the index lists it there" in bad[keys[-1]] or "corrupt tar" in bad[keys[-1]]
+    assert len(list(read_shard(io.BytesIO(whole), "t.tar", set(keys)))) == 4  # nothing lost, nothing said
 
 
 def test_reader_only_yields_indexed_members(ingested, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -360,6 +361,41 @@ def test_config_errors_fail_fast_with_the_field_named(dataset, workdir, capsys):
         assert time.perf_counter() - start < 60
     with pytest.raises(ConfigError, match="data.augment_on must be one of"):
         load_config(None, ["data.augment_on=gpu"])
+
+
+def test_a_damaged_shard_is_refused_before_training(dataset, workdir, capsys):
+    copy = workdir / "copied"
+    shutil.copytree(dataset, copy)
+    shard = sorted((copy / "shards").glob("*.tar"))[0]
+    size = shard.stat().st_size
+    with open(shard, "r+b") as handle:
+        handle.truncate(size // 2)  # a copy to the cluster that stopped part-way
+    assert main(["pretrain", *tiny(copy)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"shards/{shard.name} is {size // 2:,} bytes, but ingest wrote {size:,}" in err and "\n" not in err
+    shard.unlink()
+    assert main(["pretrain", *tiny(copy)]) == 1
+    assert f"shards/{shard.name} is missing; copy the shards again" in capsys.readouterr().err
+
+
+def test_tracks_the_views_could_not_read_are_said_and_listed(workdir, monkeypatch):
+    from mvssl_dist.train import pretrain as module
+    from mvssl_dist.views import dataset as views
+
+    bad = ["s1.tar:k2 (not in the shard)", "s1.tar:k1 (corrupt tar)"]
+    monkeypatch.setattr(views, "view_stats", lambda name, timeout_s: {"malformed_keys": bad + bad})  # two epochs
+    run = mlflow.MlflowClient().create_run(mlflow.set_experiment("views").experiment_id)
+    lines: list[str] = []
+    module.report_unreadable_views({"run_id": run.info.run_id, "tracking_uri": ""}, "views-x", lines.append)
+    assert lines == [
+        "[pretrain] 2 track(s) could not be read from their shards and gave no views, e.g. s1.tar:k1 (corrupt tar); "
+        "listed in the MLflow run as views/unreadable.txt"
+    ]
+    listed = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/views/unreadable.txt")
+    assert listed.split("\n") == [*sorted(bad), ""]
+    monkeypatch.setattr(views, "view_stats", lambda name, timeout_s: {"malformed_keys": []})
+    module.report_unreadable_views({"run_id": run.info.run_id, "tracking_uri": ""}, "views-x", lines.append)
+    assert len(lines) == 1  # nothing to say
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")

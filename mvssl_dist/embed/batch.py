@@ -91,10 +91,12 @@ def load_track(item: dict) -> tuple[str, np.ndarray]:
     if item["shard"]:
         from mvssl_dist.shards.reader import iter_shard_members
 
+        why = "missing"
         for member in iter_shard_members(Path(item["shard"]), {item["key"]}):
             if getattr(member, "key", None) == item["key"]:
                 return item["key"], member.audio
-        raise ValueError(f"track {item['key']} missing from {item['shard']}")
+            why = member.reason if member.name.startswith(item["key"]) else why
+        raise ValueError(f"track {item['key']} in {item['shard']}: {why}")
     from mvssl_dist.audio import decode
     from mvssl_dist.shards.uris import decoding_input, display_uri
 

@@ -23,6 +23,7 @@ from mvssl_dist.constants import SAMPLE_RATE
 CODECS = {"s16": "s16", "flac": "flac"}  # codec name -> member extension
 MEMBER_NAME = re.compile(r"^(?P<key>[0-9a-f]{32})\.(?P<ext>json|s16|flac)$")
 INT16_SCALE = 32768.0
+NOT_IN_SHARD = "not in the shard, though the index lists it there (a truncated or replaced file?)"
 
 
 def to_int16(audio: np.ndarray) -> np.ndarray:
@@ -115,13 +116,13 @@ def _parse_group(shard: str, key: str, parts: dict[str, bytes]) -> Member | Malf
 
 def read_shard(fileobj: BinaryIO, shard: str, wanted: set[str] | None = None) -> Iterator[Member | Malformed]:
     """Read a shard tar: yields each track (only ``wanted`` keys when given), or a :class:`Malformed`
-    record for what is bad.
+    record for what is bad, a wanted key the tar lacks included.
 
     A seekable file is read in random-access mode: each payload is one read, and members
     not wanted are skipped without reading them (stream mode copies 10 KB records, ~20x slower).
     """
     seen: set[str] = set()
-    key, parts = None, {}
+    key, parts, broken = None, {}, ""
     seekable = getattr(fileobj, "seekable", lambda: False)()
 
     def keep(name: str | None) -> bool:
@@ -147,6 +148,14 @@ def read_shard(fileobj: BinaryIO, shard: str, wanted: set[str] | None = None) ->
                     continue
                 parts[match["ext"]] = tar.extractfile(info).read()
     except tarfile.TarError as err:
-        yield Malformed(shard, "<tar>", f"corrupt tar: {err}")
+        broken = f"corrupt tar: {err}"
+    told = False  # whether a track's record carries the tar's error
     if keep(key):
-        yield _parse_group(shard, key, parts)
+        group = _parse_group(shard, key, parts)
+        told = bool(broken) and isinstance(group, Malformed)
+        yield Malformed(shard, key, broken) if told else group
+    lost = sorted((wanted or set()) - seen)  # a tar cut at a member's start ends without an error
+    for name in lost:
+        yield Malformed(shard, name, f"{broken}, before this track" if broken else NOT_IN_SHARD)
+    if broken and not lost and not told:
+        yield Malformed(shard, "<tar>", broken)

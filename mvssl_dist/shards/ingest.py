@@ -8,7 +8,8 @@ How a run goes:
 2. **Work** (Ray Data, one CPU task per unit): read bytes, hash, decode, check, write
    ``shards/shard-NNNNNN.tar`` (temporary name, renamed when complete), then the unit's
    manifest ``shards/shard-NNNNNN.parquet`` (every input of the unit with its outcome). The
-   manifest is the commit marker: a unit without one is redone by the next run.
+   manifest is the commit marker: a unit without one is redone by the next run, and so is a
+   unit whose tar is gone or not the size the manifest recorded (``shard_bytes``).
 3. **Finalize** (driver): concatenate the manifests in plan order, turn later copies of the
    same content into ``duplicate_of:<key>`` rejects, write ``index.parquet``,
    ``rejects.parquet`` and ``dataset.json``.
@@ -38,6 +39,7 @@ from mvssl_dist.audio import AudioDecodeError, decode_with_info
 from mvssl_dist.folder_lock import output_folder
 from mvssl_dist.raytools import init_ray
 from mvssl_dist.shards.format import CODECS, SAMPLE_RATE, encode_payload, write_sample
+from mvssl_dist.shards.reader import shard_problem
 from mvssl_dist.shards.uris import (
     decoding_input,
     display_uri,
@@ -59,6 +61,7 @@ INDEX_SCHEMA = pa.schema(
         ("key", pa.string()),
         ("source_uri", pa.string()),
         ("shard", pa.string()),
+        ("shard_bytes", pa.int64()),  # the tar's size as written: a copy cut short is caught before use
         ("num_samples", pa.int64()),
         ("duration_s", pa.float64()),
         ("source_sample_rate", pa.int32()),
@@ -284,6 +287,9 @@ def write_unit(unit: int, uris: list[str], out: Path, options: dict) -> dict:
                 rows.append(row)
         if seen:
             os.replace(tar_tmp, shards / f"{name}.tar")
+            size = (shards / f"{name}.tar").stat().st_size
+            for row in rows:
+                row["shard_bytes"] = size if row.get("shard") else None
         else:  # no track: no tar (nor one left from an earlier pass over this unit, see reopen_units)
             (shards / f"{name}.tar").unlink(missing_ok=True)
     finally:
@@ -402,6 +408,19 @@ def reopen_units(out: Path, reasons: tuple[str, ...]) -> tuple[int, int]:
     return units, inputs
 
 
+def reopen_damaged(out: Path) -> list[str]:
+    """Units whose tar is missing or not the size it was written at (a disk that failed since, a
+    copy put back cut short) lose their manifest, so this run writes them again: what was wrong."""
+    problems = []
+    for manifest in sorted((out / "shards").glob("shard-*.parquet")):
+        rows = pq.read_table(manifest, schema=MANIFEST_SCHEMA, columns=["shard", "shard_bytes"]).to_pylist()
+        held = [r for r in rows if r["shard"]]
+        if held and (problem := shard_problem(out / held[0]["shard"], held[0]["shard_bytes"])):
+            manifest.unlink()
+            problems.append(f"{held[0]['shard']} {problem}")
+    return problems
+
+
 def pending_units(out: Path, plan: pa.Table) -> dict[int, list[str]]:
     units: dict[int, list[str]] = {}
     for uri, unit in zip(plan.column("uri").to_pylist(), plan.column("unit").to_pylist(), strict=True):
@@ -472,6 +491,9 @@ def ingest_into(out: Path, options: IngestOptions, report: Callable[[str], None]
     if options.retry:
         units, inputs = reopen_units(out, options.retry)
         report(f"[ingest] --retry {','.join(options.retry)}: {inputs} input(s) in {units} unit(s) are read again")
+    if damaged := reopen_damaged(out):
+        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        report(f"[ingest] {damaged[0]}{more}: written again from the inputs")
     todo = pending_units(out, plan)
     report(f"[ingest] {len(uris)} inputs, {plan.num_rows - len(previous)} new; {len(todo)} unit(s) to process")
     kept = set(not_read)  # once: a hash-named bucket can pass over 100,000s of files

@@ -42,6 +42,35 @@ def shard_keys(dataset_dir: str | Path) -> dict[str, set[str]]:
     return keys
 
 
+def shard_problem(path: Path, written: int | None) -> str | None:
+    """What is wrong with one shard file, if anything: missing, or not the size ingest wrote
+    (``written`` is None for a dataset ingested before sizes were kept: existence only)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return "is missing"
+    if written is not None and size != written:
+        return f"is {size:,} bytes, but ingest wrote {written:,}"
+    return None
+
+
+def damaged_shards(dataset_dir: str | Path) -> list[str]:
+    """``"<shard> <problem>"`` for each shard the index names that is missing or cut short
+    (a copy that stopped part-way): one ``stat`` per shard, no data read."""
+    root = Path(dataset_dir)
+    path = root / "index.parquet"
+    columns = [c for c in ("shard", "shard_bytes") if c in pq.read_schema(path).names]
+    index = pq.read_table(path, columns=columns)
+    written = index.column("shard_bytes").to_pylist() if "shard_bytes" in columns else [None] * index.num_rows
+    sizes = dict(zip(index.column("shard").to_pylist(), written, strict=True))
+    return [f"{shard} {problem}" for shard, size in sizes.items() if (problem := shard_problem(root / shard, size))]
+
+
+def damaged_message(problems: list[str]) -> str:
+    more = f" (and {len(problems) - 1} more shard(s))" if len(problems) > 1 else ""
+    return f"{problems[0]}{more}; copy the shards again, or run the same `mvssl ingest` to write them again"
+
+
 def iter_shard_members(path: Path, wanted: set[str] | None = None) -> Iterator[Member | Malformed]:
     """Members of one shard file (only ``wanted`` keys when given), malformed ones included."""
     with open(path, "rb") as handle:

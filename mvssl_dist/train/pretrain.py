@@ -25,6 +25,7 @@ from mvssl_dist.config import DEFAULTS, ConfigError, config_hash, flatten, load_
 from mvssl_dist.constants import SAMPLE_RATE
 from mvssl_dist.folder_lock import FolderBusy, exclusive
 from mvssl_dist.methods import build_method, canonical_name, check_options
+from mvssl_dist.shards.reader import damaged_message, damaged_shards
 from mvssl_dist.shards.uris import local_folder
 from mvssl_dist.tracking import connect, default_tracking_uri, first_line, without_password
 
@@ -98,6 +99,8 @@ def dataset_facts(cfg: dict) -> dict:
             f"of {data['segment_s']:g} s at least {data['min_gap_s']:g} s apart ({need_s:g} s; the longest is "
             f"{samples.max() / SAMPLE_RATE:.1f} s)"
         )
+    if damaged := damaged_shards(root):
+        raise ConfigError(f"config: data.path {path}: {damaged_message(damaged)}")
     meta = json.loads(meta_file.read_text())
     return {
         "tracks": usable,
@@ -548,7 +551,30 @@ def fit(trainer, cfg: dict, run_dir: Path, report, progress_every_s: float, cont
     finally:
         if ctrl_c is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, ctrl_c)  # Ray Train's handler would abort a finished run
+        report_unreadable_views(cfg, f"views-{run_dir.name}", report)
         release_stats_actor(f"views-{run_dir.name}")
+
+
+def report_unreadable_views(cfg: dict, stats_name: str, report: Callable[[str], None]) -> None:
+    """Tracks the views could not read from their shards (damaged since the start-up check, or
+    in a dataset ingested before shard sizes were kept) gave no views: one line, and the list
+    as the run's ``views/unreadable.txt``, so no track leaves training unsaid."""
+    import mlflow
+
+    from mvssl_dist.views.dataset import view_stats
+
+    try:
+        unreadable = sorted(set(view_stats(stats_name, timeout_s=10).get("malformed_keys", [])))
+        if unreadable:
+            mlflow.MlflowClient().log_text(cfg["run_id"], "\n".join(unreadable) + "\n", "views/unreadable.txt")
+    except Exception as err:  # Ray or the tracking server gone (an interrupt): the line still goes out
+        report(f"[pretrain] could not collect the views' unreadable tracks: {first_line(err, cfg['tracking_uri'])}")
+        return
+    if unreadable:
+        report(
+            f"[pretrain] {len(unreadable)} track(s) could not be read from their shards and gave no views, "
+            f"e.g. {unreadable[0]}; listed in the MLflow run as views/unreadable.txt"
+        )
 
 
 def ending_line(cfg: dict, state: dict) -> str | None:

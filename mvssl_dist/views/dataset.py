@@ -69,11 +69,11 @@ def release_stats_actor(name: str) -> None:
         ray.kill(handle)
 
 
-def view_stats(name: str = STATS_ACTOR) -> dict:
+def view_stats(name: str = STATS_ACTOR, timeout_s: float | None = None) -> dict:
     """Counts so far: ``tracks``, ``rows``, ``too_short``, ``silent``, ``malformed`` and the bad keys."""
     import ray
 
-    return ray.get(ray.get_actor(name).snapshot.remote())
+    return ray.get(ray.get_actor(name).snapshot.remote(), timeout=timeout_s)
 
 
 def _record_stats(name: str, counts: dict, malformed: list[str]) -> None:
