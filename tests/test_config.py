@@ -98,7 +98,11 @@ def test_tracks_too_short_for_the_views_are_not_counted_as_training_data(tmp_pat
 
     from mvssl_dist.train.pretrain import dataset_facts
 
-    pq.write_table(pa.table({"num_samples": [16000 * 13, 16000 * 11, 16000 * 12]}), tmp_path / "index.parquet")
+    shard = "shards/shard-000000.tar"
+    index = pa.table({"shard": [shard] * 3, "num_samples": [16000 * 13, 16000 * 11, 16000 * 12]})
+    pq.write_table(index, tmp_path / "index.parquet")
+    (tmp_path / "shards").mkdir()
+    (tmp_path / shard).touch()  # its size is not checked: no shard_bytes, as before sizes were kept
     (tmp_path / "dataset.json").write_text(json.dumps({"index_sha256": "x"}))
     facts = dataset_facts(load_config(None, [f"data.path={tmp_path}"]))  # 2 views of 4 s, 4 s apart: 12 s
     assert (facts["tracks"], facts["too_short"], facts["need_s"]) == (2, 1, 12.0)
