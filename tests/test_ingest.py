@@ -439,6 +439,20 @@ def test_a_shard_cut_short_names_every_wanted_track_it_lost():
     assert len(list(read_shard(io.BytesIO(whole), "t.tar", set(keys)))) == 4  # nothing lost, nothing said
 
 
+def test_shards_read_with_the_webdataset_library_give_the_same_tracks(ingested):
+    wds = pytest.importorskip("webdataset")
+    out, _ = ingested
+    shards = sorted(str(p) for p in (out / "shards").glob("*.tar"))
+    ours = {t.key: t.audio for t in read_tracks(out)}
+    theirs = {s["__key__"]: s for s in wds.WebDataset(shards, shardshuffle=False)}
+    assert theirs.keys() == ours.keys()
+    for key, sample in theirs.items():
+        meta = json.loads(sample["json"])
+        pcm = np.frombuffer(sample["s16"], dtype="<i2")
+        assert meta["key"] == key and meta["num_samples"] == len(pcm) == len(ours[key])
+        np.testing.assert_array_equal(pcm / 32768.0, ours[key])
+
+
 def test_reader_only_yields_indexed_members(ingested, tmp_path):
     out, _ = ingested
     shard = next((out / "shards").glob("*.tar"))

@@ -264,7 +264,7 @@ def hold_elsewhere(folder: Path) -> int:
     return fd
 
 
-def test_a_run_being_trained_is_not_trained_twice(dataset, workdir, capsys):
+def test_a_run_being_trained_is_not_trained_twice(dataset, workdir, capsys, monkeypatch):
     """A second --resume of a running run (a retried job, the quickstart started again in another
     terminal) trained it again into the same checkpoints and MLflow run."""
     fd = hold_elsewhere(workdir / "mvssl_runs" / "busy")
@@ -279,6 +279,9 @@ def test_a_run_being_trained_is_not_trained_twice(dataset, workdir, capsys):
     finally:
         os.close(fd)
     assert not mlflow.MlflowClient().search_runs([e.experiment_id for e in mlflow.search_experiments()])
+    from mvssl_dist import raytools
+
+    monkeypatch.setattr(raytools, "init_ray", lambda *a, **k: pytest.fail("Ray started for a run that is not there"))
     assert main(["pretrain", *tiny(dataset), "--resume", "no-such-run"]) == 1
     assert "--resume no-such-run: no such run" in capsys.readouterr().err
     assert not (workdir / "mvssl_runs" / "no-such-run").exists()

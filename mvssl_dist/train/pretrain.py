@@ -259,7 +259,7 @@ def saved_config(run_dir: Path) -> dict | None:
     try:
         return json.loads((run_dir / RUN_RECORD).read_text()).get("config")
     except (OSError, ValueError):
-        return None  # no such run: start_or_resume_run says so
+        return None  # no such run: train_and_register says so
 
 
 def resume_differences(saved: dict, cfg: dict) -> list[str]:
@@ -293,9 +293,7 @@ def start_or_resume_run(cfg: dict, facts: dict, run_dir: Path, resume: bool) -> 
 
     record = run_dir / RUN_RECORD
     client = mlflow.MlflowClient()
-    if resume:
-        if not record.is_file():
-            raise PretrainError(f"--resume {run_dir.name}: no such run under {run_dir.parent}")
+    if resume:  # train_and_register made sure the run exists
         saved = json.loads(record.read_text())
         check_resumable(saved, cfg, run_dir.name)
         try:
@@ -651,6 +649,8 @@ def train_and_register(
     from mvssl_dist.raytools import init_ray
 
     name = run_dir.name
+    if resume and not (run_dir / RUN_RECORD).is_file():  # said before Ray starts
+        raise PretrainError(f"--resume {name}: no such run under {run_dir.parent}")
     if resume and (done := finished_run(cfg, run_dir)):
         report(
             f"[pretrain] run {name} finished at step {done.steps} and is registered as {done.model_name} "

@@ -196,7 +196,8 @@ def finish_views(views: np.ndarray, batch: dict, chains: list, dtype: str, chunk
         from mvssl_dist.views.augment import augment_views
 
         seed = np.random.SeedSequence([int(batch[k][0]) for k in ("seed", "epoch", "shard_index")] + [chunk])
-        generator = torch.Generator().manual_seed(int(seed.generate_state(1, np.uint64)[0] >> 1))
+        state = int(seed.generate_state(1, np.uint64)[0])  # a Python int: NumPy 1 refuses uint64 >> int
+        generator = torch.Generator().manual_seed(state >> 1)
         floats = augment_views(torch.from_numpy(floats), chains, generator).numpy()
     return floats if dtype == "float32" else np.round(np.clip(floats, -1, 1) * 32767).astype(np.int16)
 
