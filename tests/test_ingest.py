@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import os
@@ -460,6 +461,38 @@ def test_reader_only_yields_indexed_members(ingested, tmp_path):
     assert len(list(iter_shard_members(shard, {everything[0].key}))) == 1
 
 
+def test_bucket_keys_are_read_as_written_from_one_filesystem_per_bucket(monkeypatch):
+    import pyarrow.fs as pafs
+
+    from mvssl_dist.shards import uris
+
+    asked = []
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setattr(pafs, "resolve_s3_region", lambda bucket: asked.append(bucket) or "eu-west-1")
+    uris.bucket_filesystem.cache_clear()
+    fs, path = uris.filesystem("s3://music/Artist - Live 100%.mp3")
+    assert path == "music/Artist - Live 100%.mp3" and fs.region == "eu-west-1"  # from_uri refused the space
+    assert uris.filesystem("s3://music/b.mp3")[0] is fs and asked == ["music"]  # built once per bucket
+    assert uris.filesystem("s3://other/c.mp3")[0] is not fs and asked == ["music", "other"]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    assert uris.filesystem("s3://music/b.mp3")[0] is not fs and len(asked) == 2  # a given endpoint: no lookup
+    uris.bucket_filesystem.cache_clear()
+    with pytest.raises(OSError, match=r"cannot be opened .*; use a local path, s3:// or gs://") as err:
+        uris.filesystem("http://example.com/a.mp3")
+    assert err.value.filename == "http://example.com/a.mp3"
+    with pytest.raises(uris.SourceError, match=r"^http://example.com/music/: cannot be opened"):
+        find_sources(["http://example.com/music/"])
+
+
+def test_planning_asks_only_the_sizes_it_was_not_given(monkeypatch):
+    ingest_module = importlib.import_module("mvssl_dist.shards.ingest")
+    asked = []
+    monkeypatch.setattr(ingest_module, "source_size", lambda uri: asked.append(uri) or 7)
+    sizes = ingest_module.input_sizes([f"s3://b/{i}.mp3" for i in range(100)], {"s3://b/0.mp3": 5})
+    assert sizes["s3://b/0.mp3"] == 5 and sizes["s3://b/1.mp3"] == 7 and len(sizes) == 100
+    assert sorted(asked) == sorted(f"s3://b/{i}.mp3" for i in range(1, 100))
+
+
 @pytest.fixture
 def s3_server(monkeypatch):
     """A local S3-compatible server (moto) on 127.0.0.1, reached over real HTTP by Ray workers too."""
@@ -480,15 +513,19 @@ def s3_server(monkeypatch):
     server.stop()
 
 
-def test_s3_sources_against_a_local_server(catalogue, s3_server, tmp_path):
+def test_s3_sources_against_a_local_server(catalogue, s3_server, tmp_path, monkeypatch):
     import boto3
     import ray
 
     root, expected = catalogue
     s3 = boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"])
     s3.create_bucket(Bucket="music")
-    for path in expected["good"][:3] + [root / "zoo" / "random.mp3"]:
-        s3.upload_file(str(path), "music", f"catalogue/{path.name}")
+    for i, path in enumerate(expected["good"][:3] + [root / "zoo" / "random.mp3"]):
+        name = f"Artist - Live 100%{path.suffix}" if i == 0 else path.name  # keys as a catalogue names them
+        s3.upload_file(str(path), "music", f"catalogue/{name}")
+    ingest_module = importlib.import_module("mvssl_dist.shards.ingest")
+    asked = []
+    monkeypatch.setattr(ingest_module, "source_size", lambda uri: asked.append(uri) or 0)
     ray.shutdown()  # workers must start with the endpoint in their environment
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": s3_server})
     try:
@@ -498,8 +535,10 @@ def test_s3_sources_against_a_local_server(catalogue, s3_server, tmp_path):
     finally:
         ray.shutdown()
     assert (summary.tracks, summary.rejects) == (3, 1)
+    assert asked == []  # planning took the sizes from the bucket listing: no request per key
     rows = pq.read_table(tmp_path / "out" / "index.parquet").to_pylist()
     assert all(r["source_uri"].startswith("s3://music/catalogue/") for r in rows)
+    assert "s3://music/catalogue/Artist - Live 100%.mp3" in {r["source_uri"] for r in rows}
     local = {r["key"] for r in pq.read_table(tmp_path / "out" / "index.parquet").to_pylist()}
     assert len(local) == 3
 

@@ -28,6 +28,7 @@ import os
 import tarfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,7 @@ SCHEMA_VERSION = 1
 # Decoded 16 kHz int16 mono bytes per source byte, by extension: how units are sized before decoding.
 DECODED_PER_SOURCE_BYTE = {"wav": 0.18, "wave": 0.18, "aif": 0.18, "aiff": 0.18, "flac": 0.35}
 COMPRESSED_FACTOR = 2.0
+SIZE_LOOKUPS = 32  # concurrent size requests while planning (an object store answers in ~10-50 ms)
 # Options that change what a track becomes: a re-run must use the same ones.
 PROCESSING_OPTIONS = ("min_duration_s", "max_duration_s", "silence_db", "codec")
 
@@ -171,8 +173,20 @@ def estimated_decoded_bytes(uri: str, size: int) -> float:
     return size * DECODED_PER_SOURCE_BYTE.get(ext, COMPRESSED_FACTOR)
 
 
-def plan_units(uris: list[str], previous: dict[str, tuple[int, int]], target_bytes: float) -> pa.Table:
-    """Keep earlier URIs' (unit, position); pack new ones into new units of ~``target_bytes``."""
+def input_sizes(uris: list[str], known: dict[str, int]) -> dict[str, int]:
+    """Each input's size in bytes (0 when it cannot be read): from a bucket listing where it gave
+    them, the rest asked ``SIZE_LOOKUPS`` at a time. One at a time, a million keys named in a
+    list file cost a million round trips to the object store before any work began."""
+    missing = [u for u in uris if u not in known]
+    with ThreadPoolExecutor(SIZE_LOOKUPS) as pool:
+        return {**known, **dict(zip(missing, pool.map(source_size, missing), strict=True))}
+
+
+def plan_units(
+    uris: list[str], previous: dict[str, tuple[int, int]], target_bytes: float, sizes: dict[str, int]
+) -> pa.Table:
+    """Keep earlier URIs' (unit, position); pack new ones into new units of ~``target_bytes``
+    (``sizes``: the new ones' bytes, see :func:`input_sizes`)."""
     rows = [(u, *previous[u]) for u in previous]
     fresh = [u for u in uris if u not in previous]
     unit = max((r[1] for r in rows), default=-1) + 1
@@ -181,7 +195,7 @@ def plan_units(uris: list[str], previous: dict[str, tuple[int, int]], target_byt
         if position and filled >= target_bytes:
             unit, filled, position = unit + 1, 0.0, 0
         rows.append((uri, unit, position))
-        filled += estimated_decoded_bytes(uri, source_size(uri))
+        filled += estimated_decoded_bytes(uri, sizes[uri])
         position += 1
     rows.sort(key=lambda r: (r[1], r[2]))
     return pa.table(
@@ -484,7 +498,8 @@ def ingest_into(out: Path, options: IngestOptions, report: Callable[[str], None]
         hint = f"; {not_read_message(found.other_files)}: name them or list them" if found.other_files else ""
         raise IngestError(f"no audio inputs found in {', '.join(options.sources)}{hint}")
     previous = load_plan(out)
-    plan = plan_units(uris, previous, options.shard_target_mb * 1e6)
+    sizes = input_sizes([u for u in uris if u not in previous], found.sizes)
+    plan = plan_units(uris, previous, options.shard_target_mb * 1e6, sizes)
     if plan.num_rows != len(previous):
         write_parquet(out / "plan.parquet", plan)
     not_read = record_not_read(out, found.other_files, plan)

@@ -2,14 +2,17 @@
 
 Local files are named ``file://`` + the percent-encoded bytes of the absolute path, so a
 name that is not valid UTF-8 round-trips losslessly. Object storage goes through
-``pyarrow.fs`` (``s3://bucket/key``; the endpoint comes from ``AWS_ENDPOINT_URL`` when set).
+``pyarrow.fs`` (``s3://bucket/key`` or ``gs://bucket/key``, keys as written; the S3 endpoint
+comes from ``AWS_ENDPOINT_URL`` when set).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import fnmatch
+import functools
 import glob
 import hashlib
 import os
@@ -64,14 +67,39 @@ def has_audio_extension(name: str) -> bool:
     return name.rsplit(".", 1)[-1].lower() in AUDIO_EXTENSIONS if "." in name else False
 
 
+BUCKET_SCHEMES = ("s3", "gs", "gcs")
+
+
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """``(filesystem, path within it)`` for a remote URI."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL")
-    if uri.startswith("s3://") and endpoint:
-        scheme, _, host = endpoint.partition("://")
-        fs = pafs.S3FileSystem(endpoint_override=host or scheme, scheme=scheme if host else "https")
-        return fs, uri[len("s3://") :]
-    return pafs.FileSystem.from_uri(uri)
+    """``(filesystem, path within it)`` for a remote URI.
+
+    ``s3://`` and ``gs://`` keys are taken as they are written, spaces and ``%`` included, as a
+    bucket listing gives them (``FileSystem.from_uri`` refuses a space and decodes ``%20``, so a
+    catalogue of ``Artist - Title.mp3`` keys could not be read). Their filesystem is built once
+    per bucket: its connections are reused, and an S3 bucket's region is looked up once."""
+    scheme, _, rest = uri.partition("://")
+    if scheme in BUCKET_SCHEMES:
+        endpoint = os.environ.get("AWS_ENDPOINT_URL") if scheme == "s3" else None
+        return bucket_filesystem(scheme, rest.split("/", 1)[0], endpoint), rest
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except ValueError as err:  # pyarrow.ArrowInvalid: no filesystem for this scheme, or not a URI
+        raise OSError(
+            errno.EPROTONOSUPPORT, f"cannot be opened ({err}); use a local path, s3:// or gs://", uri
+        ) from None
+
+
+@functools.lru_cache(maxsize=256)
+def bucket_filesystem(scheme: str, bucket: str, endpoint: str | None) -> pafs.FileSystem:
+    if scheme in ("gs", "gcs"):
+        return pafs.GcsFileSystem()
+    if endpoint:
+        kind, _, host = endpoint.partition("://")
+        return pafs.S3FileSystem(endpoint_override=host or kind, scheme=kind if host else "https")
+    try:
+        return pafs.S3FileSystem(region=pafs.resolve_s3_region(bucket))
+    except (OSError, ValueError):  # not allowed to ask: the default region (AWS_REGION, ...) then
+        return pafs.S3FileSystem()
 
 
 def read_bytes(uri: str) -> bytes:
@@ -153,6 +181,7 @@ class Sources:
 
     uris: list[str] = field(default_factory=list)
     other_files: list[str] = field(default_factory=list)
+    sizes: dict[str, int] = field(default_factory=dict)  # bytes, where a bucket listing gave them
 
 
 def _walk_local(root: str, found: Sources, skip: frozenset = frozenset()) -> None:
@@ -196,7 +225,11 @@ def _walk_remote(uri: str, found: Sources, pattern: str | None = None) -> None:
     for info in infos:
         if info.type != pafs.FileType.File or (pattern and not fnmatch.fnmatch(info.path, pattern)):
             continue
-        (inputs if has_audio_extension(info.base_name) else others).append(f"{scheme}://{info.path}")
+        if has_audio_extension(info.base_name):
+            inputs.append(f"{scheme}://{info.path}")
+            found.sizes[inputs[-1]] = info.size
+        else:
+            others.append(f"{scheme}://{info.path}")
     found.uris += sorted(inputs)
     found.other_files += sorted(others)
 
@@ -273,7 +306,10 @@ def _add_remote(src: str, found: Sources) -> None:
         root = prefix[: min(prefix.find(c) for c in "*?[" if c in prefix)].rsplit("/", 1)[0]
         _walk_remote(f"{src.split('://', 1)[0]}://{root}", found, prefix)
         return
-    fs, path = filesystem(src)
+    try:
+        fs, path = filesystem(src)
+    except OSError as err:
+        raise SourceError(f"{src}: {err.strerror}") from None
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise SourceError(f"{src}: no such file or prefix")
