@@ -321,6 +321,7 @@ def test_config_errors_fail_fast_with_the_field_named(dataset, workdir, capsys):
         (["train.lrr=1"], "unknown key 'train.lrr'"),
         (["train.lr=fast"], "train.lr must be a number"),
         (["data.path=/nope"], "data.path /nope: not an ingested dataset"),
+        (["data.path=s3://b/ds"], "data.path s3://b/ds: a DATASET_DIR is read from a local or mounted disk"),
         ([f"data.path={dataset}", "method.name=simsiam"], "unknown method 'simsiam'"),
         ([f"data.path={dataset}", "data.batch_size=512"], "larger than the dataset gives per epoch"),
         # tracks too short for the views used to train on nothing for a minute: "ended without a checkpoint"

@@ -81,6 +81,10 @@ def dataset_facts(cfg: dict) -> dict:
     path = cfg["data"]["path"]
     if not path:
         raise ConfigError("config: data.path is required (a DATASET_DIR written by `mvssl ingest`)")
+    if "://" in str(path):  # the views read shards by seeking in them: a local or mounted disk
+        raise ConfigError(
+            f"config: data.path {path}: a DATASET_DIR is read from a local or mounted disk (mount the bucket, or copy it)"
+        )
     root = Path(path)
     meta_file, index_file = root / "dataset.json", root / "index.parquet"
     if not meta_file.is_file() or not index_file.is_file():
