@@ -99,7 +99,9 @@ def test_dataset_input_gives_the_same_vectors(library, embedded, tmp_path):
     with open(shard, "r+b") as handle:
         handle.truncate(10_000)  # cut short after ingest: its tracks are errors that say why
     held = {r["key"] for r in pq.read_table(dataset / "index.parquet").to_pylist() if r["shard"].endswith(shard.name)}
-    embed_library(EmbedOptions([str(dataset)], str(weights), str(tmp_path / "cut")), report=lambda m: None)
+    lines: list[str] = []
+    embed_library(EmbedOptions([str(dataset)], str(weights), str(tmp_path / "cut")), report=lines.append)
+    assert f"[embed] shards/{shard.name} is 10,000 bytes, but ingest wrote" in lines[0]
     errors = pq.read_table(tmp_path / "cut" / "errors.parquet").to_pylist()
     assert {e["detail"].split("track ")[1][:32] for e in errors} == held
     assert all(

@@ -75,6 +75,10 @@ def input_items(sources: list[str], report: Callable[[str], None] = print, out: 
     """Raw audio URIs (same resolution as ingest; a walk passes over OUT_DIR ``out``) or the tracks
     of one DATASET_DIR."""
     if len(sources) == 1 and is_dataset_dir(sources[0]):
+        from mvssl_dist.shards.reader import damaged_message, damaged_shards
+
+        if damaged := damaged_shards(sources[0]):  # said once here; each lost track is an error row
+            report(f"[embed] {damaged_message(damaged)}; their tracks are listed as failed")
         index = pq.read_table(Path(sources[0]) / "index.parquet").to_pylist()
         root = str(Path(sources[0]).resolve())
         return [{"uri": r["source_uri"], "key": r["key"], "shard": f"{root}/{r['shard']}"} for r in index]
