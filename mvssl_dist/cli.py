@@ -185,7 +185,10 @@ def add_ingest(sub: argparse._SubParsersAction) -> None:
         default=-60.0,
         help="tracks quieter than this RMS (dBFS) are rejected (default: %(default)s)",
     )
-    add_retry(p, "read again the inputs rejected for these reasons; their shards are written again")
+    add_retry(
+        p,
+        "read again the inputs rejected for these reasons, or `changed`: tracks whose file is no longer the size ingested; their shards are written again",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
     p.set_defaults(run=run_ingest)
 

@@ -163,6 +163,20 @@ def test_rerun_skips_everything_and_a_new_file_is_picked_up(catalogue, tmp_path,
     grown = ingest(IngestOptions([str(src)], str(out), shard_target_mb=2, progress=False), report=lambda m: None)
     assert grown.units_run == 1 and grown.tracks == first.tracks + 1
     assert any(r["source_uri"].endswith("new_track.ogg") for r in pq.read_table(out / "index.parquet").to_pylist())
+    # a master replaced under the same name: said, and read again on request
+    encode(src / "new_track.ogg", render(STYLES[1], 17.0, 44100, seed=7), 44100)
+    uri = path_to_uri(src / "new_track.ogg")
+    lines.clear()
+    said = ingest(IngestOptions([str(src)], str(out), shard_target_mb=2, progress=False), report=lines.append)
+    assert said.units_run == 0 and "1 ingested input(s) have another size now, e.g. " in lines[0]
+    assert "`--retry changed` reads them again" in lines[0]
+    options = IngestOptions([str(src)], str(out), shard_target_mb=2, progress=False, retry=("changed",))
+    lines.clear()
+    redone = ingest(options, report=lines.append)
+    assert redone.units_run == 1 and "--retry changed: 1 input(s) in 1 unit(s) are read again" in lines[0]
+    row = next(r for r in pq.read_table(out / "index.parquet").to_pylist() if r["source_uri"] == uri)
+    assert row["source_bytes"] == (src / "new_track.ogg").stat().st_size and 16.9 < row["duration_s"] < 17.1
+    assert ingest(options, report=lambda m: None).units_run == 0  # nothing changed since
 
 
 def _run_cli(args, env=None, **kw):

@@ -22,6 +22,7 @@ file can be given back as a SRC to ingest them after all).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -78,6 +79,7 @@ INDEX_SCHEMA = pa.schema(
     ]
 )
 NOT_READ = "not_read.parquet"
+CHANGED = "changed"  # --retry changed: ingested inputs whose size is no longer the one read
 REJECT_REASONS = ("empty", "not_audio", "truncated", "too_short", "too_long", "silent", "unreadable", "zero_length")
 REJECT_SCHEMA = pa.schema([("source_uri", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
 MANIFEST_SCHEMA = pa.schema(
@@ -144,10 +146,12 @@ def remove_temporaries(folder: Path) -> list[Path]:
     return left
 
 
-def retry_problem(reasons: tuple[str, ...]) -> str | None:
-    """``--retry``'s one-line error when one of ``reasons`` is not a reason inputs are rejected for."""
-    if unknown := [r for r in reasons if r not in REJECT_REASONS]:
-        return f"--retry {unknown[0]}: not a reason inputs are rejected for ({', '.join(REJECT_REASONS)})"
+def retry_problem(reasons: tuple[str, ...], extra: tuple[str, ...] = ()) -> str | None:
+    """``--retry``'s one-line error when one of ``reasons`` is not a reason inputs are rejected
+    for (or one of ``extra``, such as ingest's ``changed``)."""
+    known = REJECT_REASONS + extra
+    if unknown := [r for r in reasons if r not in known]:
+        return f"--retry {unknown[0]}: not a reason inputs are read again for ({', '.join(known)})"
     return None
 
 
@@ -435,6 +439,43 @@ def reopen_damaged(out: Path) -> list[str]:
     return problems
 
 
+def changed_inputs(out: Path, sizes: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """Ingested tracks whose source is no longer the size it was (a master replaced under the same
+    name): ``{uri: (bytes then, bytes now)}``, checked where the size costs nothing more: a local
+    file's ``stat``, or a bucket walk's listing (keys named in a list file are not asked)."""
+    path = out / "index.parquet"
+    if not path.exists():
+        return {}
+    index = pq.read_table(path, columns=["source_uri", "source_bytes"])
+    changed = {}
+    for uri, then in zip(*(index.column(c).to_pylist() for c in ("source_uri", "source_bytes")), strict=True):
+        now = sizes.get(uri)
+        if now is None and uri.startswith("file://"):
+            with contextlib.suppress(OSError):  # a file gone is not this check's business
+                now = os.stat(uri_to_path(uri)).st_size
+        if now is not None and then is not None and now != then:
+            changed[uri] = (then, now)
+    return changed
+
+
+def reopen_changed(out: Path, plan: pa.Table, changed: dict[str, tuple[int, int]], retry: tuple[str, ...], report):
+    """Say which ingested inputs changed; with ``--retry changed``, their units are done again."""
+    if not changed:
+        return
+    uri, (then, now) = next(iter(changed.items()))
+    if CHANGED not in retry:
+        report(
+            f"[ingest] {len(changed)} ingested input(s) have another size now, e.g. {display_uri(uri)} "
+            f"({then:,} bytes then, {now:,} now); `--retry changed` reads them again"
+        )
+        return
+    uris, units_of = plan.column("uri").to_pylist(), plan.column("unit").to_pylist()
+    units = {unit for uri, unit in zip(uris, units_of, strict=True) if uri in changed}
+    for unit in units:
+        (out / "shards" / f"{shard_name(unit)}.parquet").unlink(missing_ok=True)
+    report(f"[ingest] --retry changed: {len(changed)} input(s) in {len(units)} unit(s) are read again")
+
+
 def pending_units(out: Path, plan: pa.Table) -> dict[int, list[str]]:
     units: dict[int, list[str]] = {}
     for uri, unit in zip(plan.column("uri").to_pylist(), plan.column("unit").to_pylist(), strict=True):
@@ -477,7 +518,7 @@ def ingest(options: IngestOptions, report: Callable[[str], None] = print) -> Ing
         raise IngestError(
             f"--min-duration-s {options.min_duration_s:g} must not exceed --max-duration-s {options.max_duration_s:g}"
         )
-    if problem := retry_problem(options.retry):
+    if problem := retry_problem(options.retry, (CHANGED,)):
         raise IngestError(problem)
     if options.silence_db > 0:
         # RMS in dBFS is never above 0 for audio in [-1, 1]: every track would be rejected as silent
@@ -503,9 +544,10 @@ def ingest_into(out: Path, options: IngestOptions, report: Callable[[str], None]
     if plan.num_rows != len(previous):
         write_parquet(out / "plan.parquet", plan)
     not_read = record_not_read(out, found.other_files, plan)
-    if options.retry:
-        units, inputs = reopen_units(out, options.retry)
-        report(f"[ingest] --retry {','.join(options.retry)}: {inputs} input(s) in {units} unit(s) are read again")
+    if reasons := tuple(r for r in options.retry if r != CHANGED):
+        units, inputs = reopen_units(out, reasons)
+        report(f"[ingest] --retry {','.join(reasons)}: {inputs} input(s) in {units} unit(s) are read again")
+    reopen_changed(out, plan, changed_inputs(out, found.sizes), options.retry, report)
     if damaged := reopen_damaged(out):
         more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
         report(f"[ingest] {damaged[0]}{more}: written again from the inputs")
