@@ -46,7 +46,7 @@ from mvssl_dist.shards.uris import (
     decoding_input,
     display_uri,
     find_sources,
-    is_remote,
+    input_size,
     not_read_message,
     uri_to_path,
 )
@@ -161,13 +161,9 @@ def write_parquet(path: Path, table: pa.Table) -> None:
 
 # --------------------------------------------------------------------------- planning
 def source_size(uri: str) -> int:
+    """An input's bytes for planning; 0 when it cannot be read (it becomes a reject later)."""
     try:
-        if is_remote(uri):
-            from mvssl_dist.shards.uris import filesystem
-
-            fs, path = filesystem(uri)
-            return max(0, fs.get_file_info(path).size or 0)
-        return os.stat(uri_to_path(uri)).st_size
+        return input_size(uri)
     except (OSError, TypeError):
         return 0
 

@@ -102,20 +102,8 @@ def bucket_filesystem(scheme: str, bucket: str, endpoint: str | None) -> pafs.Fi
         return pafs.S3FileSystem()
 
 
-def read_bytes(uri: str) -> bytes:
-    """The whole content of a ``file://`` or remote URI (OSError when unreadable)."""
-    if uri.startswith("file://"):
-        if os.path.isdir(uri_to_path(uri)):
-            raise IsADirectoryError(21, "is a directory, not a file", uri_to_path(uri))
-    else:
-        fs, path = filesystem(uri)
-        if fs.get_file_info(path).type == pafs.FileType.Directory:
-            raise IsADirectoryError(21, "is a directory, not a file", uri)
-    return _read_all(uri)
-
-
 def _read_all(uri: str) -> bytes:
-    """The content of an input already known to be a file (see :func:`read_bytes`)."""
+    """The content of an input already known to be a file (see :func:`input_size`)."""
     if uri.startswith("file://"):
         with open(uri_to_path(uri), "rb") as handle:
             return handle.read()
