@@ -382,24 +382,34 @@ def test_a_damaged_shard_is_refused_before_training(dataset, workdir, capsys):
     assert f"shards/{shard.name} is missing; copy the shards again" in capsys.readouterr().err
 
 
-def test_tracks_the_views_could_not_read_are_said_and_listed(workdir, monkeypatch):
+def test_tracks_that_gave_no_views_are_said_and_listed(dataset, workdir, monkeypatch):
+    from mvssl_dist.shards.reader import load_index
     from mvssl_dist.train import pretrain as module
     from mvssl_dist.views import dataset as views
 
+    index = load_index(dataset).to_pylist()
+    quiet = [f"{Path(row['shard']).name}:{row['key']}" for row in index[:2]]
     bad = ["s1.tar:k2 (not in the shard)", "s1.tar:k1 (corrupt tar)"]
-    monkeypatch.setattr(views, "view_stats", lambda name, timeout_s: {"malformed_keys": bad + bad})  # two epochs
+    stats = {"malformed_keys": bad + bad, "silent_keys": quiet[::-1]}  # two epochs
+    monkeypatch.setattr(views, "view_stats", lambda name, timeout_s: stats)
     run = mlflow.MlflowClient().create_run(mlflow.set_experiment("views").experiment_id)
+    cfg = {"run_id": run.info.run_id, "tracking_uri": "", "data": {"path": str(dataset)}}
     lines: list[str] = []
-    module.report_unreadable_views({"run_id": run.info.run_id, "tracking_uri": ""}, "views-x", lines.append)
+    module.report_lost_views(cfg, "views-x", lines.append)
+    named = sorted(f"{row['source_uri']} ({name})" for row, name in zip(index, quiet, strict=False))
     assert lines == [
         "[pretrain] 2 track(s) could not be read from their shards and gave no views, e.g. s1.tar:k1 (corrupt tar); "
-        "listed in the MLflow run as views/unreadable.txt"
+        "listed in the MLflow run as views/unreadable.txt",
+        f"[pretrain] 2 track(s) gave no views in at least one pass: every draw kept a near-silent segment (RMS "
+        f"under 0.47 of the track's, the reference's rule), e.g. {named[0]}; listed in the MLflow run as "
+        "views/silent.txt",
     ]
     listed = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/views/unreadable.txt")
     assert listed.split("\n") == [*sorted(bad), ""]
-    monkeypatch.setattr(views, "view_stats", lambda name, timeout_s: {"malformed_keys": []})
-    module.report_unreadable_views({"run_id": run.info.run_id, "tracking_uri": ""}, "views-x", lines.append)
-    assert len(lines) == 1  # nothing to say
+    assert mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/views/silent.txt").split("\n") == [*named, ""]
+    monkeypatch.setattr(views, "view_stats", lambda name, timeout_s: {"malformed_keys": [], "silent_keys": []})
+    module.report_lost_views(cfg, "views-x", lines.append)
+    assert len(lines) == 2  # nothing more to say
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")

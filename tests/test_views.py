@@ -311,6 +311,26 @@ def test_a_track_without_level_gives_no_views():
         assert is_silent(pcm[:64000], 0.0)  # the rule it follows
 
 
+def test_a_track_whose_every_draw_is_near_silent_is_named(tmp_path):
+    """One loud second in 12 s: two views 4 s apart cannot both hold it, so every draw is silent."""
+    from mvssl_dist.shards.format import encode_payload, write_sample
+    from mvssl_dist.views.dataset import shard_picks
+
+    rng = np.random.default_rng(0)
+    music = (0.3 * rng.standard_normal(12 * 16000)).astype(np.float32)
+    burst = np.full(12 * 16000, 1e-4, np.float32)
+    burst[:16000] = 0.5 * np.sign(rng.standard_normal(16000))
+    shard = tmp_path / "shard-000000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for key, audio in (("a" * 32, music), ("b" * 32, burst)):
+            write_sample(tar, key, {"num_samples": len(audio)}, encode_payload(audio, "s16"), "s16")
+    rms = [float(np.sqrt(np.mean(np.square(a * 32768.0)))) for a in (music, burst)]
+    item = {"path": str(shard), "keys": ["a" * 32, "b" * 32], "rms": rms, "seed": 0, "epoch": 0}
+    picks, counts, named = shard_picks({**item, "pairs_per_track": 3, "shard_index": 0}, SPEC)
+    assert {key for key, _, _ in picks} == {"a" * 32} and len(picks) == 3
+    assert counts["silent"] == 1 and named == {"malformed": [], "silent": [f"shard-000000.tar:{'b' * 32}"]}
+
+
 def test_idle_backoff_sleeps_only_after_a_pass_where_nothing_moved(monkeypatch):
     from types import SimpleNamespace
 

@@ -26,11 +26,11 @@ class Track:
     meta: dict
 
 
-def load_index(dataset_dir: str | Path):
+def load_index(dataset_dir: str | Path, columns: list[str] | None = None):
     path = Path(dataset_dir) / "index.parquet"
     if not path.is_file():
         raise DatasetError(f"{dataset_dir}: not an ingested dataset (no index.parquet)")
-    return pq.read_table(path)
+    return pq.read_table(path, columns=columns)
 
 
 def shard_keys(dataset_dir: str | Path) -> dict[str, set[str]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shlex
 import signal
@@ -25,7 +26,7 @@ from mvssl_dist.config import DEFAULTS, ConfigError, config_hash, flatten, load_
 from mvssl_dist.constants import SAMPLE_RATE
 from mvssl_dist.folder_lock import FolderBusy, exclusive
 from mvssl_dist.methods import build_method, canonical_name, check_options
-from mvssl_dist.shards.reader import damaged_message, damaged_shards
+from mvssl_dist.shards.reader import damaged_message, damaged_shards, load_index
 from mvssl_dist.shards.uris import local_folder
 from mvssl_dist.tracking import connect, default_tracking_uri, first_line, without_password
 
@@ -553,30 +554,54 @@ def fit(trainer, cfg: dict, run_dir: Path, report, progress_every_s: float, cont
     finally:
         if ctrl_c is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, ctrl_c)  # Ray Train's handler would abort a finished run
-        report_unreadable_views(cfg, f"views-{run_dir.name}", report)
+        report_lost_views(cfg, f"views-{run_dir.name}", report)
         release_stats_actor(f"views-{run_dir.name}")
 
 
-def report_unreadable_views(cfg: dict, stats_name: str, report: Callable[[str], None]) -> None:
-    """Tracks the views could not read from their shards (damaged since the start-up check, or
-    in a dataset ingested before shard sizes were kept) gave no views: one line, and the list
-    as the run's ``views/unreadable.txt``, so no track leaves training unsaid."""
+def report_lost_views(cfg: dict, stats_name: str, report: Callable[[str], None]) -> None:
+    """Tracks that gave no views say so, so that none leaves training unsaid: one line for the
+    tracks the views could not read from their shards (damaged since the start-up check, or a
+    dataset ingested before shard sizes were kept), listed as the run's ``views/unreadable.txt``,
+    and one for those whose every draw stayed near-silent, listed as ``views/silent.txt``."""
+    from mvssl_dist.views.dataset import view_stats
+    from mvssl_dist.views.sampling import SILENCE_THRESHOLD
+
+    silent_why = (
+        "gave no views in at least one pass: every draw kept a near-silent segment "
+        f"(RMS under {math.exp(SILENCE_THRESHOLD / 10):.2f} of the track's, the reference's rule)"
+    )
+    try:
+        stats = view_stats(stats_name, timeout_s=10)
+        unreadable = sorted(set(stats.get("malformed_keys", [])))
+        silent = silent_sources(cfg["data"]["path"], stats.get("silent_keys", []))
+        lines = [
+            log_lost(cfg, unreadable, "views/unreadable.txt", "could not be read from their shards and gave no views"),
+            log_lost(cfg, silent, "views/silent.txt", silent_why),
+        ]
+    except Exception as err:  # Ray or the tracking server gone (an interrupt): the line still goes out
+        report(f"[pretrain] could not collect the tracks that gave no views: {first_line(err, cfg['tracking_uri'])}")
+        return
+    for line in filter(None, lines):
+        report(line)
+
+
+def silent_sources(dataset_dir: str, names: list[str]) -> list[str]:
+    """``shard:key`` -> ``uri (shard:key)``, as a user knows the track by its file."""
+    if not names:
+        return []
+    index = load_index(dataset_dir, columns=["key", "source_uri"])
+    uris = dict(zip(index.column("key").to_pylist(), index.column("source_uri").to_pylist(), strict=True))
+    return sorted(f"{uris.get(name.rpartition(':')[2], '?')} ({name})" for name in set(names))
+
+
+def log_lost(cfg: dict, names: list[str], artifact: str, why: str) -> str | None:
+    """Log the list as the run's ``artifact``; the one line that says so, or None when empty."""
     import mlflow
 
-    from mvssl_dist.views.dataset import view_stats
-
-    try:
-        unreadable = sorted(set(view_stats(stats_name, timeout_s=10).get("malformed_keys", [])))
-        if unreadable:
-            mlflow.MlflowClient().log_text(cfg["run_id"], "\n".join(unreadable) + "\n", "views/unreadable.txt")
-    except Exception as err:  # Ray or the tracking server gone (an interrupt): the line still goes out
-        report(f"[pretrain] could not collect the views' unreadable tracks: {first_line(err, cfg['tracking_uri'])}")
-        return
-    if unreadable:
-        report(
-            f"[pretrain] {len(unreadable)} track(s) could not be read from their shards and gave no views, "
-            f"e.g. {unreadable[0]}; listed in the MLflow run as views/unreadable.txt"
-        )
+    if not names:
+        return None
+    mlflow.MlflowClient().log_text(cfg["run_id"], "\n".join(names) + "\n", artifact)
+    return f"[pretrain] {len(names)} track(s) {why}, e.g. {names[0]}; listed in the MLflow run as {artifact}"
 
 
 def ending_line(cfg: dict, state: dict) -> str | None:

@@ -38,14 +38,16 @@ def _stats_actor_class():
         def __init__(self) -> None:
             self.counts: dict[str, int] = {}
             self.malformed: list[str] = []
+            self.silent: dict[str, None] = {}  # a track silent every epoch is named once
 
-        def add(self, counts: dict, malformed: list[str]) -> None:
+        def add(self, counts: dict, malformed: list[str], silent: Sequence[str] = ()) -> None:
             for k, v in counts.items():
                 self.counts[k] = self.counts.get(k, 0) + v
             self.malformed += malformed
+            self.silent.update(dict.fromkeys(silent))
 
         def snapshot(self) -> dict:
-            return {**self.counts, "malformed_keys": list(self.malformed)}
+            return {**self.counts, "malformed_keys": list(self.malformed), "silent_keys": list(self.silent)}
 
     return ViewStats
 
@@ -70,46 +72,51 @@ def release_stats_actor(name: str) -> None:
 
 
 def view_stats(name: str = STATS_ACTOR, timeout_s: float | None = None) -> dict:
-    """Counts so far: ``tracks``, ``rows``, ``too_short``, ``silent``, ``malformed`` and the bad keys."""
+    """Counts so far: ``tracks``, ``rows``, ``too_short``, ``silent``, ``malformed``; ``malformed_keys``
+    (``shard:member (why)``, each time read) and ``silent_keys`` (``shard:key`` of the tracks that
+    gave no views in a pass because every draw stayed near-silent, each named once)."""
     import ray
 
     return ray.get(ray.get_actor(name).snapshot.remote(), timeout=timeout_s)
 
 
-def _record_stats(name: str, counts: dict, malformed: list[str]) -> None:
+def _record_stats(name: str, counts: dict, malformed: list[str], silent: list[str]) -> None:
     import ray
 
     try:
-        ray.get(ray.get_actor(name).add.remote(counts, malformed))  # recorded before the block is handed on
+        ray.get(ray.get_actor(name).add.remote(counts, malformed, silent))  # recorded before the block leaves
     except ValueError:  # no stats actor (the driver did not ask for one): counts go to the log only
         log.info("views: %s", counts)
 
 
-def shard_picks(item: Mapping, spec: ViewSpec) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], dict, list[str]]:
-    """Draw the views of every wanted track of one shard: (shuffled picks, counts, malformed names).
+def shard_picks(item: Mapping, spec: ViewSpec) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], dict, dict]:
+    """Draw the views of every wanted track of one shard: (shuffled picks, counts, named).
 
     A pick is ``(key, pcm, starts)``: no audio is copied yet, so a shard drawn 25 times costs
-    the shard's memory, not 25 copies of it.
+    the shard's memory, not 25 copies of it. ``named``: ``{"malformed": ["shard:member (why)"],
+    "silent": ["shard:key"]}``, the tracks that gave no views here and why.
     """
     seed, epoch, draws = int(item["seed"]), int(item["epoch"]), int(item["pairs_per_track"])
     rms = dict(zip(item["keys"], item["rms"], strict=True))
     picks: list[tuple[str, np.ndarray, np.ndarray]] = []
     counts = {"tracks": 0, "rows": 0, "too_short": 0, "silent": 0, "malformed": 0}
-    malformed = []
+    named: dict[str, list[str]] = {"malformed": [], "silent": []}
     for member in iter_shard_members(Path(item["path"]), set(item["keys"])):
         if isinstance(member, Malformed):
             counts["malformed"] += 1
-            malformed.append(f"{member.shard}:{member.name} ({member.reason})")
+            named["malformed"].append(f"{member.shard}:{member.name} ({member.reason})")
             log.warning("views: skipping malformed member %s in %s: %s", member.name, member.shard, member.reason)
             continue
         counts["tracks"] += 1
         rows, status = draw_track_views(member.pcm, rms[member.key], spec, track_rng(seed, epoch, member.key), draws)
         if status != "ok":
             counts[status] += 1  # a track that cannot give views now will not on the next draw either
+        if status == "silent" and not len(rows):
+            named["silent"].append(f"{Path(item['path']).name}:{member.key}")
         picks += [(member.key, member.pcm, starts) for starts in rows]
     counts["rows"] = len(picks)
     order = np.random.default_rng([seed, epoch, int(item["shard_index"])]).permutation(len(picks))
-    return [picks[i] for i in order], counts, malformed
+    return [picks[i] for i in order], counts, named
 
 
 def cut_views(picks: Sequence[tuple[str, np.ndarray, np.ndarray]], spec: ViewSpec) -> dict:
@@ -123,10 +130,10 @@ def cut_views(picks: Sequence[tuple[str, np.ndarray, np.ndarray]], spec: ViewSpe
     return {"key": keys, "views": views}
 
 
-def shard_views(item: Mapping, spec: ViewSpec) -> tuple[dict, dict, list[str]]:
-    """All views of one shard in one block: (block, counts, malformed member names)."""
-    picks, counts, malformed = shard_picks(item, spec)
-    return cut_views(picks, spec), counts, malformed
+def shard_views(item: Mapping, spec: ViewSpec) -> tuple[dict, dict, dict]:
+    """All views of one shard in one block: (block, counts, named tracks as :func:`shard_picks`)."""
+    picks, counts, named = shard_picks(item, spec)
+    return cut_views(picks, spec), counts, named
 
 
 def views_block(batch: dict, spec: ViewSpec, chains: list, dtype: str, stats_name: str | None, rows_per_block: int):
@@ -136,17 +143,18 @@ def views_block(batch: dict, spec: ViewSpec, chains: list, dtype: str, stats_nam
     task holds one block of views at a time). The views column is a fixed-size binary column
     over the numpy buffer (zero copy; Ray's tensor extension type costs ~100 us per clip to build).
     """
-    total, bad = {}, []
+    total, named = {}, {"malformed": [], "silent": []}
     for i in range(len(batch["path"])):
-        picks, counts, malformed = shard_picks({k: batch[k][i] for k in batch}, spec)
-        bad += malformed
+        picks, counts, names = shard_picks({k: batch[k][i] for k in batch}, spec)
+        for kind, lost in names.items():
+            named[kind] += lost
         for k, v in counts.items():
             total[k] = total.get(k, 0) + v
         for chunk, start in enumerate(range(0, len(picks), rows_per_block)):
             block = cut_views(picks[start : start + rows_per_block], spec)
             yield views_table(block["key"], finish_views(block["views"], batch, chains, dtype, chunk))
     if stats_name:
-        _record_stats(stats_name, total, bad)
+        _record_stats(stats_name, total, named["malformed"], named["silent"])
 
 
 def views_table(keys: np.ndarray, views: np.ndarray) -> pa.Table:
