@@ -168,8 +168,8 @@ def test_rerun_skips_everything_and_a_new_file_is_picked_up(catalogue, tmp_path,
     uri = path_to_uri(src / "new_track.ogg")
     lines.clear()
     said = ingest(IngestOptions([str(src)], str(out), shard_target_mb=2, progress=False), report=lines.append)
-    assert said.units_run == 0 and "1 ingested input(s) have another size now, e.g. " in lines[0]
-    assert "`--retry changed` reads them again" in lines[0]
+    assert said.units_run == 0 and "1 ingested input(s) changed since they were read, e.g. " in lines[0]
+    assert " bytes then, " in lines[0] and "`--retry changed` reads them again" in lines[0]
     options = IngestOptions([str(src)], str(out), shard_target_mb=2, progress=False, retry=("changed",))
     lines.clear()
     redone = ingest(options, report=lines.append)
@@ -177,6 +177,15 @@ def test_rerun_skips_everything_and_a_new_file_is_picked_up(catalogue, tmp_path,
     row = next(r for r in pq.read_table(out / "index.parquet").to_pylist() if r["source_uri"] == uri)
     assert row["source_bytes"] == (src / "new_track.ogg").stat().st_size and 16.9 < row["duration_s"] < 17.1
     assert ingest(options, report=lambda m: None).units_run == 0  # nothing changed since
+    # rewritten at the same size (a WAV remastered in place keeps it): seen by its modification time
+    stat = (src / "new_track.ogg").stat()
+    os.utime(src / "new_track.ogg", ns=(stat.st_atime_ns, stat.st_mtime_ns + 5 * 10**9))
+    lines.clear()
+    assert (
+        ingest(IngestOptions([str(src)], str(out), shard_target_mb=2, progress=False), report=lines.append).units_run
+        == 0
+    )
+    assert "1 ingested input(s) changed since they were read" in lines[0] and "(the same size, modified " in lines[0]
 
 
 def _run_cli(args, env=None, **kw):
@@ -496,6 +505,36 @@ def test_bucket_keys_are_read_as_written_from_one_filesystem_per_bucket(monkeypa
     assert err.value.filename == "http://example.com/a.mp3"
     with pytest.raises(uris.SourceError, match=r"^http://example.com/music/: cannot be opened"):
         find_sources(["http://example.com/music/"])
+
+
+def test_a_source_changed_since_it_was_read_is_told_by_size_or_modification_time(tmp_path):
+    import pyarrow as pa
+
+    from mvssl_dist.shards.uris import Sources
+
+    ingest_module = importlib.import_module("mvssl_dist.shards.ingest")
+    files = {name: tmp_path / f"{name}.wav" for name in ("same", "resized", "remastered", "old_index", "bucket")}
+    for path in files.values():
+        path.write_bytes(b"RIFF" + bytes(96))
+    stamps = {name: (path.stat().st_size, path.stat().st_mtime_ns) for name, path in files.items()}
+    files["resized"].write_bytes(b"RIFF" + bytes(50))
+    os.utime(files["remastered"], ns=(0, stamps["remastered"][1] + 10**9))  # same size, written later
+    uris = {name: path_to_uri(path) for name, path in files.items()}
+    rows = [{"source_uri": uris[n], "source_bytes": stamps[n][0], "source_mtime_ns": stamps[n][1]} for n in files]
+    rows.append({"source_uri": "s3://b/gone.wav", "source_bytes": 9, "source_mtime_ns": 1})  # not listed: not asked
+    listed = Sources(sizes={uris["bucket"]: 100}, mtimes={uris["bucket"]: stamps["bucket"][1] + 1})
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "index.parquet")
+    changed = ingest_module.changed_inputs(tmp_path, listed)
+    assert set(changed) == {uris["resized"], uris["remastered"], uris["bucket"]}
+    assert changed[uris["resized"]] == "100 bytes then, 54 now"
+    assert changed[uris["remastered"]].startswith("the same size, modified ")
+    assert changed[uris["remastered"]].endswith(" UTC") and "read when it was from " in changed[uris["remastered"]]
+    # an index written before modification times were kept: sizes alone
+    pq.write_table(
+        pa.Table.from_pylist([{k: r[k] for k in ("source_uri", "source_bytes")} for r in rows]),
+        tmp_path / "index.parquet",
+    )
+    assert set(ingest_module.changed_inputs(tmp_path, Sources())) == {uris["resized"]}
 
 
 def test_planning_asks_only_the_sizes_it_was_not_given(monkeypatch):

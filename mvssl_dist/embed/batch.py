@@ -104,7 +104,7 @@ def load_track(item: dict) -> tuple[str, np.ndarray]:
     from mvssl_dist.audio import decode
     from mvssl_dist.shards.uris import decoding_input, display_uri
 
-    with decoding_input(item["uri"]) as (source, sha, _):  # a large file is decoded from disk, not from memory
+    with decoding_input(item["uri"]) as (source, sha, *_):  # a large file is decoded from disk, not from memory
         return sha[:32], decode(source, SAMPLE_RATE, name=display_uri(item["uri"]))
 
 

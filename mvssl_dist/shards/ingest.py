@@ -22,7 +22,6 @@ file can be given back as a SRC to ingest them after all).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -31,6 +30,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ from mvssl_dist.raytools import init_ray
 from mvssl_dist.shards.format import CODECS, SAMPLE_RATE, encode_payload, write_sample
 from mvssl_dist.shards.reader import shard_problem
 from mvssl_dist.shards.uris import (
+    Sources,
     decoding_input,
     display_uri,
     find_sources,
@@ -71,6 +72,7 @@ INDEX_SCHEMA = pa.schema(
         ("source_channels", pa.int32()),
         ("source_format", pa.string()),
         ("source_bytes", pa.int64()),
+        ("source_mtime_ns", pa.int64()),  # the source's modification time when read: a same-size change is seen
         ("source_sha256", pa.string()),
         ("rms_db", pa.float64()),
         ("title", pa.string()),
@@ -79,7 +81,7 @@ INDEX_SCHEMA = pa.schema(
     ]
 )
 NOT_READ = "not_read.parquet"
-CHANGED = "changed"  # --retry changed: ingested inputs whose size is no longer the one read
+CHANGED = "changed"  # --retry changed: ingested inputs whose size or modification time is not the one read
 REJECT_REASONS = ("empty", "not_audio", "truncated", "too_short", "too_long", "silent", "unreadable", "zero_length")
 REJECT_SCHEMA = pa.schema([("source_uri", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
 MANIFEST_SCHEMA = pa.schema(
@@ -219,10 +221,10 @@ def inspect_input(uri: str, options: dict) -> tuple[dict, np.ndarray | None]:
     row: dict = {"source_uri": uri, "status": "ok", "detail": None}
     name = display_uri(uri)
     try:
-        with decoding_input(uri) as (source, sha, size):
+        with decoding_input(uri) as (source, sha, size, mtime_ns):
             if not size:
                 return {**row, "status": "empty", "detail": f"{name}: empty file (0 bytes)"}, None
-            row.update(source_sha256=sha, key=sha[:32], source_bytes=size)
+            row.update(source_sha256=sha, key=sha[:32], source_bytes=size, source_mtime_ns=mtime_ns)
             decoded = decode_with_info(source, SAMPLE_RATE, name=name, max_seconds=options["max_duration_s"])
     except AudioDecodeError as err:
         return {**row, "status": err.reason, "detail": str(err)}, None
@@ -435,34 +437,58 @@ def reopen_damaged(out: Path) -> list[str]:
     return problems
 
 
-def changed_inputs(out: Path, sizes: dict[str, int]) -> dict[str, tuple[int, int]]:
-    """Ingested tracks whose source is no longer the size it was (a master replaced under the same
-    name): ``{uri: (bytes then, bytes now)}``, checked where the size costs nothing more: a local
-    file's ``stat``, or a bucket walk's listing (keys named in a list file are not asked)."""
+def changed_inputs(out: Path, found: Sources) -> dict[str, str]:
+    """Ingested tracks whose source changed since it was read (a master replaced under the same
+    name): ``{uri: how}``, another size or, at the same size, another modification time (rsync's
+    quick check; a WAV remastered in place keeps its size). Checked where it costs nothing more:
+    a local file's ``stat``, or a bucket walk's listing (keys named in a list file are not asked).
+    A dataset ingested before modification times were kept is checked by size alone."""
     path = out / "index.parquet"
     if not path.exists():
         return {}
-    index = pq.read_table(path, columns=["source_uri", "source_bytes"])
+    columns = [c for c in ("source_uri", "source_bytes", "source_mtime_ns") if c in pq.read_schema(path).names]
+    index = pq.read_table(path, columns=columns).to_pylist()
     changed = {}
-    for uri, then in zip(*(index.column(c).to_pylist() for c in ("source_uri", "source_bytes")), strict=True):
-        now = sizes.get(uri)
-        if now is None and uri.startswith("file://"):
-            with contextlib.suppress(OSError):  # a file gone is not this check's business
-                now = os.stat(uri_to_path(uri)).st_size
-        if now is not None and then is not None and now != then:
-            changed[uri] = (then, now)
+    for row in index:
+        uri = row["source_uri"]
+        now = (found.sizes[uri], found.mtimes.get(uri)) if uri in found.sizes else local_stat(uri)
+        if now is not None and (how := change(row["source_bytes"], row.get("source_mtime_ns"), *now)):
+            changed[uri] = how
     return changed
 
 
-def reopen_changed(out: Path, plan: pa.Table, changed: dict[str, tuple[int, int]], retry: tuple[str, ...], report):
+def local_stat(uri: str) -> tuple[int, int] | None:
+    if not uri.startswith("file://"):
+        return None
+    try:
+        stat = os.stat(uri_to_path(uri))
+    except OSError:  # a file gone is not this check's business
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def change(size_then: int | None, mtime_then: int | None, size_now: int, mtime_now: int | None) -> str | None:
+    """How a source differs from when it was read, in words, or None."""
+    if size_then is not None and size_now != size_then:
+        return f"{size_then:,} bytes then, {size_now:,} now"
+    if None not in (mtime_then, mtime_now) and mtime_now != mtime_then:
+        return f"the same size, modified {utc_time(mtime_now)}; read when it was from {utc_time(mtime_then)}"
+    return None
+
+
+def utc_time(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def reopen_changed(out: Path, plan: pa.Table, changed: dict[str, str], retry: tuple[str, ...], report):
     """Say which ingested inputs changed; with ``--retry changed``, their units are done again."""
     if not changed:
         return
-    uri, (then, now) = next(iter(changed.items()))
+    uri, how = next(iter(changed.items()))
     if CHANGED not in retry:
         report(
-            f"[ingest] {len(changed)} ingested input(s) have another size now, e.g. {display_uri(uri)} "
-            f"({then:,} bytes then, {now:,} now); `--retry changed` reads them again"
+            f"[ingest] {len(changed)} ingested input(s) changed since they were read, e.g. {display_uri(uri)} "
+            f"({how}); `--retry changed` reads them again"
         )
         return
     uris, units_of = plan.column("uri").to_pylist(), plan.column("unit").to_pylist()
@@ -543,7 +569,7 @@ def ingest_into(out: Path, options: IngestOptions, report: Callable[[str], None]
     if reasons := tuple(r for r in options.retry if r != CHANGED):
         units, inputs = reopen_units(out, reasons)
         report(f"[ingest] --retry {','.join(reasons)}: {inputs} input(s) in {units} unit(s) are read again")
-    reopen_changed(out, plan, changed_inputs(out, found.sizes), options.retry, report)
+    reopen_changed(out, plan, changed_inputs(out, found), options.retry, report)
     if damaged := reopen_damaged(out):
         more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
         report(f"[ingest] {damaged[0]}{more}: written again from the inputs")

@@ -117,18 +117,26 @@ STREAM_ABOVE_BYTES = 256 * 1024**2  # larger inputs are decoded from the open fi
 
 def input_size(uri: str) -> int:
     """Bytes in a ``file://`` or remote input (OSError when it is missing or a folder)."""
+    return input_stat(uri)[0]
+
+
+def input_stat(uri: str) -> tuple[int, int | None]:
+    """``(bytes, modification time in ns or None)`` of a ``file://`` or remote input; OSError when
+    it is missing or a folder. Together they tell a file replaced under the same name, as rsync's
+    quick check does, without reading it."""
     if uri.startswith("file://"):
         path = uri_to_path(uri)
         if os.path.isdir(path):
             raise IsADirectoryError(21, "is a directory, not a file", path)
-        return os.stat(path).st_size
+        stat = os.stat(path)
+        return stat.st_size, stat.st_mtime_ns
     fs, path = filesystem(uri)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(2, "no such file", uri)
     if info.type == pafs.FileType.Directory:
         raise IsADirectoryError(21, "is a directory, not a file", uri)
-    return info.size or 0
+    return info.size or 0, info.mtime_ns
 
 
 def open_input(uri: str):
@@ -141,7 +149,8 @@ def open_input(uri: str):
 
 @contextlib.contextmanager
 def decoding_input(uri: str, stream_above: int | None = None) -> Iterator[tuple]:
-    """``with decoding_input(uri) as (source, sha256_hex, size):`` an input, to hash and decode.
+    """``with decoding_input(uri) as (source, sha256_hex, size, mtime_ns):`` an input, to hash and
+    decode; its size and modification time are taken before it is read (see :func:`input_stat`).
 
     Up to ``stream_above`` bytes (default :data:`STREAM_ABOVE_BYTES`) the source is the file's
     bytes, read once. A larger input is hashed in a streamed pass and the source is the open
@@ -149,17 +158,17 @@ def decoding_input(uri: str, stream_above: int | None = None) -> Iterator[tuple]
     than its decoded 16 kHz audio (from memory the decoder also copies the bytes once).
     OSError when the input cannot be read."""
     limit = STREAM_ABOVE_BYTES if stream_above is None else stream_above
-    size = input_size(uri)  # also refuses a folder or a missing file
+    size, mtime_ns = input_stat(uri)  # also refuses a folder or a missing file
     if size <= limit:
         data = _read_all(uri)
-        yield data, hashlib.sha256(data).hexdigest(), len(data)
+        yield data, hashlib.sha256(data).hexdigest(), len(data), mtime_ns
         return
     digest = hashlib.sha256()
     with open_input(uri) as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     with open_input(uri) as handle:
-        yield handle, digest.hexdigest(), size
+        yield handle, digest.hexdigest(), size, mtime_ns
 
 
 @dataclass
@@ -170,6 +179,7 @@ class Sources:
     uris: list[str] = field(default_factory=list)
     other_files: list[str] = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=dict)  # bytes, where a bucket listing gave them
+    mtimes: dict[str, int] = field(default_factory=dict)  # modification times (ns), from the same listing
 
 
 def _walk_local(root: str, found: Sources, skip: frozenset = frozenset()) -> None:
@@ -216,6 +226,8 @@ def _walk_remote(uri: str, found: Sources, pattern: str | None = None) -> None:
         if has_audio_extension(info.base_name):
             inputs.append(f"{scheme}://{info.path}")
             found.sizes[inputs[-1]] = info.size
+            if info.mtime_ns is not None:
+                found.mtimes[inputs[-1]] = info.mtime_ns
         else:
             others.append(f"{scheme}://{info.path}")
     found.uris += sorted(inputs)
