@@ -187,7 +187,8 @@ def add_ingest(sub: argparse._SubParsersAction) -> None:
     )
     add_retry(
         p,
-        "read again the inputs rejected for these reasons, or `changed`: tracks whose file is no longer the size ingested; their shards are written again",
+        "read again the inputs rejected for these reasons, or `changed`: tracks whose file changed (size or "
+        "modification time) since it was ingested; their shards are written again",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
     p.set_defaults(run=run_ingest)
@@ -326,7 +327,11 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
         help="GPUs per model actor (1, or a fraction to share one); bf16 (default: 0, CPU)",
     )
     p.add_argument("--ray-address", help=RAY_ADDRESS_HELP)
-    add_retry(p, "embed again the inputs that failed for these reasons")
+    add_retry(
+        p,
+        "embed again the inputs that failed for these reasons, or `changed`: inputs whose file (or, from a "
+        "DATASET_DIR, whose ingested track) changed since they were embedded",
+    )
     p.set_defaults(run=run_embed)
 
 

@@ -24,7 +24,7 @@ from mvssl_dist.cli import main
 from mvssl_dist.embed.batch import EmbedOptions, embed_library
 from mvssl_dist.embed.search import load_track_embeddings, nearest
 from mvssl_dist.models import Backbone, save_backbone
-from mvssl_dist.shards import IngestOptions, ingest, uri_to_path
+from mvssl_dist.shards import IngestOptions, ingest, path_to_uri, uri_to_path
 
 pytestmark = pytest.mark.slow
 
@@ -254,6 +254,62 @@ def test_retry_embeds_again_what_failed_for_a_reason_since_mended(library, tmp_p
     assert len(table(tmp_path / "out", "tracks")) == 3
 
 
+def test_a_file_changed_since_it_was_embedded_is_said_and_embedded_again(library, embedded, tmp_path, capsys):
+    root, expected, weights = library
+    shelf, out = tmp_path / "shelf", tmp_path / "out"
+    shelf.mkdir()
+    first, second, other = [p for p in expected["good"] if p.suffix == ".flac"][:3]
+    for path in (first, second):
+        shutil.copy(path, shelf / path.name)
+    args = ["embed", str(shelf), "--model", str(weights), "--out", str(out), "--level", "both"]
+    assert main(args) == 0
+    stamps = {r["source_uri"]: (r["source_bytes"], r["source_mtime_ns"]) for r in table(out, "tracks")}
+    assert stamps[path_to_uri(shelf / first.name)] == (first.stat().st_size, (shelf / first.name).stat().st_mtime_ns)
+    shutil.copy(other, shelf / first.name)  # a master replaced under the same name
+    capsys.readouterr()
+    assert main(args) == 0
+    said = capsys.readouterr().out
+    assert "[embed] 1 embedded input(s) changed since they were embedded, e.g. " in said
+    assert " bytes then, " in said and "`--retry changed` embeds them again" in said
+    assert main([*args, "--retry", "changed"]) == 0
+    said = capsys.readouterr().out
+    assert "--retry changed: 1 input(s) are embedded again" in said and "2 tracks, 1 already embedded, 1 to do" in said
+    tracks, segments = table(out, "tracks"), table(out, "segments")
+    assert len(tracks) == 2 and len(segments) == sum(r["num_segments"] for r in tracks)  # one row per track
+    fresh = {r["source_uri"]: r for r in tracks}[path_to_uri(shelf / first.name)]
+    reference = {r["source_uri"]: r["embedding"] for r in table(embedded[0], "tracks")}[path_to_uri(other)]
+    np.testing.assert_allclose(fresh["embedding"], reference, atol=1e-5)  # the new audio's, not the old
+    assert fresh["source_bytes"] == other.stat().st_size
+    # rewritten at the same size: told by its modification time
+    stat = (shelf / second.name).stat()
+    os.utime(shelf / second.name, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5 * 10**9))
+    assert main(args) == 0
+    assert (
+        "changed since they were embedded" in (said := capsys.readouterr().out) and "(the same size, modified " in said
+    )
+
+
+def test_a_dataset_track_ingested_again_after_a_change_is_told_by_its_key(tmp_path):
+    from mvssl_dist.embed.batch import changed_since_embedded, drop_embedded, track_schema
+
+    vectors = np.zeros((3, 1024), np.float32)
+    rows = {"key": ["k1", "k2", "k3"], "source_uri": ["s3://b/1.mp3", "s3://b/2.mp3", "s3://b/3.mp3"]}
+    rows.update(source_bytes=[1, 2, 3], source_mtime_ns=[None] * 3, duration_s=[1.0] * 3, num_segments=[1] * 3)
+    rows["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 1024)
+    pq.write_table(pa.table(rows, schema=track_schema()), tmp_path / "tracks-1-000000.parquet")
+    shard = {"shard": "/d/shards/shard-000000.tar", "source_bytes": 1, "source_mtime_ns": -1}
+    items = [{"uri": "s3://b/1.mp3", "key": "k1", **shard}, {"uri": "s3://b/2.mp3", "key": "k9", **shard}]
+    assert changed_since_embedded(tmp_path, "track", items, {}) == {
+        "s3://b/2.mp3": "ingested again as track k9; embedded as k2"
+    }
+    raw = [{"uri": "s3://b/3.mp3", "key": "", "shard": "", "source_bytes": -1, "source_mtime_ns": -1}]
+    assert changed_since_embedded(tmp_path, "track", raw, {"s3://b/3.mp3": (4, None)}) == {
+        "s3://b/3.mp3": "3 bytes then, 4 now"
+    }
+    drop_embedded(tmp_path, "track", {"s3://b/2.mp3"})
+    assert table(tmp_path, "tracks") and [r["key"] for r in table(tmp_path, "tracks")] == ["k1", "k3"]
+
+
 def test_an_out_dir_inside_the_source_is_not_walked(library, tmp_path, capsys):
     _, expected, weights = library
     for path in expected["good"][:2]:
@@ -319,7 +375,8 @@ def test_decode_workers_do_not_load_torch():
         "import sys, numpy as np\n"
         "from mvssl_dist.embed.batch import prepare_tracks\n"
         "from mvssl_dist.shards.ingest import ingest\n"
-        "out = prepare_tracks({'uri': np.array(['/no/such.wav']), 'key': np.array(['']), 'shard': np.array([''])}, 4.0, 4.0)\n"
+        "item = {'uri': ['/no/such.wav'], 'key': [''], 'shard': [''], 'source_bytes': [-1], 'source_mtime_ns': [-1]}\n"
+        "out = prepare_tracks({k: np.array(v) for k, v in item.items()}, 4.0, 4.0)\n"
         "assert out['reason'][0], out\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchaudio', 'mlflow')))\n"
     )

@@ -25,7 +25,16 @@ import pyarrow.parquet as pq
 from mvssl_dist.constants import EMBEDDING_DIM, SAMPLE_RATE
 from mvssl_dist.embed.segments import cut_segments, peak_normalise
 from mvssl_dist.folder_lock import output_folder
-from mvssl_dist.shards.ingest import atomic_write, remove_temporaries, retry_problem, write_parquet
+from mvssl_dist.shards.ingest import (
+    CHANGED,
+    atomic_write,
+    change,
+    local_stat,
+    remove_temporaries,
+    retry_problem,
+    write_parquet,
+)
+from mvssl_dist.shards.uris import display_uri
 
 PAIRED = ("segments", "tracks")  # with --level both, the two parts of one flush, in the order written
 ERROR_SCHEMA = pa.schema([("source_uri", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
@@ -71,9 +80,14 @@ def is_dataset_dir(path: str) -> bool:
     return "://" not in path and (Path(path) / "index.parquet").is_file() and (Path(path) / "dataset.json").is_file()
 
 
-def input_items(sources: list[str], report: Callable[[str], None] = print, out: Path | None = None) -> list[dict]:
+UNKNOWN = -1  # a source's bytes or modification time not known (yet): null in the parts
+
+
+def input_items(
+    sources: list[str], report: Callable[[str], None] = print, out: Path | None = None
+) -> tuple[list[dict], dict[str, tuple[int, int | None]]]:
     """Raw audio URIs (same resolution as ingest; a walk passes over OUT_DIR ``out``) or the tracks
-    of one DATASET_DIR."""
+    of one DATASET_DIR; and ``{uri: (bytes, mtime_ns)}`` where a bucket walk's listing gave them."""
     if len(sources) == 1 and is_dataset_dir(sources[0]):
         from mvssl_dist.shards.reader import damaged_message, damaged_shards
 
@@ -81,31 +95,45 @@ def input_items(sources: list[str], report: Callable[[str], None] = print, out: 
             report(f"[embed] {damaged_message(damaged)}; their tracks are listed as failed")
         index = pq.read_table(Path(sources[0]) / "index.parquet").to_pylist()
         root = str(Path(sources[0]).resolve())
-        return [{"uri": r["source_uri"], "key": r["key"], "shard": f"{root}/{r['shard']}"} for r in index]
+        return [
+            {
+                "uri": r["source_uri"],
+                "key": r["key"],
+                "shard": f"{root}/{r['shard']}",
+                "source_bytes": r["source_bytes"],
+                "source_mtime_ns": stamp if (stamp := r.get("source_mtime_ns")) is not None else UNKNOWN,
+            }
+            for r in index
+        ], {}
     from mvssl_dist.shards.uris import find_sources, not_read_message
 
     found = find_sources(sources, output=out)
     if found.other_files:
         report(f"[embed] {not_read_message(found.other_files)}; name them or list them to embed them too")
-    return [{"uri": u, "key": "", "shard": ""} for u in found.uris]
+    items = [
+        {"uri": u, "key": "", "shard": "", "source_bytes": UNKNOWN, "source_mtime_ns": UNKNOWN} for u in found.uris
+    ]
+    return items, {u: (size, found.mtimes.get(u)) for u, size in found.sizes.items()}
 
 
-def load_track(item: dict) -> tuple[str, np.ndarray]:
-    """(key, float32 mono 16 kHz audio) from a raw URI or from the ingested shard."""
+def load_track(item: dict) -> tuple[str, np.ndarray, tuple[int, int]]:
+    """(key, float32 mono 16 kHz audio, (source bytes, mtime_ns)) from a raw URI (the stamp taken
+    as it is read) or from the ingested shard (the stamp the index holds)."""
     if item["shard"]:
         from mvssl_dist.shards.reader import iter_shard_members
 
         why = "missing"
         for member in iter_shard_members(Path(item["shard"]), {item["key"]}):
             if getattr(member, "key", None) == item["key"]:
-                return item["key"], member.audio
+                return item["key"], member.audio, (item["source_bytes"], item["source_mtime_ns"])
             why = member.reason if member.name.startswith(item["key"]) else why
         raise ValueError(f"track {item['key']} in {item['shard']}: {why}")
     from mvssl_dist.audio import decode
-    from mvssl_dist.shards.uris import decoding_input, display_uri
+    from mvssl_dist.shards.uris import decoding_input
 
-    with decoding_input(item["uri"]) as (source, sha, *_):  # a large file is decoded from disk, not from memory
-        return sha[:32], decode(source, SAMPLE_RATE, name=display_uri(item["uri"]))
+    with decoding_input(item["uri"]) as (source, sha, size, mtime_ns):  # a large file is decoded from disk
+        audio = decode(source, SAMPLE_RATE, name=display_uri(item["uri"]))
+    return sha[:32], audio, (size, UNKNOWN if mtime_ns is None else mtime_ns)
 
 
 def prepare_tracks(batch: dict, segment_s: float, hop_s: float) -> dict:
@@ -113,19 +141,20 @@ def prepare_tracks(batch: dict, segment_s: float, hop_s: float) -> dict:
     from mvssl_dist.audio import AudioDecodeError
 
     segment, hop = int(segment_s * SAMPLE_RATE), int(hop_s * SAMPLE_RATE)
-    out = {k: [] for k in ("uri", "key", "duration_s", "num_segments", "segments", "reason", "detail")}
+    fields = ("key", "duration_s", "num_segments", "segments", "reason", "detail", *STAMP)
+    out = {k: [] for k in ("uri", *fields)}
     for i in range(len(batch["uri"])):
-        item = {k: batch[k][i] for k in ("uri", "key", "shard")}
+        item = {k: batch[k][i] for k in ("uri", "key", "shard", *STAMP)}
         try:
-            key, audio = load_track(item)
+            key, audio, stamp = load_track(item)
             segments = cut_segments(peak_normalise(audio), segment, hop)
-            row = (key, len(audio) / SAMPLE_RATE, len(segments), segments.astype(np.float32).tobytes(), "", "")
+            row = (key, len(audio) / SAMPLE_RATE, len(segments), segments.astype(np.float32).tobytes(), "", "", *stamp)
         except AudioDecodeError as err:
-            row = ("", 0.0, 0, b"", err.reason, str(err))
+            row = ("", 0.0, 0, b"", err.reason, str(err), UNKNOWN, UNKNOWN)
         except (OSError, ValueError) as err:
-            row = ("", 0.0, 0, b"", "unreadable", f"{item['uri']}: {err}")
+            row = ("", 0.0, 0, b"", "unreadable", f"{item['uri']}: {err}", UNKNOWN, UNKNOWN)
         out["uri"].append(item["uri"])
-        for name, value in zip(("key", "duration_s", "num_segments", "segments", "reason", "detail"), row, strict=True):
+        for name, value in zip(fields, row, strict=True):
             out[name].append(value)
     return {
         k: np.array(v, dtype=object) if k in ("segments", "uri", "key", "reason", "detail") else np.array(v)
@@ -168,7 +197,7 @@ class EmbedActor:
                 for s in range(0, len(stacked), self.batch_size):
                     chunk = torch.from_numpy(stacked[s : s + self.batch_size]).to(self.device)
                     embeddings[s : s + len(chunk)] = self.model(chunk).float().cpu().numpy()
-        out = {k: batch[k] for k in ("uri", "key", "duration_s", "num_segments", "reason", "detail")}
+        out = {k: batch[k] for k in ("uri", "key", "duration_s", "num_segments", "reason", "detail", *STAMP)}
         out["segment_embeddings"] = np.array(
             [b.tobytes() for b in np.split(embeddings, np.cumsum(counts)[:-1])], dtype=object
         )
@@ -176,11 +205,16 @@ class EmbedActor:
 
 
 # --------------------------------------------------------------------------- output
+STAMP = ("source_bytes", "source_mtime_ns")  # what the source was when embedded: a later change is seen
+STAMP_FIELDS = [(name, pa.int64()) for name in STAMP]
+
+
 def track_schema() -> pa.Schema:
     return pa.schema(
         [
             ("key", pa.string()),
             ("source_uri", pa.string()),
+            *STAMP_FIELDS,
             ("duration_s", pa.float64()),
             ("num_segments", pa.int32()),
             ("embedding", pa.list_(pa.float32(), EMBEDDING_DIM)),
@@ -193,6 +227,7 @@ def segment_schema() -> pa.Schema:
         [
             ("key", pa.string()),
             ("source_uri", pa.string()),
+            *STAMP_FIELDS,
             ("start_s", pa.float64()),
             ("segment", pa.int32()),
             ("embedding", pa.list_(pa.float32(), EMBEDDING_DIM)),
@@ -208,6 +243,65 @@ def done_sources(out: Path, level: str) -> set[str]:
     for part in [*out.glob(f"{committing}-*.parquet"), *out.glob("errors-*.parquet")]:
         done.update(pq.read_table(part, columns=["source_uri"]).column("source_uri").to_pylist())
     return done
+
+
+def embedded_stamps(out: Path, level: str) -> dict[str, tuple]:
+    """``{uri: (key, source bytes, mtime_ns)}`` of the inputs OUT_DIR has embedded (the committing
+    parts; a part written before stamps were kept gives None for them)."""
+    done: dict[str, tuple] = {}
+    committing = "segments" if level == "segment" else "tracks"
+    for part in sorted(out.glob(f"{committing}-*.parquet")):
+        names = pq.read_schema(part).names
+        table = pq.read_table(part, columns=[c for c in ("source_uri", "key", *STAMP) if c in names])
+        columns = [table.column(c).to_pylist() if c in names else [None] * table.num_rows for c in ("key", *STAMP)]
+        done.update(zip(table.column("source_uri").to_pylist(), zip(*columns, strict=True), strict=True))
+    return done
+
+
+def changed_since_embedded(out: Path, level: str, items: list[dict], listed: dict) -> dict[str, str]:
+    """Inputs embedded earlier whose source changed since: ``{uri: how}``. A DATASET_DIR's track
+    is another track when the index gives its source another key (re-ingested after a change); a
+    raw file, by size or modification time as ingest tells (a local ``stat``, a bucket walk's
+    listing ``listed``; keys named in a list file are not asked)."""
+    done, changed = embedded_stamps(out, level), {}
+    for item in items:
+        if (then := done.get(item["uri"])) is None:
+            continue
+        if item["shard"]:
+            if then[0] != item["key"]:
+                changed[item["uri"]] = f"ingested again as track {item['key']}; embedded as {then[0]}"
+        elif (now := listed.get(item["uri"]) or local_stat(item["uri"])) and (how := change(*then[1:], *now)):
+            changed[item["uri"]] = how
+    return changed
+
+
+def drop_embedded(out: Path, level: str, uris: set[str]) -> None:
+    """Take ``uris``' rows out of OUT_DIR's parts so that this run embeds them again. Segments parts
+    go first and tracks parts, which commit them, last: a run stopped part-way finds the same
+    changes on its next start and finishes the job. The caller holds OUT_DIR."""
+    wanted = pa.array(sorted(uris), pa.string())
+    for kind in ("segments", "tracks") if level == "both" else ("segments" if level == "segment" else "tracks",):
+        for part in sorted(out.glob(f"{kind}-*.parquet")):
+            table = pq.read_table(part)
+            kept = table.filter(pc.invert(pc.is_in(table.column("source_uri"), wanted)))
+            if kept.num_rows < table.num_rows:
+                write_parquet(part, kept)  # kept even when empty: a --level both pair stays a pair
+
+
+def reopen_changed(out: Path, options: EmbedOptions, items: list[dict], listed: dict, report) -> None:
+    """Say which embedded inputs changed since; with ``--retry changed``, embed them again."""
+    changed = changed_since_embedded(out, options.level, items, listed)
+    if not changed:
+        return
+    uri, how = next(iter(changed.items()))
+    if CHANGED not in options.retry:
+        report(
+            f"[embed] {len(changed)} embedded input(s) changed since they were embedded, e.g. {display_uri(uri)} "
+            f"({how}); `--retry changed` embeds them again"
+        )
+        return
+    drop_embedded(out, options.level, set(changed))
+    report(f"[embed] --retry changed: {len(changed)} input(s) are embedded again")
 
 
 def reopen_errors(out: Path, reasons: tuple[str, ...], uris: list[str]) -> int:
@@ -245,6 +339,10 @@ def drop_unpaired_parts(out: Path, level: str) -> list[Path]:
     for path in dropped:
         path.unlink(missing_ok=True)
     return dropped
+
+
+def known(value) -> int | None:
+    return None if value is None or int(value) == UNKNOWN else int(value)
 
 
 def fixed_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
@@ -286,6 +384,7 @@ class PartWriter:
                     {
                         "key": [r["key"] for r, s in zip(rows, segs, strict=True) for _ in s],
                         "source_uri": [r["uri"] for r, s in zip(rows, segs, strict=True) for _ in s],
+                        **{k: [known(r[k]) for r, s in zip(rows, segs, strict=True) for _ in s] for k in STAMP},
                         "start_s": [i * hop for s in segs for i in range(len(s))],
                         "segment": [i for s in segs for i in range(len(s))],
                         "embedding": fixed_list(np.concatenate(segs)),
@@ -298,6 +397,7 @@ class PartWriter:
                     {
                         "key": [r["key"] for r in rows],
                         "source_uri": [r["uri"] for r in rows],
+                        **{k: [known(r[k]) for r in rows] for k in STAMP},
                         "duration_s": [float(r["duration_s"]) for r in rows],
                         "num_segments": [int(r["num_segments"]) for r in rows],
                         "embedding": fixed_list(np.stack([s.mean(axis=0) for s in segs])),
@@ -443,7 +543,7 @@ def embed_library(options: EmbedOptions, report: Callable[[str], None] = print) 
     if options.hop_s <= 0:
         raise EmbedError("--hop-s must be > 0")
     check_counts(options.workers, options.gpus, options.batch_size)
-    if problem := retry_problem(options.retry):
+    if problem := retry_problem(options.retry, (CHANGED,)):
         raise EmbedError(problem)
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or (
         default_tracking_uri() if options.model.startswith("models:/") else None
@@ -472,9 +572,11 @@ def embed_into(
     remove_temporaries(out)
     if dropped := [p.name for p in drop_unpaired_parts(out, options.level)]:
         report(f"[embed] {', '.join(dropped)}: left by a run stopped part-way; its tracks are embedded again")
-    items = input_items(options.sources, report, out)
-    if options.retry and (again := reopen_errors(out, options.retry, [it["uri"] for it in items])):
-        report(f"[embed] --retry {','.join(options.retry)}: {again} input(s) that failed are embedded again")
+    items, listed = input_items(options.sources, report, out)
+    reasons = tuple(r for r in options.retry if r != CHANGED)
+    if reasons and (again := reopen_errors(out, reasons, [it["uri"] for it in items])):
+        report(f"[embed] --retry {','.join(reasons)}: {again} input(s) that failed are embedded again")
+    reopen_changed(out, options, items, listed, report)
     done = done_sources(out, options.level)
     todo = [it for it in items if it["uri"] not in done]
     report(f"[embed] {len(items)} tracks, {len(items) - len(todo)} already embedded, {len(todo)} to do")

@@ -147,7 +147,9 @@ def embed_features(uris: list[str], model_uri: str, out: Path, listing: Path, op
         workers=options.workers,
         gpus=options.gpus,
         ray_address=options.ray_address,
-        retry=("unreadable",),  # a read that failed (network, disk) is tried again; a file that does not decode is not
+        # a read that failed (network, disk) is tried again, and a file changed since its features
+        # were cached is embedded again; a file that does not decode is not
+        retry=("unreadable", "changed"),
     )
     # Two evaluations of one model share its features: the second waits for the first's, then reuses them.
     with exclusive(out, "mvssl evaluate", wait=True, report=report):
