@@ -384,6 +384,7 @@ def test_a_damaged_shard_is_refused_before_training(dataset, workdir, capsys):
 
 def test_tracks_that_gave_no_views_are_said_and_listed(dataset, workdir, monkeypatch):
     from mvssl_dist.shards.reader import load_index
+    from mvssl_dist.shards.uris import display_uri
     from mvssl_dist.train import pretrain as module
     from mvssl_dist.views import dataset as views
 
@@ -396,7 +397,7 @@ def test_tracks_that_gave_no_views_are_said_and_listed(dataset, workdir, monkeyp
     cfg = {"run_id": run.info.run_id, "tracking_uri": "", "data": {"path": str(dataset)}}
     lines: list[str] = []
     module.report_lost_views(cfg, "views-x", lines.append)
-    named = sorted(f"{row['source_uri']} ({name})" for row, name in zip(index, quiet, strict=False))
+    named = sorted(f"{display_uri(row['source_uri'])} ({name})" for row, name in zip(index, quiet, strict=False))
     assert lines == [
         "[pretrain] 2 track(s) could not be read from their shards and gave no views, e.g. s1.tar:k1 (corrupt tar); "
         "listed in the MLflow run as views/unreadable.txt",

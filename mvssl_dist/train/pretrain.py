@@ -27,7 +27,7 @@ from mvssl_dist.constants import SAMPLE_RATE
 from mvssl_dist.folder_lock import FolderBusy, exclusive
 from mvssl_dist.methods import build_method, canonical_name, check_options
 from mvssl_dist.shards.reader import damaged_message, damaged_shards, load_index
-from mvssl_dist.shards.uris import local_folder
+from mvssl_dist.shards.uris import display_uri, local_folder
 from mvssl_dist.tracking import connect, default_tracking_uri, first_line, without_password
 
 RUN_RECORD = "mvssl_run.json"
@@ -591,7 +591,7 @@ def silent_sources(dataset_dir: str, names: list[str]) -> list[str]:
         return []
     index = load_index(dataset_dir, columns=["key", "source_uri"])
     uris = dict(zip(index.column("key").to_pylist(), index.column("source_uri").to_pylist(), strict=True))
-    return sorted(f"{uris.get(name.rpartition(':')[2], '?')} ({name})" for name in set(names))
+    return sorted(f"{display_uri(uris.get(name.rpartition(':')[2], '?'))} ({name})" for name in set(names))
 
 
 def log_lost(cfg: dict, names: list[str], artifact: str, why: str) -> str | None:
