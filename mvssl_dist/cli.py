@@ -188,7 +188,7 @@ def add_ingest(sub: argparse._SubParsersAction) -> None:
     add_retry(
         p,
         "read again the inputs rejected for these reasons, or `changed`: tracks whose file changed (size or "
-        "modification time) since it was ingested; their shards are written again",
+        "modification time) or is gone since it was ingested; their shards are written again",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
     p.set_defaults(run=run_ingest)
@@ -330,7 +330,7 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
     add_retry(
         p,
         "embed again the inputs that failed for these reasons, or `changed`: inputs whose file (or, from a "
-        "DATASET_DIR, whose ingested track) changed since they were embedded",
+        "DATASET_DIR, whose ingested track) changed since they were embedded; one gone is taken out",
     )
     p.set_defaults(run=run_embed)
 

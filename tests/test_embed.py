@@ -287,10 +287,18 @@ def test_a_file_changed_since_it_was_embedded_is_said_and_embedded_again(library
     assert (
         "changed since they were embedded" in (said := capsys.readouterr().out) and "(the same size, modified " in said
     )
+    # taken out of the library: said, and --retry changed takes its rows out
+    (shelf / first.name).unlink()
+    assert main([*args, "--retry", "changed"]) == 0
+    said = capsys.readouterr().out
+    assert "--retry changed: 2 input(s) are embedded again or, if gone, taken out" in said
+    assert [uri_to_path(r["source_uri"]) for r in table(out, "tracks")] == [str(shelf / second.name)]
+    assert {uri_to_path(r["source_uri"]) for r in table(out, "segments")} == {str(shelf / second.name)}
 
 
 def test_a_dataset_track_ingested_again_after_a_change_is_told_by_its_key(tmp_path):
     from mvssl_dist.embed.batch import changed_since_embedded, drop_embedded, track_schema
+    from mvssl_dist.shards.uris import Sources
 
     vectors = np.zeros((3, 1024), np.float32)
     rows = {"key": ["k1", "k2", "k3"], "source_uri": ["s3://b/1.mp3", "s3://b/2.mp3", "s3://b/3.mp3"]}
@@ -299,12 +307,16 @@ def test_a_dataset_track_ingested_again_after_a_change_is_told_by_its_key(tmp_pa
     pq.write_table(pa.table(rows, schema=track_schema()), tmp_path / "tracks-1-000000.parquet")
     shard = {"shard": "/d/shards/shard-000000.tar", "source_bytes": 1, "source_mtime_ns": -1}
     items = [{"uri": "s3://b/1.mp3", "key": "k1", **shard}, {"uri": "s3://b/2.mp3", "key": "k9", **shard}]
-    assert changed_since_embedded(tmp_path, "track", items, {}) == {
-        "s3://b/2.mp3": "ingested again as track k9; embedded as k2"
+    assert changed_since_embedded(tmp_path, "track", items, Sources()) == {
+        "s3://b/2.mp3": "ingested again as track k9; embedded as k2",
+        "s3://b/3.mp3": "gone from the dataset",
     }
     raw = [{"uri": "s3://b/3.mp3", "key": "", "shard": "", "source_bytes": -1, "source_mtime_ns": -1}]
-    assert changed_since_embedded(tmp_path, "track", raw, {"s3://b/3.mp3": (4, None)}) == {
-        "s3://b/3.mp3": "3 bytes then, 4 now"
+    listing = Sources(sizes={"s3://b/3.mp3": 4}, walked=[("s3://b/", None)])
+    assert changed_since_embedded(tmp_path, "track", raw, listing) == {
+        "s3://b/1.mp3": "gone since it was read",  # the bucket's listing lacks it
+        "s3://b/2.mp3": "gone since it was read",
+        "s3://b/3.mp3": "3 bytes then, 4 now",
     }
     drop_embedded(tmp_path, "track", {"s3://b/2.mp3"})
     assert table(tmp_path, "tracks") and [r["key"] for r in table(tmp_path, "tracks")] == ["k1", "k3"]

@@ -4,6 +4,7 @@ import importlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -186,6 +187,22 @@ def test_rerun_skips_everything_and_a_new_file_is_picked_up(catalogue, tmp_path,
         == 0
     )
     assert "1 ingested input(s) changed since they were read" in lines[0] and "(the same size, modified " in lines[0]
+    # taken out of the catalogue: said, and with --retry changed it leaves the index for the rejects
+    (src / "new_track.ogg").unlink()
+    lines.clear()
+    assert (
+        ingest(IngestOptions([str(src)], str(out), shard_target_mb=2, progress=False), report=lines.append).units_run
+        == 0
+    )
+    assert (
+        "1 ingested input(s) changed since they were read, e.g. " in lines[0] and "(gone since it was read)" in lines[0]
+    )
+    gone = ingest(options, report=lambda m: None)
+    assert gone.units_run == 1 and gone.tracks == first.tracks
+    assert uri not in pq.read_table(out / "index.parquet").column("source_uri").to_pylist()
+    assert {r["source_uri"]: r["reason"] for r in pq.read_table(out / "rejects.parquet").to_pylist()}[
+        uri
+    ] == "unreadable"
 
 
 def _run_cli(args, env=None, **kw):
@@ -507,34 +524,52 @@ def test_bucket_keys_are_read_as_written_from_one_filesystem_per_bucket(monkeypa
         find_sources(["http://example.com/music/"])
 
 
-def test_a_source_changed_since_it_was_read_is_told_by_size_or_modification_time(tmp_path):
+def test_a_source_changed_since_it_was_read_is_told_by_size_modification_time_or_absence(tmp_path):
     import pyarrow as pa
 
     from mvssl_dist.shards.uris import Sources
 
     ingest_module = importlib.import_module("mvssl_dist.shards.ingest")
-    files = {name: tmp_path / f"{name}.wav" for name in ("same", "resized", "remastered", "old_index", "bucket")}
+    names = ("same", "resized", "remastered", "withdrawn", "bucket")
+    files = {name: tmp_path / f"{name}.wav" for name in names}
     for path in files.values():
         path.write_bytes(b"RIFF" + bytes(96))
     stamps = {name: (path.stat().st_size, path.stat().st_mtime_ns) for name, path in files.items()}
     files["resized"].write_bytes(b"RIFF" + bytes(50))
     os.utime(files["remastered"], ns=(0, stamps["remastered"][1] + 10**9))  # same size, written later
+    files["withdrawn"].unlink()  # taken out of the catalogue
     uris = {name: path_to_uri(path) for name, path in files.items()}
     rows = [{"source_uri": uris[n], "source_bytes": stamps[n][0], "source_mtime_ns": stamps[n][1]} for n in files]
-    rows.append({"source_uri": "s3://b/gone.wav", "source_bytes": 9, "source_mtime_ns": 1})  # not listed: not asked
-    listed = Sources(sizes={uris["bucket"]: 100}, mtimes={uris["bucket"]: stamps["bucket"][1] + 1})
+    keys = ["s3://b/elsewhere.wav", "s3://b/music/old.wav", "s3://c/a.wav", "s3://c/b.flac"]
+    rows += [{"source_uri": key, "source_bytes": 9, "source_mtime_ns": 1} for key in keys]
+    listed = Sources(
+        sizes={uris["bucket"]: 100},
+        mtimes={uris["bucket"]: stamps["bucket"][1] + 1},
+        walked=[("s3://b/music/", None), ("s3://c/", "c/*.flac")],  # listed whole, and listed by a pattern
+    )
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "index.parquet")
     changed = ingest_module.changed_inputs(tmp_path, listed)
-    assert set(changed) == {uris["resized"], uris["remastered"], uris["bucket"]}
-    assert changed[uris["resized"]] == "100 bytes then, 54 now"
-    assert changed[uris["remastered"]].startswith("the same size, modified ")
-    assert changed[uris["remastered"]].endswith(" UTC") and "read when it was from " in changed[uris["remastered"]]
-    # an index written before modification times were kept: sizes alone
+    gone = "gone since it was read"
+    assert changed == {
+        uris["resized"]: "100 bytes then, 54 now",
+        uris["remastered"]: changed[uris["remastered"]],
+        uris["withdrawn"]: gone,
+        uris["bucket"]: changed[uris["bucket"]],  # the listing's time, 1 ns later
+        "s3://b/music/old.wav": gone,  # under a prefix listed whole, and not listed: gone
+        "s3://c/b.flac": gone,  # matches the pattern that was listed; s3://c/a.wav does not: not known
+    }
+    for name in ("remastered", "bucket"):
+        assert re.fullmatch(r"the same size, modified [-\d:. ]+ UTC then, [-\d:. ]+ UTC now", changed[uris[name]])
+    then, now = re.findall(r"modified (.+) then, (.+) now", changed[uris["bucket"]])[0]
+    assert then != now  # 1 ns apart: told to the nanosecond
+    line = ingest_module.changed_line("ingest", changed, "ingested input(s) changed since they were read", "reads")
+    assert line.startswith("[ingest] 6 ingested input(s) changed since they were read (3 of them gone), e.g. ")
+    # an index written before modification times were kept: sizes alone (and absence)
     pq.write_table(
         pa.Table.from_pylist([{k: r[k] for k in ("source_uri", "source_bytes")} for r in rows]),
         tmp_path / "index.parquet",
     )
-    assert set(ingest_module.changed_inputs(tmp_path, Sources())) == {uris["resized"]}
+    assert set(ingest_module.changed_inputs(tmp_path, Sources())) == {uris["resized"], uris["withdrawn"]}
 
 
 def test_planning_asks_only_the_sizes_it_was_not_given(monkeypatch):

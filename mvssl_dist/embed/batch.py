@@ -29,12 +29,13 @@ from mvssl_dist.shards.ingest import (
     CHANGED,
     atomic_write,
     change,
-    local_stat,
+    changed_line,
     remove_temporaries,
     retry_problem,
+    stamp_now,
     write_parquet,
 )
-from mvssl_dist.shards.uris import display_uri
+from mvssl_dist.shards.uris import Sources, display_uri
 
 PAIRED = ("segments", "tracks")  # with --level both, the two parts of one flush, in the order written
 ERROR_SCHEMA = pa.schema([("source_uri", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
@@ -85,9 +86,9 @@ UNKNOWN = -1  # a source's bytes or modification time not known (yet): null in t
 
 def input_items(
     sources: list[str], report: Callable[[str], None] = print, out: Path | None = None
-) -> tuple[list[dict], dict[str, tuple[int, int | None]]]:
+) -> tuple[list[dict], Sources]:
     """Raw audio URIs (same resolution as ingest; a walk passes over OUT_DIR ``out``) or the tracks
-    of one DATASET_DIR; and ``{uri: (bytes, mtime_ns)}`` where a bucket walk's listing gave them."""
+    of one DATASET_DIR; and what the walk found (its bucket listings give sizes and times)."""
     if len(sources) == 1 and is_dataset_dir(sources[0]):
         from mvssl_dist.shards.reader import damaged_message, damaged_shards
 
@@ -104,7 +105,7 @@ def input_items(
                 "source_mtime_ns": stamp if (stamp := r.get("source_mtime_ns")) is not None else UNKNOWN,
             }
             for r in index
-        ], {}
+        ], Sources()
     from mvssl_dist.shards.uris import find_sources, not_read_message
 
     found = find_sources(sources, output=out)
@@ -113,7 +114,7 @@ def input_items(
     items = [
         {"uri": u, "key": "", "shard": "", "source_bytes": UNKNOWN, "source_mtime_ns": UNKNOWN} for u in found.uris
     ]
-    return items, {u: (size, found.mtimes.get(u)) for u, size in found.sizes.items()}
+    return items, found
 
 
 def load_track(item: dict) -> tuple[str, np.ndarray, tuple[int, int]]:
@@ -258,20 +259,25 @@ def embedded_stamps(out: Path, level: str) -> dict[str, tuple]:
     return done
 
 
-def changed_since_embedded(out: Path, level: str, items: list[dict], listed: dict) -> dict[str, str]:
+def changed_since_embedded(out: Path, level: str, items: list[dict], listed: Sources) -> dict[str, str]:
     """Inputs embedded earlier whose source changed since: ``{uri: how}``. A DATASET_DIR's track
-    is another track when the index gives its source another key (re-ingested after a change); a
-    raw file, by size or modification time as ingest tells (a local ``stat``, a bucket walk's
-    listing ``listed``; keys named in a list file are not asked)."""
+    is another track when the index gives its source another key (ingested again after a change),
+    and gone when the index no longer holds it; a raw file is told as ingest tells (by size or
+    modification time, or gone: a local ``stat``, a bucket walk's listing ``listed``; keys named
+    in a list file are not asked). Embedded inputs outside this run's sources are checked too."""
     done, changed = embedded_stamps(out, level), {}
-    for item in items:
-        if (then := done.get(item["uri"])) is None:
-            continue
-        if item["shard"]:
-            if then[0] != item["key"]:
-                changed[item["uri"]] = f"ingested again as track {item['key']}; embedded as {then[0]}"
-        elif (now := listed.get(item["uri"]) or local_stat(item["uri"])) and (how := change(*then[1:], *now)):
-            changed[item["uri"]] = how
+    by_uri = {item["uri"]: item for item in items}
+    from_dataset = any(item["shard"] for item in items)
+    for uri, (key, *then) in done.items():
+        item = by_uri.get(uri)
+        if from_dataset:
+            how = "gone from the dataset" if item is None else None
+            if item is not None and key != item["key"]:
+                how = f"ingested again as track {item['key']}; embedded as {key}"
+        else:
+            how = change(*then, stamp_now(uri, listed))
+        if how:
+            changed[uri] = how
     return changed
 
 
@@ -288,20 +294,17 @@ def drop_embedded(out: Path, level: str, uris: set[str]) -> None:
                 write_parquet(part, kept)  # kept even when empty: a --level both pair stays a pair
 
 
-def reopen_changed(out: Path, options: EmbedOptions, items: list[dict], listed: dict, report) -> None:
+def reopen_changed(out: Path, options: EmbedOptions, items: list[dict], listed: Sources, report) -> None:
     """Say which embedded inputs changed since; with ``--retry changed``, embed them again."""
     changed = changed_since_embedded(out, options.level, items, listed)
     if not changed:
         return
-    uri, how = next(iter(changed.items()))
     if CHANGED not in options.retry:
-        report(
-            f"[embed] {len(changed)} embedded input(s) changed since they were embedded, e.g. {display_uri(uri)} "
-            f"({how}); `--retry changed` embeds them again"
-        )
+        what = "embedded input(s) changed since they were embedded"
+        report(changed_line("embed", changed, what, "embeds them again (one gone: its rows are taken out)"))
         return
     drop_embedded(out, options.level, set(changed))
-    report(f"[embed] --retry changed: {len(changed)} input(s) are embedded again")
+    report(f"[embed] --retry changed: {len(changed)} input(s) are embedded again or, if gone, taken out")
 
 
 def reopen_errors(out: Path, reasons: tuple[str, ...], uris: list[str]) -> int:

@@ -437,59 +437,86 @@ def reopen_damaged(out: Path) -> list[str]:
     return problems
 
 
+GONE = "gone"  # a source known to be no longer there (a local file not found, a key a full listing lacks)
+
+
 def changed_inputs(out: Path, found: Sources) -> dict[str, str]:
-    """Ingested tracks whose source changed since it was read (a master replaced under the same
-    name): ``{uri: how}``, another size or, at the same size, another modification time (rsync's
-    quick check; a WAV remastered in place keeps its size). Checked where it costs nothing more:
-    a local file's ``stat``, or a bucket walk's listing (keys named in a list file are not asked).
-    A dataset ingested before modification times were kept is checked by size alone."""
+    """Ingested tracks whose source changed since it was read: ``{uri: how}``. Another size or,
+    at the same size, another modification time (rsync's quick check; a WAV remastered in place
+    keeps its size), or gone (a track withdrawn from the catalogue). Checked where it costs nothing
+    more: a local file's ``stat``, or a bucket walk's listing (keys named in a list file are not
+    asked). A dataset ingested before modification times were kept is checked by size alone."""
     path = out / "index.parquet"
     if not path.exists():
         return {}
     columns = [c for c in ("source_uri", "source_bytes", "source_mtime_ns") if c in pq.read_schema(path).names]
-    index = pq.read_table(path, columns=columns).to_pylist()
     changed = {}
-    for row in index:
+    for row in pq.read_table(path, columns=columns).to_pylist():
         uri = row["source_uri"]
-        now = (found.sizes[uri], found.mtimes.get(uri)) if uri in found.sizes else local_stat(uri)
-        if now is not None and (how := change(row["source_bytes"], row.get("source_mtime_ns"), *now)):
+        if how := change(row["source_bytes"], row.get("source_mtime_ns"), stamp_now(uri, found)):
             changed[uri] = how
     return changed
 
 
-def local_stat(uri: str) -> tuple[int, int] | None:
+def stamp_now(uri: str, found: Sources) -> tuple[int, int | None] | str | None:
+    """``(bytes, mtime_ns)`` of a source now, :data:`GONE`, or None when not known without asking."""
+    if uri in found.sizes:
+        return found.sizes[uri], found.mtimes.get(uri)
+    if found.listed_gone(uri):
+        return GONE
+    return local_stat(uri)
+
+
+def local_stat(uri: str) -> tuple[int, int] | str | None:
+    """A ``file://`` source's ``(bytes, mtime_ns)``, :data:`GONE`, or None (not local, or it cannot
+    be stat-ed now: the read will say why)."""
     if not uri.startswith("file://"):
         return None
     try:
         stat = os.stat(uri_to_path(uri))
-    except OSError:  # a file gone is not this check's business
+    except (FileNotFoundError, NotADirectoryError):
+        return GONE
+    except OSError:
         return None
     return stat.st_size, stat.st_mtime_ns
 
 
-def change(size_then: int | None, mtime_then: int | None, size_now: int, mtime_now: int | None) -> str | None:
-    """How a source differs from when it was read, in words, or None."""
+def change(size_then: int | None, mtime_then: int | None, now: tuple[int, int | None] | str | None) -> str | None:
+    """How a source differs from when it was read (``now`` from :func:`stamp_now`), in words, or None."""
+    if now == GONE:
+        return "gone since it was read"
+    if now is None:
+        return None
+    size_now, mtime_now = now
     if size_then is not None and size_now != size_then:
         return f"{size_then:,} bytes then, {size_now:,} now"
     if None not in (mtime_then, mtime_now) and mtime_now != mtime_then:
-        return f"the same size, modified {utc_time(mtime_now)}; read when it was from {utc_time(mtime_then)}"
+        fine = mtime_now // 10**9 == mtime_then // 10**9  # within one second: show the fraction
+        return f"the same size, modified {utc_time(mtime_then, fine)} then, {utc_time(mtime_now, fine)} now"
     return None
 
 
-def utc_time(ns: int) -> str:
-    return datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+def utc_time(ns: int, fine: bool = False) -> str:
+    when = datetime.fromtimestamp(ns // 10**9, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{when}.{ns % 10**9:09d} UTC" if fine else f"{when} UTC"
+
+
+def changed_line(stage: str, changed: dict[str, str], what: str, redo: str) -> str:
+    """One line: how many inputs changed (``what``: "ingested input(s) changed since they were
+    read"), the first with how, and what ``--retry changed`` does (``redo``)."""
+    uri, how = next(iter(changed.items()))
+    gone = sum(how == change(None, None, GONE) for how in changed.values())
+    among = f" ({gone:,} of them gone)" if gone and gone < len(changed) else ""
+    return f"[{stage}] {len(changed):,} {what}{among}, e.g. {display_uri(uri)} ({how}); `--retry changed` {redo}"
 
 
 def reopen_changed(out: Path, plan: pa.Table, changed: dict[str, str], retry: tuple[str, ...], report):
     """Say which ingested inputs changed; with ``--retry changed``, their units are done again."""
     if not changed:
         return
-    uri, how = next(iter(changed.items()))
     if CHANGED not in retry:
-        report(
-            f"[ingest] {len(changed)} ingested input(s) changed since they were read, e.g. {display_uri(uri)} "
-            f"({how}); `--retry changed` reads them again"
-        )
+        what = "ingested input(s) changed since they were read"
+        report(changed_line("ingest", changed, what, "reads them again (one gone becomes a reject)"))
         return
     uris, units_of = plan.column("uri").to_pylist(), plan.column("unit").to_pylist()
     units = {unit for uri, unit in zip(uris, units_of, strict=True) if uri in changed}

@@ -180,6 +180,15 @@ class Sources:
     other_files: list[str] = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=dict)  # bytes, where a bucket listing gave them
     mtimes: dict[str, int] = field(default_factory=dict)  # modification times (ns), from the same listing
+    walked: list[tuple[str, str | None]] = field(default_factory=list)  # (bucket prefix, pattern) listed whole
+
+    def listed_gone(self, uri: str) -> bool:
+        """A key under a bucket prefix this walk listed whole (matching its pattern), yet not listed:
+        it is gone. Keys elsewhere, or named in a list file, are not known either way."""
+        return uri not in self.sizes and any(
+            uri.startswith(root) and (pattern is None or fnmatch.fnmatch(uri.split("://", 1)[1], pattern))
+            for root, pattern in self.walked
+        )
 
 
 def _walk_local(root: str, found: Sources, skip: frozenset = frozenset()) -> None:
@@ -219,6 +228,7 @@ def _walk_remote(uri: str, found: Sources, pattern: str | None = None) -> None:
     fs, path = filesystem(uri)
     scheme = uri.split("://", 1)[0]
     infos = fs.get_file_info(pafs.FileSelector(path.rstrip("/"), recursive=True, allow_not_found=False))
+    found.walked.append((f"{scheme}://{path.rstrip('/')}/", pattern))
     inputs, others = [], []
     for info in infos:
         if info.type != pafs.FileType.File or (pattern and not fnmatch.fnmatch(info.path, pattern)):
