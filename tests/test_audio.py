@@ -59,6 +59,30 @@ def test_bytes_file_objects_and_non_utf8_names(tmp_path, encoded_dir):
     assert "caf\\xe9 \\xff.missing" in str(info.value)
 
 
+def test_a_tag_that_is_not_utf8_loses_only_its_odd_bytes(tmp_path):
+    """A Latin-1 WAV INFO title: PyAV before 19 failed the file unless told to ignore the bytes;
+    19 removed that option and hands them on as surrogates, which parquet refuses."""
+    import struct
+    import wave
+
+    import pyarrow as pa
+
+    path = tmp_path / "latin.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes((np.sin(np.arange(16000) / 10) * 8000).astype(np.int16).tobytes())
+    value = b"Caf\xe9 del Mar\x00"
+    title = b"INAM" + struct.pack("<I", len(value)) + value + b"\x00" * (len(value) % 2)
+    data = bytearray(path.read_bytes()) + b"LIST" + struct.pack("<I", 4 + len(title)) + b"INFO" + title
+    struct.pack_into("<I", data, 4, len(data) - 8)
+    path.write_bytes(bytes(data))
+    decoded = decode_with_info(path)
+    assert decoded.tags == {"title": "Caf del Mar"} and len(decoded.audio) == 16000
+    assert pa.array([decoded.tags["title"]], pa.string()).to_pylist() == ["Caf del Mar"]
+
+
 def test_tags_are_read(tmp_path):
     import av
 

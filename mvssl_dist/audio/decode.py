@@ -141,8 +141,20 @@ def _tags(container: av.container.InputContainer, stream: av.audio.AudioStream) 
         for key, value in meta.items():
             key = key.lower()
             if key in TAG_NAMES and value and key not in found:
-                found[key] = str(value)
+                found[key] = valid_text(str(value))
     return found
+
+
+def valid_text(value: str) -> str:
+    """A tag as valid UTF-8 text: bytes that were not UTF-8 are dropped. PyAV 19 hands them on
+    as lone surrogates (``surrogateescape``), which parquet cannot store; before 19 the
+    decoder dropped them itself (``metadata_errors="ignore"``, an option 19 removed)."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "ignore")
+
+
+# PyAV 19 removed ``metadata_errors`` (tags are decoded with ``surrogateescape``, see valid_text);
+# before it, a tag that is not UTF-8 (a Latin-1 WAV INFO title) failed the whole file.
+OPEN_OPTIONS = {"metadata_errors": "ignore"} if int(av.__version__.split(".")[0]) < 19 else {}
 
 
 class _Resampler:
@@ -224,7 +236,7 @@ def decode_with_info(
         if handle.seekable() and (missing := _wav_shortfall(handle)):
             raise AudioDecodeError(name, "truncated", f"WAV data chunk is {missing} bytes longer than the file")
         try:
-            container = av.open(handle, mode="r", metadata_errors="ignore")
+            container = av.open(handle, mode="r", **OPEN_OPTIONS)
         except av.error.FFmpegError as err:
             raise AudioDecodeError(name, "not_audio", f"not a recognised audio file ({_why(err)})") from None
         with container:
