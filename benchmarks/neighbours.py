@@ -47,6 +47,8 @@ def write_table(out: Path, rows: int, seed: int = 0) -> None:
             {
                 "key": [f"{i:032x}" for i in range(start, start + n)],
                 "source_uri": [f"file:///music/{i}.mp3" for i in range(start, start + n)],
+                "source_bytes": np.full(n, 4_000_000),
+                "source_mtime_ns": np.full(n, 1_700_000_000 * 10**9),
                 "duration_s": np.full(n, 180.0),
                 "num_segments": np.full(n, 45, np.int32),
                 "embedding": fixed_list(vectors),

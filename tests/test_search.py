@@ -21,6 +21,8 @@ def write_part(out, name: str, vectors: np.ndarray, first: int) -> list[str]:
         {
             "key": keys,
             "source_uri": [f"file:///m/My%20Music/{i}-caf%E9.mp3" for i in range(first, first + len(vectors))],
+            "source_bytes": np.full(len(vectors), 128_000),
+            "source_mtime_ns": np.full(len(vectors), 1_700_000_000 * 10**9),
             "duration_s": np.full(len(vectors), 8.0),
             "num_segments": np.full(len(vectors), 2, np.int32),
             "embedding": fixed_list(vectors.astype(np.float32)),
