@@ -620,6 +620,16 @@ def test_s3_sources_against_a_local_server(catalogue, s3_server, tmp_path, monke
         summary = ingest(
             IngestOptions(["s3://music/catalogue/"], str(tmp_path / "out"), progress=False), report=lambda m: None
         )
+        # the listing's times agree with those read by the workers: nothing told as changed ...
+        said: list[str] = []
+        ingest(IngestOptions(["s3://music/catalogue/"], str(tmp_path / "out"), progress=False), report=said.append)
+        assert not [line for line in said if "changed" in line], said
+        # ... until a key is taken out of the bucket
+        s3.delete_object(Bucket="music", Key=f"catalogue/{expected['good'][1].name}")
+        ingest(IngestOptions(["s3://music/catalogue/"], str(tmp_path / "out"), progress=False), report=said.append)
+        told = [line for line in said if "changed since" in line]
+        assert len(told) == 1 and "1 ingested input(s) changed since they were read, e.g. s3://music/" in told[0]
+        assert "(gone since it was read)" in told[0]
     finally:
         ray.shutdown()
     assert (summary.tracks, summary.rejects) == (3, 1)

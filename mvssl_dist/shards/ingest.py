@@ -81,7 +81,7 @@ INDEX_SCHEMA = pa.schema(
     ]
 )
 NOT_READ = "not_read.parquet"
-CHANGED = "changed"  # --retry changed: ingested inputs whose size or modification time is not the one read
+CHANGED = "changed"  # --retry changed: ingested inputs since changed in size or modification time, or gone
 REJECT_REASONS = ("empty", "not_audio", "truncated", "too_short", "too_long", "silent", "unreadable", "zero_length")
 REJECT_SCHEMA = pa.schema([("source_uri", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
 MANIFEST_SCHEMA = pa.schema(
