@@ -311,6 +311,10 @@ def test_a_dataset_track_ingested_again_after_a_change_is_told_by_its_key(tmp_pa
         "s3://b/2.mp3": "ingested again as track k9; embedded as k2",
         "s3://b/3.mp3": "gone from the dataset",
     }
+    from mvssl_dist.shards.ingest import changed_line
+
+    told = changed_line("embed", changed_since_embedded(tmp_path, "track", items, Sources()), "changed", "redo")
+    assert told.startswith("[embed] 2 changed (1 of them gone), e.g. ")  # gone from the dataset counts as gone
     raw = [{"uri": "s3://b/3.mp3", "key": "", "shard": "", "source_bytes": -1, "source_mtime_ns": -1}]
     listing = Sources(sizes={"s3://b/3.mp3": 4}, walked=[("s3://b/", None)])
     assert changed_since_embedded(tmp_path, "track", raw, listing) == {

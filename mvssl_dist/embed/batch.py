@@ -236,12 +236,17 @@ def segment_schema() -> pa.Schema:
     )
 
 
+def committing(level: str) -> str:
+    """The kind of part whose rows say a track is done: ``segments`` for ``--level segment``,
+    else ``tracks`` (with ``both`` it is written after its segments part)."""
+    return "segments" if level == "segment" else "tracks"
+
+
 def done_sources(out: Path, level: str) -> set[str]:
     """Inputs OUT_DIR has finished: in a part that commits them (the tracks part, or with
     ``--level segment`` the segments part) or in an errors part."""
     done: set[str] = set()
-    committing = "segments" if level == "segment" else "tracks"
-    for part in [*out.glob(f"{committing}-*.parquet"), *out.glob("errors-*.parquet")]:
+    for part in [*out.glob(f"{committing(level)}-*.parquet"), *out.glob("errors-*.parquet")]:
         done.update(pq.read_table(part, columns=["source_uri"]).column("source_uri").to_pylist())
     return done
 
@@ -250,8 +255,7 @@ def embedded_stamps(out: Path, level: str) -> dict[str, tuple]:
     """``{uri: (key, source bytes, mtime_ns)}`` of the inputs OUT_DIR has embedded (the committing
     parts; a part written before stamps were kept gives None for them)."""
     done: dict[str, tuple] = {}
-    committing = "segments" if level == "segment" else "tracks"
-    for part in sorted(out.glob(f"{committing}-*.parquet")):
+    for part in sorted(out.glob(f"{committing(level)}-*.parquet")):
         names = pq.read_schema(part).names
         table = pq.read_table(part, columns=[c for c in ("source_uri", "key", *STAMP) if c in names])
         columns = [table.column(c).to_pylist() if c in names else [None] * table.num_rows for c in ("key", *STAMP)]
@@ -286,7 +290,7 @@ def drop_embedded(out: Path, level: str, uris: set[str]) -> None:
     go first and tracks parts, which commit them, last: a run stopped part-way finds the same
     changes on its next start and finishes the job. The caller holds OUT_DIR."""
     wanted = pa.array(sorted(uris), pa.string())
-    for kind in ("segments", "tracks") if level == "both" else ("segments" if level == "segment" else "tracks",):
+    for kind in PAIRED if level == "both" else (committing(level),):
         for part in sorted(out.glob(f"{kind}-*.parquet")):
             table = pq.read_table(part)
             kept = table.filter(pc.invert(pc.is_in(table.column("source_uri"), wanted)))

@@ -48,8 +48,8 @@ from mvssl_dist.shards.uris import (
     display_uri,
     find_sources,
     input_size,
+    input_stat,
     not_read_message,
-    uri_to_path,
 )
 
 SCHEMA_VERSION = 1
@@ -467,18 +467,17 @@ def stamp_now(uri: str, found: Sources) -> tuple[int, int | None] | str | None:
     return local_stat(uri)
 
 
-def local_stat(uri: str) -> tuple[int, int] | str | None:
-    """A ``file://`` source's ``(bytes, mtime_ns)``, :data:`GONE`, or None (not local, or it cannot
-    be stat-ed now: the read will say why)."""
+def local_stat(uri: str) -> tuple[int, int | None] | str | None:
+    """A ``file://`` source's ``(bytes, mtime_ns)``, :data:`GONE`, or None (not local: a remote
+    source is never asked here; or it cannot be stat-ed now, and the read will say why)."""
     if not uri.startswith("file://"):
         return None
     try:
-        stat = os.stat(uri_to_path(uri))
-    except (FileNotFoundError, NotADirectoryError):
+        return input_stat(uri)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):  # a folder now: the file is gone
         return GONE
     except OSError:
         return None
-    return stat.st_size, stat.st_mtime_ns
 
 
 def change(size_then: int | None, mtime_then: int | None, now: tuple[int, int | None] | str | None) -> str | None:
@@ -505,7 +504,7 @@ def changed_line(stage: str, changed: dict[str, str], what: str, redo: str) -> s
     """One line: how many inputs changed (``what``: "ingested input(s) changed since they were
     read"), the first with how, and what ``--retry changed`` does (``redo``)."""
     uri, how = next(iter(changed.items()))
-    gone = sum(how == change(None, None, GONE) for how in changed.values())
+    gone = sum(how.startswith(GONE) for how in changed.values())  # "gone since it was read", "gone from the dataset"
     among = f" ({gone:,} of them gone)" if gone and gone < len(changed) else ""
     return f"[{stage}] {len(changed):,} {what}{among}, e.g. {display_uri(uri)} ({how}); `--retry changed` {redo}"
 
