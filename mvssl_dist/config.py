@@ -148,7 +148,7 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _load_yaml(text: str) -> Any:
+def _load_yaml(text: str | bytes) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
@@ -276,7 +276,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
         if not path.is_file():
             raise ConfigError(f"config: {path}: no such file")
         try:
-            loaded = _load_yaml(path.read_text()) or {}
+            loaded = _load_yaml(path.read_bytes()) or {}  # bytes: YAML says what is not UTF-8
         except yaml.YAMLError as err:
             raise ConfigError(f"config: {path}: not valid YAML ({str(err).splitlines()[0]})") from None
         if not isinstance(loaded, Mapping):

@@ -108,3 +108,13 @@ def test_tracks_too_short_for_the_views_are_not_counted_as_training_data(tmp_pat
     assert (facts["tracks"], facts["too_short"], facts["need_s"]) == (2, 1, 12.0)
     with pytest.raises(ConfigError, match=r"none of its 3 tracks is long enough .* \(20 s; the longest is 13.0 s\)"):
         dataset_facts(load_config(None, [f"data.path={tmp_path}", "data.n_views=3"]))
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line_naming_it(tmp_path):
+    """read_text() raised a UnicodeDecodeError, which the CLI showed as a traceback."""
+    path = tmp_path / "c.yaml"
+    path.write_bytes("tracking:\n  experiment: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"config: .*c.yaml: not valid YAML \(unacceptable character #x00e9"):
+        load_config(path)
+    path.write_text("tracking:\n  experiment: caf\u00e9\n", encoding="utf-8")
+    assert load_config(path)["tracking"]["experiment"] == "caf\u00e9"

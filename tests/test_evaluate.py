@@ -126,6 +126,51 @@ def test_mtat_reader_rejects_labels_that_do_not_match_the_list(tmp_path):
         load_task("mtat", splits)
 
 
+def test_mtat_labels_that_are_not_a_0_1_matrix_are_one_line_naming_the_file(tmp_path):
+    """np.load's own errors named no file, and it takes any file not .npy for a pickle."""
+    _, splits, _ = write_mtat_fixture(tmp_path, (4, 2, 2), seconds=1.0)
+    labels = splits / "y_test_pub.npy"
+    cases = [
+        (lambda: labels.write_bytes(b"0,1,0\n1,0,1\n"), r"y_test_pub.npy: not a NumPy .npy file$"),
+        (lambda: np.save(labels, np.array([[object()] * 50] * 2), allow_pickle=True), "Object arrays cannot be loaded"),
+        (lambda: labels.write_bytes(labels.read_bytes()[:140]), "y_test_pub.npy: not a NumPy .npy array"),
+        (lambda: np.save(labels, np.full((2, 50), "1")), "labels must be numbers 0 or 1, found dtype <U1"),
+        (lambda: np.save(labels, np.eye(2, 50) * 0.7), r"labels must be 0 or 1, found 0.7 at row 0, column 0"),
+        (lambda: np.save(labels, np.where(np.eye(2, 50) > 0, np.nan, 0)), "found nan at row 0, column 0"),
+    ]
+    for write, message in cases:
+        np.save(labels, np.zeros((2, 50)))
+        write()
+        with pytest.raises(TaskError, match=message):
+            load_task("mtat", splits)
+    np.save(labels, np.eye(2, 50, dtype=bool))  # booleans and integers are labels too
+    assert load_task("mtat", splits).split("test")[0].labels.tolist()[:2] == [1, 0]
+
+
+def test_task_files_that_are_not_utf8_name_the_file_and_line(tmp_path):
+    """A Latin-1 export used to end the CLI in a UnicodeDecodeError traceback."""
+    _, splits, names = write_mtat_fixture(tmp_path / "mtat", (4, 2, 2), seconds=1.0)
+    (splits / "tags.txt").write_bytes("\n".join(names[:2] + ["gu\xeftar"] + names[3:]).encode("latin-1"))
+    with pytest.raises(TaskError, match=r"tags.txt:3: not UTF-8 text \(byte 0xef\); save it as UTF-8"):
+        load_task("mtat", splits)
+    write_jamendo_fixture(tmp_path)
+    tsv = tmp_path / "data/splits/split-0/autotagging_genre-validation.tsv"
+    tsv.write_bytes(tsv.read_bytes().replace(b"album_000001", b"\xe1lbum"))
+    with pytest.raises(TaskError, match="autotagging_genre-validation.tsv:2: not UTF-8 text"):
+        load_task("jamendo-genre", tmp_path)
+    path = tmp_path / "task.csv"
+    path.write_bytes(
+        "uri,split,tags\na.mp3,train,rock\nb.mp3,validation,rock\ncaf\xe9.mp3,test,rock\n".encode("cp1252")
+    )
+    with pytest.raises(TaskError, match=r"task.csv:4: not UTF-8 text \(byte 0xe9\)"):
+        load_task(f"csv:{path}", None)
+    path.write_text("uri;split;tags\na.mp3;train;rock\n")  # a spreadsheet set to semicolons
+    with pytest.raises(TaskError, match="the header is one field 'uri;split;tags': separate the columns with commas"):
+        load_task(f"csv:{path}", None)
+    path.write_text("uri,split,tags\ncaf\u00e9.mp3,train,ros\u00e9\nb.mp3,validation,ros\u00e9\nc.mp3,test,ros\u00e9\n")
+    assert load_task(f"csv:{path}", None).vocabulary == ["ros\u00e9"]
+
+
 class _Exploit:
     def __init__(self, marker):
         self.marker = marker

@@ -88,12 +88,45 @@ def load_string_list(path: Path) -> list[str]:
     return list(value)
 
 
+def read_text(path: Path) -> str:
+    """A task file's text: UTF-8 (a leading BOM, as spreadsheets write, is dropped); otherwise one
+    line naming the file, the line and the byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise TaskError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save it as UTF-8") from None
+
+
+def load_labels(path: Path, rows: int, columns: int, matches: str) -> np.ndarray:
+    """An ``.npy`` matrix of 0/1 labels ``[rows, columns]``, read without pickles."""
+    if not path.is_file():
+        raise TaskError(f"{path}: split file not found")
+    with open(path, "rb") as handle:
+        if handle.read(6) != b"\x93NUMPY":  # np.load would take it for a pickle, and say so
+            raise TaskError(f"{path}: not a NumPy .npy file")
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:  # truncated, or an object array
+        raise TaskError(f"{path}: not a NumPy .npy array of 0/1 labels ({str(err).splitlines()[0]})") from None
+    if labels.shape != (rows, columns):
+        raise TaskError(f"{path}: shape {labels.shape}, expected ({rows}, {columns}) to match {matches}")
+    if labels.dtype.kind not in "biuf":
+        raise TaskError(f"{path}: labels must be numbers 0 or 1, found dtype {labels.dtype}")
+    wrong = np.argwhere((labels != 0) & (labels != 1))
+    if len(wrong):
+        row, column = wrong[0]
+        raise TaskError(f"{path}: labels must be 0 or 1, found {labels[row, column]} at row {row}, column {column}")
+    return labels
+
+
 # --------------------------------------------------------------------------- MTAT
 def mtat_vocabulary(split_dir: Path) -> list[str]:
     """Tag names from ``tags.txt`` (one per line) if the split folder has one, else ``tag00``…``tag49``."""
     names_file = split_dir / "tags.txt"
     if names_file.is_file():
-        names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+        names = [line.strip() for line in read_text(names_file).splitlines() if line.strip()]
         if len(names) != MTAT_TAGS:
             raise TaskError(f"{names_file}: expected {MTAT_TAGS} tag names, found {len(names)}")
         return names
@@ -105,14 +138,7 @@ def read_mtat(split_dir: Path) -> Task:
     task = Task("mtat", mtat_vocabulary(split_dir))
     for split, stem in MTAT_FILES.items():
         entries = load_string_list(split_dir / f"{stem}_list_pub.cP")
-        labels_file = split_dir / f"y_{stem}_pub.npy"
-        if not labels_file.is_file():
-            raise TaskError(f"{labels_file}: split file not found")
-        labels = np.load(labels_file, allow_pickle=False)
-        if labels.shape != (len(entries), MTAT_TAGS):
-            raise TaskError(
-                f"{labels_file}: shape {labels.shape}, expected ({len(entries)}, {MTAT_TAGS}) to match {stem}_list_pub.cP"
-            )
+        labels = load_labels(split_dir / f"y_{stem}_pub.npy", len(entries), MTAT_TAGS, f"{stem}_list_pub.cP")
         for entry, row in zip(entries, labels, strict=True):
             path = entry.rsplit(".", 1)[0] + ".mp3"
             task.tracks.append(TaskTrack(path, path, split, row.astype(np.float32)))
@@ -131,7 +157,7 @@ def jamendo_file(split_dir: Path, prefix: str, split: str) -> Path:
 def read_jamendo_rows(path: Path, categories: tuple[str, ...]) -> list[tuple[str, str, list[str]]]:
     """``(track_id, path, tags)`` per row; tags keep their ``category---name`` form."""
     rows = []
-    with open(path, newline="", encoding="utf-8") as handle:
+    with io.StringIO(read_text(path), newline="") as handle:
         reader = csv.reader(handle, delimiter="\t")
         header = next(reader, None)
         if not header or header[:5] != ["TRACK_ID", "ARTIST_ID", "ALBUM_ID", "PATH", "DURATION"]:
@@ -163,12 +189,14 @@ def read_csv_task(path: Path) -> Task:
         raise TaskError(f"{path}: task file not found")
     by_split: dict[str, list] = {s: [] for s in SPLITS}
     first_line: dict[str, int] = {}
-    with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheet exports start with a BOM
+    with io.StringIO(read_text(path), newline="") as handle:
         reader = csv.DictReader(handle)
         reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
         missing = {"uri", "split", "tags"} - set(reader.fieldnames)
         if missing:
-            raise TaskError(f"{path}: missing column(s) {', '.join(sorted(missing))} (need uri, split, tags)")
+            raise TaskError(
+                f"{path}: missing column(s) {', '.join(sorted(missing))} (need uri, split, tags){other_separator(reader.fieldnames)}"
+            )
         for line, row in enumerate(reader, start=2):
             if row["uri"] is None or row["split"] is None:
                 raise TaskError(f"{path}:{line}: too few fields (need uri, split, tags)")
@@ -188,6 +216,14 @@ def read_csv_task(path: Path) -> Task:
             if unknown:
                 raise TaskError(f"{path}: {split} track {uri} has tag '{unknown[0]}' that no train track has")
     return build_task(f"csv:{path}", vocabulary, by_split)
+
+
+def other_separator(header: list[str]) -> str:
+    """A hint when a header that lacks the columns was written with another separator (a
+    spreadsheet set to a semicolon, or tabs), which leaves it one field."""
+    if len(header) == 1 and (sep := next((c for c in ";\t|" if c in header[0]), None)):
+        return f"; the header is one field {header[0]!r}: separate the columns with commas, not {sep!r}"
+    return ""
 
 
 def build_task(name: str, vocabulary: list[str], by_split: dict[str, list]) -> Task:
