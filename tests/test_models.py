@@ -82,8 +82,18 @@ def test_strict_loading_names_the_key(tmp_path):
 
 def test_bad_weight_files_are_one_clear_error(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsError, match="junk.pt: not a readable torch checkpoint"):
+    with pytest.raises(WeightsError, match=r"junk.pt: not a torch checkpoint \(neither the zip archive"):
         load_backbone(tmp_path / "junk.pt")
+    (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(WeightsError, match="cut.pt: not a readable torch checkpoint") as err:
+        load_backbone(tmp_path / "cut.pt")
+    assert "\n" not in str(err.value) and "weights_only" not in str(err.value), err.value  # torch's advice
+    torch.save({"model": Backbone().state_dict(), "made_by": Backbone}, tmp_path / "class.pt")  # a class: code
+    with pytest.raises(
+        WeightsError, match=r"class.pt: .*never code, refused it: Unsupported global: .*Backbone"
+    ) as err:
+        load_backbone(tmp_path / "class.pt")
+    assert "\n" not in str(err.value) and "weights_only" not in str(err.value), err.value
     with pytest.raises(WeightsError, match="nope.pt: no such weights file"):
         load_backbone(tmp_path / "nope.pt")
 

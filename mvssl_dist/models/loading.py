@@ -97,14 +97,30 @@ def load_backbone(source: str | os.PathLike, device: str | torch.device = "cpu")
         path = path / "state.pt"
     if not path.is_file():
         raise WeightsError(f"{path}: no such weights file")
+    with open(path, "rb") as handle:
+        start = handle.read(4)
+    if start != b"PK\x03\x04" and not start.startswith(b"\x80"):  # torch.save's zip, or an old pickle
+        raise WeightsError(f"{path}: not a torch checkpoint (neither the zip archive torch.save writes nor a pickle)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a bad file
-        raise WeightsError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from None
+        raise WeightsError(f"{path}: not a readable torch checkpoint ({load_failure(err)})") from None
     try:
         return backbone_from_state(extract_backbone_state(obj), device)
     except WeightsError as err:
         raise WeightsError(f"{path}: {err}") from None
+
+
+def load_failure(err: Exception) -> str:
+    """One line for why ``torch.load(weights_only=True)`` refused a file. Its own message runs to
+    paragraphs and suggests ``weights_only=False``, which would let the file run code."""
+    text = str(err)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        reason = next((line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()), "")
+        return f"the weights-only reader, which loads tensors and never code, refused it: {reason}"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{type(err).__name__}: {first}"
 
 
 def save_backbone(model: Backbone, path: str | os.PathLike, **meta: object) -> Path:
