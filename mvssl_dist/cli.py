@@ -135,12 +135,18 @@ def add_synth_audio(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_synth_audio)
 
 
+SYNTH_MAX_SECONDS = 3600
+
+
 def run_synth_audio(args: argparse.Namespace) -> int:
     from mvssl_dist.audio.synth import ENCODERS
     from mvssl_dist.library import write_library
 
     if args.tracks < 1 or args.seconds <= 0:
         error(f"--tracks {args.tracks} --seconds {args.seconds:g}: need at least 1 track of more than 0 s")
+        return EXIT_USAGE
+    if args.seconds > SYNTH_MAX_SECONDS:  # a track is made whole in memory: 1e9 s asked for 165 TiB
+        error(f"--seconds {args.seconds:g}: at most {SYNTH_MAX_SECONDS} (an hour, twice what ingest keeps by default)")
         return EXIT_USAGE
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     unknown = [f for f in formats if f not in ENCODERS]

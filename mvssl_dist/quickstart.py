@@ -241,6 +241,8 @@ def quiet_ray_logs() -> None:
 
 def check_options(opts: QuickstartOptions) -> None:
     """One line for the first option out of range, before anything is written."""
+    from mvssl_dist.shards import IngestOptions
+
     if opts.tracks < 20:
         raise QuickstartError(
             f"--tracks {opts.tracks}: at least 20 (the probe needs train, validation and test tracks)"
@@ -254,6 +256,11 @@ def check_options(opts: QuickstartOptions) -> None:
     if opts.seconds * 0.9 < 12:  # track lengths vary by +-10% around --seconds
         raise QuickstartError(
             f"--seconds {opts.seconds:g}: at least 13.4 (tracks vary by 10% and ingest keeps tracks of 12 s and more)"
+        )
+    if opts.seconds * 1.1 > IngestOptions.max_duration_s:
+        raise QuickstartError(
+            f"--seconds {opts.seconds:g}: at most {IngestOptions.max_duration_s / 1.1:g} "
+            f"(tracks vary by 10% and ingest keeps tracks of up to {IngestOptions.max_duration_s:g} s)"
         )
 
 

@@ -90,7 +90,7 @@ def test_embed_file_bad_files_are_reported_and_the_rest_processed(tmp_path, enco
 def test_embed_file_bad_weights_and_bad_out(tmp_path, encoded_dir, capsys):
     (tmp_path / "w.pt").write_bytes(b"nope")
     assert main(["embed-file", str(encoded_dir / "music.wav"), "--weights", str(tmp_path / "w.pt")]) == 1
-    assert "w.pt: not a readable torch checkpoint" in capsys.readouterr().err
+    assert "w.pt: not a torch checkpoint" in capsys.readouterr().err
     assert main(["embed-file", "x.wav", "--weights", "w", "--out", "x.csv"]) == 2
     capsys.readouterr()
     # these were torch tracebacks
@@ -204,6 +204,7 @@ def bad_numbers(music: str, weights: str, tmp: str) -> list[tuple[list[str], str
     return [
         (["embed-file", music, "--weights", weights, "--batch-size", "0"], "--batch-size 0"),
         (["synth-audio", f"{tmp}/lib", "--tracks", "0"], "--tracks 0"),
+        (["synth-audio", f"{tmp}/lib", "--seconds", "1e9"], "--seconds 1e+09: at most 3600"),  # was a MemoryError
         (["ingest", music, "--out", f"{tmp}/ds", "--workers", "0"], "--workers 0"),
         (["ingest", music, "--out", f"{tmp}/ds", "--shard-target-mb", "0"], "--shard-target-mb 0"),
         (["ingest", music, "--out", f"{tmp}/ds", "--min-duration-s", "-1"], "--min-duration-s -1"),
@@ -221,6 +222,7 @@ def bad_numbers(music: str, weights: str, tmp: str) -> list[tuple[list[str], str
         (["quickstart", "--workdir", f"{tmp}/q", "--minutes", "0"], "--minutes 0"),
         (["quickstart", "--workdir", f"{tmp}/q", "--steps", "-1"], "--steps -1"),
         (["quickstart", "--workdir", f"{tmp}/q", "--layers", "-1"], "--layers -1"),
+        (["quickstart", "--workdir", f"{tmp}/q", "--seconds", "1800"], "--seconds 1800: at most 1636.36"),
     ]
 
 
