@@ -274,7 +274,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config: {path}: no such file")
+            raise ConfigError(f"config: {path}: {'a folder, not a YAML file' if path.is_dir() else 'no such file'}")
         try:
             loaded = _load_yaml(path.read_bytes()) or {}  # bytes: YAML says what is not UTF-8
         except yaml.YAMLError as err:

@@ -54,6 +54,17 @@ def test_embed_file_matches_the_reference_recipe(tmp_path, encoded_dir, weights,
     assert "embedded 1 file(s), 0 failed" in capsys.readouterr().out
 
 
+def test_resuming_a_run_that_does_not_exist_says_so_first(tmp_path, capsys, monkeypatch):
+    """Without data.path it said 'data.path is required', as if the run were new; a --config
+    folder was called 'no such file'."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["pretrain", "--resume", "nope", "train.storage_path=runs"]) == 1
+    assert capsys.readouterr().err == f"mvssl: error: --resume nope: no such run under {tmp_path / 'runs'}\n"
+    (tmp_path / "configs").mkdir()
+    assert main(["pretrain", "--config", "configs", "data.path=x"]) == 1
+    assert capsys.readouterr().err == "mvssl: error: config: configs: a folder, not a YAML file\n"
+
+
 def test_a_list_of_positionals_may_go_on_after_options(tmp_path, encoded_dir, weights, capsys):
     """`mvssl pretrain --config c data.path=d --tracking-uri u train.lr=...`: the override after
     --tracking-uri is read (here it is the bad one, so the run stops at the config check), and

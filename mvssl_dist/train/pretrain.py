@@ -256,7 +256,10 @@ def resume_config(path: str | None, overrides: list[str], run_name: str) -> dict
     """``--resume RUN``: the stopped run's own config, with ``--config`` and overrides on top (so
     ``mvssl pretrain --resume RUN`` alone continues it as it started)."""
     first = load_config(path, overrides)
-    saved = saved_config(Path(first["train"]["storage_path"]).resolve() / run_name)
+    run_dir = Path(first["train"]["storage_path"]).resolve() / run_name
+    saved = saved_config(run_dir)
+    if saved is None and not (run_dir / RUN_RECORD).is_file():  # said here, not as the missing data.path
+        raise PretrainError(f"--resume {run_name}: no such run under {run_dir.parent}")
     return first if saved is None else load_config(path, overrides, base=saved)
 
 
