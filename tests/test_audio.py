@@ -128,6 +128,16 @@ def test_broken_inputs_raise_our_error_naming_the_file(tmp_path, encoded_dir, ca
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.timeout(60)
+def test_a_pipe_or_a_device_is_refused_before_it_is_opened(tmp_path):
+    """Opening a named pipe waited for a writer, and /dev/urandom never ends: both hung for good."""
+    os.mkfifo(tmp_path / "pipe.mp3")
+    for path, kind in ((tmp_path / "pipe.mp3", "a named pipe"), (Path("/dev/urandom"), "a character device")):
+        with pytest.raises(AudioDecodeError, match=f"^{path}: not a regular file but {kind}$") as info:
+            decode(path)
+        assert info.value.reason == "unreadable"
+
+
 def test_empty_bytes_and_zero_length_stream(tmp_path):
     with pytest.raises(AudioDecodeError, match="<bytes>: empty input"):
         decode(b"")

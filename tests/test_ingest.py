@@ -24,6 +24,7 @@ from mvssl_dist.audio.synth import STYLES, encode, render
 from mvssl_dist.cli import main
 from mvssl_dist.shards import IngestOptions, ingest, path_to_uri, read_tracks, uri_to_path
 from mvssl_dist.shards.format import Malformed, read_shard
+from mvssl_dist.shards.ingest import inspect_input
 from mvssl_dist.shards.reader import iter_shard_members
 from mvssl_dist.shards.uris import find_sources
 
@@ -316,6 +317,21 @@ def test_an_output_folder_inside_the_source_is_not_walked(catalogue, tmp_path, r
         said = capsys.readouterr().out
         assert "ingested 2 tracks" in said and "not read" not in said, said
     assert not (tmp_path / "dataset" / "not_read.parquet").exists()
+
+
+@pytest.mark.timeout(60)
+def test_a_pipe_or_a_device_among_the_inputs_becomes_a_reject_not_a_hang(tmp_path):
+    """A named pipe with an audio name in a catalogue folder (or a link to /dev/urandom) stopped
+    the ingest for good: its task waited for a writer, or read without end."""
+    os.mkfifo(tmp_path / "pipe.mp3")
+    (tmp_path / "noise.wav").symlink_to("/dev/urandom")
+    found = find_sources([str(tmp_path)])
+    assert [uri_to_path(u) for u in found.uris] == [str(tmp_path / "noise.wav"), str(tmp_path / "pipe.mp3")]
+    options = {"max_duration_s": 1800.0, "min_duration_s": 12.0}
+    rows = [inspect_input(uri, options) for uri in found.uris]
+    assert [(row["status"], audio) for row, audio in rows] == [("unreadable", None)] * 2
+    assert rows[0][0]["detail"] == f"{tmp_path / 'noise.wav'}: not a regular file but a character device"
+    assert rows[1][0]["detail"] == f"{tmp_path / 'pipe.mp3'}: not a regular file but a named pipe"
 
 
 def test_a_large_input_is_decoded_from_the_file_with_the_same_result(catalogue, monkeypatch):

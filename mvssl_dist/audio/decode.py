@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -63,12 +64,35 @@ def display_name(source: object) -> str:
     return getattr(source, "name", None) or "<bytes>"
 
 
+def special_kind(mode: int) -> str:
+    """What a path that is neither a file nor a folder is, in words (from ``os.stat().st_mode``)."""
+    kinds = (
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
+def refuse_special_file(path: str | os.PathLike, name: str) -> None:
+    """A named pipe or a device is refused before it is opened: opening a pipe waits for a writer,
+    and a device such as /dev/urandom never ends. A missing path is left to ``open`` to report."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise AudioDecodeError(name, "unreadable", f"not a regular file but {special_kind(mode)}")
+
+
 def _open_source(source: Source, name: str) -> BinaryIO:
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise AudioDecodeError(name, "empty", "empty input (0 bytes)")
         return io.BytesIO(bytes(source))
     if isinstance(source, (str, os.PathLike)):
+        refuse_special_file(source, name)
         try:
             handle = open(source, "rb")  # our own open: PyAV rejects bytes paths and odd encodings
         except IsADirectoryError:

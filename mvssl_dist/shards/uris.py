@@ -19,6 +19,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from urllib.parse import quote, unquote_to_bytes
 
 import pyarrow.fs as pafs
@@ -129,6 +130,10 @@ def input_stat(uri: str) -> tuple[int, int | None]:
         if os.path.isdir(path):
             raise IsADirectoryError(21, "is a directory, not a file", path)
         stat = os.stat(path)
+        if not S_ISREG(stat.st_mode):  # reading a pipe waits for a writer, a device may never end
+            from mvssl_dist.audio.decode import special_kind  # (decode's imports are not needed before)
+
+            raise OSError(errno.EINVAL, f"not a regular file but {special_kind(stat.st_mode)}", path)
         return stat.st_size, stat.st_mtime_ns
     fs, path = filesystem(uri)
     info = fs.get_file_info(path)
