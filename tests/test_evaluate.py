@@ -45,6 +45,7 @@ from mvssl_dist.evaluate.run import (
     split_features,
     track_uri,
 )
+from mvssl_dist.evaluate.tasks import checked_labels
 from mvssl_dist.models import Backbone, save_backbone
 from mvssl_dist.tracking import connect, log_and_register_backbone
 
@@ -251,6 +252,13 @@ def test_csv_task_errors_name_the_problem(tmp_path):
         load_task(f"csv:{path}", None)  # in train and test: the probe would be scored on what it learned
     with pytest.raises(TaskError, match="needs --split-dir"):
         load_task("mtat", None)
+    # Said before any audio is embedded; they used to end the run after the probe's 200 epochs.
+    path.write_text("uri,split,tags\na.mp3,train,\nb.mp3,validation,\nc.mp3,test,\n")
+    with pytest.raises(TaskError, match="task.csv: no train track has a tag: nothing to learn"):
+        checked_labels(load_task(f"csv:{path}", None))
+    path.write_text("uri,split,tags\na.mp3,train,rock\nb.mp3,validation,rock\nc.mp3,test,rock\nd.mp3,test,rock\n")
+    with pytest.raises(TaskError, match="test split: no tag is on some test tracks and not on others"):
+        checked_labels(load_task(f"csv:{path}", None))
 
 
 def test_csv_task_from_a_spreadsheet_export_reads_as_typed(tmp_path):

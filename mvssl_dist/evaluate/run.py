@@ -241,7 +241,7 @@ def one_sided_tags(labels: np.ndarray, vocabulary: Sequence[str]) -> list[str]:
 def checked_task(options: EvaluateOptions) -> Task:
     """The task's splits (train cut to ``--train-fraction``) once every option has been checked; one line if not."""
     from mvssl_dist.embed.batch import EmbedError, check_counts
-    from mvssl_dist.evaluate.tasks import TaskError
+    from mvssl_dist.evaluate.tasks import TaskError, checked_labels
 
     if not 0 <= options.max_missing <= 1:
         raise EvaluateError(f"--max-missing {options.max_missing}: must be in [0, 1]")
@@ -251,7 +251,7 @@ def checked_task(options: EvaluateOptions) -> Task:
     except (ValueError, EmbedError) as err:
         raise EvaluateError(str(err)) from None
     try:
-        task = limit_train(load_task(options.task, options.split_dir), options.train_fraction)
+        task = limit_train(checked_labels(load_task(options.task, options.split_dir)), options.train_fraction)
     except TaskError as err:
         raise EvaluateError(str(err)) from None
     if "://" not in options.audio_root and not os.path.isdir(options.audio_root):

@@ -239,6 +239,19 @@ def build_task(name: str, vocabulary: list[str], by_split: dict[str, list]) -> T
     return task
 
 
+def checked_labels(task: Task) -> Task:
+    """Refuse, before any audio is embedded, a task that could teach nothing or score nothing."""
+    if not task.vocabulary:
+        raise TaskError(f"task {task.name}: no train track has a tag: nothing to learn")
+    from mvssl_dist.evaluate.metrics import scorable
+
+    if not scorable(np.stack([t.labels for t in task.split("test")])).any():
+        raise TaskError(
+            f"task {task.name}, test split: no tag is on some test tracks and not on others: nothing to score"
+        )
+    return task
+
+
 def load_task(name: str, split_dir: str | Path | None) -> Task:
     if name.startswith("csv:"):
         return read_csv_task(Path(name[4:]))
