@@ -377,25 +377,30 @@ def add_neighbours(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--embeddings", required=True, metavar="OUT_DIR", help="written by `mvssl embed`")
     query = p.add_mutually_exclusive_group(required=True)
     query.add_argument("--query", metavar="FILE", help="an audio file, embedded with the model OUT_DIR was made with")
-    query.add_argument("--key", help="a track already in OUT_DIR (its key; the track itself is not listed)")
+    query.add_argument(
+        "--key",
+        help="a track already in OUT_DIR: its key (or a start of it no other key shares) or its source file; "
+        "the track itself is not listed",
+    )
     p.add_argument("-k", type=int, default=10, help="how many tracks to list (default: %(default)s)")
     p.set_defaults(run=run_neighbours)
 
 
 def run_neighbours(args: argparse.Namespace) -> int:
-    from mvssl_dist.embed.search import SearchError, nearest, search_index
+    from mvssl_dist.embed.search import SearchError, find_track, nearest, search_index
     from mvssl_dist.shards.uris import display_uri
 
     if args.k < 1:
         error(f"-k {args.k}: must be >= 1")
         return EXIT_USAGE
+    if "" in (args.key, args.query):  # --key "" is not a key to look up, nor a file to embed
+        error(f"--{'key' if args.key == '' else 'query'}: empty")
+        return EXIT_USAGE
     itself = None  # with --key, the track's own row: not a neighbour of itself
     try:
         keys, uris, matrix = search_index(args.embeddings)
-        if args.key:
-            if args.key not in keys:
-                raise SearchError(f"--key {args.key}: not in {args.embeddings}")
-            itself = keys.index(args.key)
+        if args.key is not None:
+            itself = find_track(keys, uris, args.key, args.embeddings)
             query = matrix[itself]
         else:
             query = embed_query(args.query, Path(args.embeddings))

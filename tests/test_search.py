@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -110,6 +111,30 @@ def test_neighbours_cli_by_key_and_bad_input(tmp_path, capsys):
     assert main(["neighbours", "--embeddings", str(tmp_path), "--query", str(tmp_path / "song.mp3")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "embed.json: missing or unreadable" in err[0], err
+
+
+def test_a_track_is_named_by_a_start_of_its_key_or_by_its_source_file(tmp_path, capsys):
+    """--key took the whole 32-digit key only: a start of it, or the file the track came from,
+    was 'not in'; --key "" fell through to --query and ended in a traceback."""
+    rng = np.random.default_rng(4)
+    keys = write_part(tmp_path, "a", rng.standard_normal((20, 1024)), 0)
+    keys += write_part(tmp_path, "b", rng.standard_normal((1, 1024)), 0xABCDEF << 104)
+
+    def first_neighbour(key: str) -> str:
+        assert main(["neighbours", "--embeddings", str(tmp_path), "--key", key, "-k", "1"]) == 0, key
+        return capsys.readouterr().out.strip().splitlines()[1].split()[0]
+
+    whole = first_neighbour(keys[20])
+    assert first_neighbour("abcd") == first_neighbour("ABCDEF") == whole  # a start no other key shares
+    source = os.fsdecode(b"/m/My Music/5-caf\xe9.mp3")  # the path of track 5, its bytes not UTF-8
+    assert first_neighbour(source) == first_neighbour("file:///m/My%20Music/5-caf%E9.mp3") == first_neighbour(keys[5])
+    assert main(["neighbours", "--embeddings", str(tmp_path), "--key", "0000"]) == 1
+    assert "--key 0000: the start of 20 keys in" in capsys.readouterr().err
+    assert main(["neighbours", "--embeddings", str(tmp_path), "--key", "/m/other.mp3"]) == 1
+    assert "not a key, the start of one, or a track's source file; for an audio file" in capsys.readouterr().err
+    for option in ("--key", "--query"):
+        assert main(["neighbours", "--embeddings", str(tmp_path), option, ""]) == 2
+        assert capsys.readouterr().err == f"mvssl: error: {option}: empty\n"
 
 
 @pytest.mark.parametrize("k", [1, 5])

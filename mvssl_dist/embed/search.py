@@ -121,3 +121,29 @@ def nearest(matrix: np.ndarray, query: np.ndarray, k: int, unit: bool = False) -
     top = np.argpartition(-scores, k - 1)[:k]
     top = top[np.argsort(-scores[top])]
     return top, scores[top]
+
+
+def find_track(keys: list[str], uris: list[str], value: str, where: str) -> int:
+    """The row ``--key VALUE`` names: a key, a start of one that no other key shares (as git takes
+    a commit), or the source file of a track (its path or URI)."""
+    from mvssl_dist.shards.uris import path_to_uri
+
+    if value in keys:
+        return keys.index(value)
+    wanted = value.lower()
+    if len(wanted) >= 4 and all(c in "0123456789abcdef" for c in wanted):
+        starts = [i for i, key in enumerate(keys) if key.startswith(wanted)]
+        if len(starts) == 1:
+            return starts[0]
+        if starts:
+            shown = ", ".join(keys[i] for i in starts[:3])
+            raise SearchError(
+                f"--key {value}: the start of {len(starts)} keys in {where} ({shown}, …): give more of it"
+            )
+    uri = value if "://" in value else path_to_uri(os.path.abspath(value))
+    if uri in uris:
+        return uris.index(uri)
+    raise SearchError(
+        f"--key {value}: not in {where} (not a key, the start of one, or a track's source file; "
+        "for an audio file not embedded there, use --query)"
+    )
