@@ -96,6 +96,9 @@ def test_bad_weight_files_are_one_clear_error(tmp_path):
     assert "\n" not in str(err.value) and "weights_only" not in str(err.value), err.value
     with pytest.raises(WeightsError, match="nope.pt: no such weights file"):
         load_backbone(tmp_path / "nope.pt")
+    for seed in ("abc", "-1", "1.5"):  # int() raised a ValueError traceback from every command
+        with pytest.raises(WeightsError, match=f"random:{seed}: the seed after 'random:' must be a whole number"):
+            load_backbone(f"random:{seed}")
 
 
 def test_input_layouts():

@@ -85,8 +85,11 @@ def load_backbone(source: str | os.PathLike, device: str | torch.device = "cpu")
     text = os.fspath(source)
     if isinstance(text, str) and (text == "random" or text.startswith("random:")):
         # A seeded, untrained backbone: for smoke runs and as the baseline probes compare against.
+        seed = text.partition(":")[2] or "0"
+        if not seed.isdigit():
+            raise WeightsError(f"{text}: the seed after 'random:' must be a whole number >= 0, such as random:0")
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(text.partition(":")[2] or 0))
+            torch.manual_seed(int(seed))
             return Backbone().to(device).eval()
     if isinstance(text, str) and text.startswith("models:/"):
         from mvssl_dist.tracking import download_model_weights
