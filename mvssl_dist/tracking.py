@@ -64,17 +64,47 @@ def default_artifact_location(tracking_uri: str) -> str | None:
     return None
 
 
+STORE_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "file")
+
+
+def check_tracking_uri(uri: str) -> None:
+    """One line for a tracking URI MLflow would take badly: no scheme (a bare ``mlflow.db`` became
+    a folder store, which MLflow 3 refuses), an unknown scheme, or a SQLite URL short of slashes."""
+    shown = without_password(uri)
+    if uri.startswith("sqlite:") and not uri.startswith("sqlite:///"):
+        raise TrackingError(
+            f"tracking URI {shown}: a SQLite store is sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        )
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if not scheme:
+        raise TrackingError(
+            f"tracking URI {shown}: not a URI; a local store is sqlite:///{uri if uri.endswith('.db') else 'mlflow.db'}, "
+            "a server http://HOST:5000"
+        )
+    if scheme not in STORE_SCHEMES:
+        raise TrackingError(
+            f"tracking URI {shown}: unknown scheme '{scheme}' (http://, https://, sqlite:///, postgresql://, mysql://)"
+        )
+
+
+def fail_fast() -> None:
+    """A server that does not answer is said within seconds: MLflow's default retries with backoff
+    kept a command waiting for minutes. Settings already in the environment are kept."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
 def connect(tracking_uri: str, experiment: str) -> str:
     """Point MLflow at ``tracking_uri``, check it answers, and return the experiment id."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    check_tracking_uri(tracking_uri)
+    fail_fast()
     mlflow.set_tracking_uri(tracking_uri)
     shown = without_password(tracking_uri)  # errors go to logs
-    client = mlflow.MlflowClient(tracking_uri)
     try:
+        client = mlflow.MlflowClient(tracking_uri)  # inside: a store it cannot open raises here
         found = client.get_experiment_by_name(experiment)
         if found is not None:
             return found.experiment_id
@@ -88,6 +118,11 @@ def connect(tracking_uri: str, experiment: str) -> str:
         if "403" in str(err) or "PERMISSION_DENIED" in str(err):
             raise TrackingError(f"tracking server {shown}: this user may not create or read experiments") from None
         raise TrackingError(f"tracking server {shown}: {first_line(err, tracking_uri)}") from None
+    except ModuleNotFoundError as err:  # postgresql:// or mysql:// straight to the database, without its driver
+        raise TrackingError(
+            f"tracking store {shown}: its database driver is not installed here ({err}); install it "
+            "(PostgreSQL: pip install 'psycopg[binary]') or log through a tracking server (http://HOST:5000)"
+        ) from None
     except Exception as err:  # requests' connection errors and friends
         raise TrackingError(f"tracking server {shown} is unreachable: {first_line(err, tracking_uri)}") from None
 
@@ -111,6 +146,11 @@ def download_model_weights(uri: str) -> str:
 
     if not os.environ.get("MLFLOW_TRACKING_URI") and mlflow.get_tracking_uri().startswith("file:"):
         mlflow.set_tracking_uri(default_tracking_uri())
+    try:
+        check_tracking_uri(mlflow.get_tracking_uri())
+    except TrackingError as err:
+        raise WeightsError(f"{uri}: {err} (MLFLOW_TRACKING_URI chooses the registry)") from None
+    fail_fast()
     uri = resolve_latest(uri)
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))

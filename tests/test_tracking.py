@@ -1,16 +1,19 @@
 """The registered pyfunc model: logged from code (not pickled), quietly, and equal to load_backbone."""
 
 import logging
+import re
+import time
 import warnings
 
 import mlflow
 import numpy as np
+import pytest
 import torch
 import yaml
 from registry_checks import mlflow_at
 
-from mvssl_dist.models import Backbone, load_backbone, save_backbone
-from mvssl_dist.tracking import connect, log_and_register_backbone
+from mvssl_dist.models import Backbone, WeightsError, load_backbone, save_backbone
+from mvssl_dist.tracking import TrackingError, connect, log_and_register_backbone
 
 
 def test_pyfunc_is_logged_from_code_without_warnings_and_serves_the_backbone(tmp_path, caplog):
@@ -46,3 +49,35 @@ def test_store_uris_are_written_down_without_their_password():
     assert without_password("http://u:pw@[::1]:5000") == "http://u@[::1]:5000"
     for plain in ("sqlite:////tmp/q/mlflow.db", "http://127.0.0.1:5000", "databricks"):
         assert without_password(plain) == plain
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("mlflow.db", "tracking URI mlflow.db: not a URI; a local store is sqlite:///mlflow.db"),
+        ("sqlite://mlflow.db", "a SQLite store is sqlite:///relative/path.db or sqlite:////absolute/path.db"),
+        ("sqlite:mlflow.db", "a SQLite store is sqlite:///relative/path.db"),
+        ("sqllite:///mlflow.db", "unknown scheme 'sqllite' (http://, https://, sqlite:///"),
+        ("postgresql://me:secret@127.0.0.1:1/db", "its database driver is not installed here"),
+    ],
+)
+def test_a_tracking_uri_mlflow_would_take_badly_is_one_line(tmp_path, monkeypatch, uri, message):
+    """Each raised from MlflowClient() outside the error handling: a traceback (SQLAlchemy's
+    ArgumentError, MLflow's registry exception), or MLflow 3's refusal of a folder store."""
+    monkeypatch.chdir(tmp_path)
+    with mlflow_at(None), pytest.raises(TrackingError, match=re.escape(message)) as err:
+        connect(uri, "exp")
+    assert "\n" not in str(err.value) and "secret" not in str(err.value)
+
+
+def test_an_unreachable_registry_is_said_in_seconds_not_minutes(monkeypatch):
+    """MLflow retried a refused connection with backoff: `mvssl embed --model models:/…` against
+    a server that was down waited over 5 minutes before its one line."""
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    started = time.perf_counter()
+    with mlflow_at("http://127.0.0.1:1"), pytest.raises(WeightsError, match="models:/x@y: .*127.0.0.1"):
+        load_backbone("models:/x@y")  # nothing listens on port 1
+    assert time.perf_counter() - started < 30
+    with mlflow_at("mlflow.db"), pytest.raises(WeightsError, match="models:/x@y: tracking URI mlflow.db: not a URI"):
+        load_backbone("models:/x@y")
