@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -11,6 +12,14 @@ from pathlib import Path
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 RAY_ADDRESS_HELP = "Ray cluster address (default: RAY_ADDRESS or a local Ray)"
 TRACKING_URI_HELP = "MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)"
+
+
+def number(text: str) -> float:
+    """A float option: ``nan`` is refused here, since every range check lets it through."""
+    value = float(text)
+    if math.isnan(value):
+        raise argparse.ArgumentTypeError(f"{text}: not a number")
+    return value
 
 
 def error(message: str) -> None:
@@ -125,7 +134,7 @@ def add_synth_audio(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth-audio", help="write a small synthetic music library (mixed formats)")
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the tracks and labels.csv into")
     p.add_argument("--tracks", type=int, default=5, help="number of tracks (default: %(default)s)")
-    p.add_argument("--seconds", type=float, default=20.0, help="length of each track (default: %(default)s)")
+    p.add_argument("--seconds", type=number, default=20.0, help="length of each track (default: %(default)s)")
     p.add_argument(
         "--formats",
         default="mp3,flac,ogg,wav,m4a",
@@ -173,12 +182,12 @@ def add_ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="parallel decode tasks (default: all CPUs)")
     p.add_argument("--ray-address", help=RAY_ADDRESS_HELP)
     p.add_argument(
-        "--min-duration-s", type=float, default=12.0, help="shorter tracks are rejected (default: %(default)s)"
+        "--min-duration-s", type=number, default=12.0, help="shorter tracks are rejected (default: %(default)s)"
     )
     p.add_argument(
-        "--max-duration-s", type=float, default=1800.0, help="longer tracks are rejected (default: %(default)s)"
+        "--max-duration-s", type=number, default=1800.0, help="longer tracks are rejected (default: %(default)s)"
     )
-    p.add_argument("--shard-target-mb", type=float, default=256.0, help="size of each tar (default: %(default)s)")
+    p.add_argument("--shard-target-mb", type=number, default=256.0, help="size of each tar (default: %(default)s)")
     p.add_argument(
         "--codec",
         choices=["s16", "flac"],
@@ -187,7 +196,7 @@ def add_ingest(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--silence-db",
-        type=float,
+        type=number,
         default=-60.0,
         help="tracks quieter than this RMS (dBFS) are rejected (default: %(default)s)",
     )
@@ -322,13 +331,13 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
         default="track",
         help="one row per track (mean of its segments), per segment, or both (default: %(default)s)",
     )
-    p.add_argument("--segment-s", type=float, default=4.0, help="segment length in seconds (default: %(default)s)")
-    p.add_argument("--hop-s", type=float, default=4.0, help="seconds between segment starts (default: %(default)s)")
+    p.add_argument("--segment-s", type=number, default=4.0, help="segment length in seconds (default: %(default)s)")
+    p.add_argument("--hop-s", type=number, default=4.0, help="seconds between segment starts (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="clips per forward pass (default: %(default)s)")
     p.add_argument("--workers", type=int, default=1, help="model actors (default: %(default)s)")
     p.add_argument(
         "--gpus",
-        type=float,
+        type=number,
         default=0,
         help="GPUs per model actor (1, or a fraction to share one); bf16 (default: 0, CPU)",
     )
@@ -468,7 +477,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--k", type=int, default=20, help="neighbours of the knn probe; 0: chosen on validation (default: %(default)s)"
     )
     p.add_argument(
-        "--train-fraction", type=float, default=1.0, help="use this fraction of the train split (default: %(default)s)"
+        "--train-fraction", type=number, default=1.0, help="use this fraction of the train split (default: %(default)s)"
     )
     p.add_argument("--max-epochs", type=int, default=200, help="mlp/linear probe epochs at most (default: %(default)s)")
     p.add_argument(
@@ -487,7 +496,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--promote-alias", metavar="ALIAS", help="move ALIAS here if this version beats its holder")
     p.add_argument(
         "--max-missing",
-        type=float,
+        type=number,
         default=0.05,
         help="refuse above this fraction of missing audio (default: %(default)s)",
     )
@@ -496,7 +505,9 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
     p.add_argument("--workers", type=int, default=1, help="model actors embedding the audio (default: %(default)s)")
-    p.add_argument("--gpus", type=float, default=0, help="GPUs per model actor, as for `mvssl embed` (default: 0, CPU)")
+    p.add_argument(
+        "--gpus", type=number, default=0, help="GPUs per model actor, as for `mvssl embed` (default: 0, CPU)"
+    )
     p.add_argument("--ray-address", help=RAY_ADDRESS_HELP)
     p.set_defaults(run=run_evaluate)
 
@@ -566,13 +577,13 @@ def add_quickstart(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--tracks", type=int, default=120, help="tracks in the generated library (default: %(default)s)")
     p.add_argument(
-        "--minutes", type=float, default=8.0, help="time target; pre-training gets what is left (default: %(default)s)"
+        "--minutes", type=number, default=8.0, help="time target; pre-training gets what is left (default: %(default)s)"
     )
-    p.add_argument("--seconds", type=float, default=20.0, help="length of each generated track (default: %(default)s)")
+    p.add_argument("--seconds", type=number, default=20.0, help="length of each generated track (default: %(default)s)")
     p.add_argument("--steps", type=int, default=0, help="pre-training steps (default: sized from --minutes)")
     p.add_argument(
         "--layers",
-        type=float,
+        type=number,
         default=0.0,
         help="a harder library: untagged pad and arpeggio layers that change every section, at this level "
         "relative to the tagged music (e.g. 0.5; default 0: none)",

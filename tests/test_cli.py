@@ -367,3 +367,22 @@ def test_a_ray_address_where_nothing_listens_is_refused_at_once():
         server.listen()
         check_reachable(f"127.0.0.1:{server.getsockname()[1]}")  # something listens: left to Ray
     check_reachable("auto")  # not host:port: left to Ray
+
+
+def test_nan_is_refused_by_every_float_option(capsys):
+    """Every range check (`< 0`, `> 0`) lets NaN through: `ingest --silence-db nan` kept every
+    track, `--min-duration-s nan` rejected none as short. argparse now refuses it by name."""
+    from mvssl_dist.cli import build_parser
+
+    floats = [
+        (name, action.option_strings[0])
+        for name, sub in build_parser()._subparsers._group_actions[0].choices.items()
+        for action in sub._actions
+        if action.type is not None and getattr(action.type, "__name__", "") == "number"
+    ]
+    assert len(floats) == 14 and ("ingest", "--silence-db") in floats, floats
+    for command, option in floats:
+        with pytest.raises(SystemExit) as stop:
+            main([command, option, "nan", "x", "--out", "y", "--task", "t", "--audio-root", "r", "--model", "m"])
+        assert stop.value.code == 2
+        assert f"argument {option}: nan: not a number" in capsys.readouterr().err, (command, option)
