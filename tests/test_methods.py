@@ -22,7 +22,13 @@ FORMATS = {
 def test_registry_names_and_alias():
     assert sorted(METHODS) == ["barlow_twins", "byol", "clustering", "contrastive", "vicreg"]
     assert canonical_name("feature_stats") == "vicreg"
-    with pytest.raises(ValueError, match="unknown method 'simsiam'"):
+    # the names the papers use, in any case ("method.name=simclr" was refused)
+    for name, method in [("SimCLR", "contrastive"), ("Barlow-Twins", "barlow_twins"), ("DINO", "clustering")]:
+        assert canonical_name(name) == method
+    assert canonical_name("BYOL") == "byol" and canonical_name("nt-xent") == "contrastive"
+    with pytest.raises(
+        ValueError, match=r"unknown method 'simsiam' \(known: barlow_twins, .*; also barlow = barlow_twins"
+    ):
         build_method("simsiam")
 
 

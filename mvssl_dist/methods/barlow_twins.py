@@ -7,7 +7,7 @@ from mvssl_dist.methods.base import SSLMethod
 from mvssl_dist.methods.registry import register
 
 
-@register("barlow_twins")
+@register("barlow_twins", aliases=("barlow", "barlowtwins"))
 class BarlowTwins(SSLMethod):
     release_format = "barlow_twins"
     head_widths = (1024, 1024, 2048)

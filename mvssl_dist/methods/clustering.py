@@ -9,7 +9,7 @@ from mvssl_dist.methods.base import SSLMethod
 from mvssl_dist.methods.registry import register
 
 
-@register("clustering")
+@register("clustering", aliases=("dino",))
 class Clustering(SSLMethod):
     release_format = "clustering"
     head_widths = (1024, 1024, 256, 4096)

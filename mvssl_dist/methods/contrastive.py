@@ -7,7 +7,7 @@ from mvssl_dist.methods.base import SSLMethod
 from mvssl_dist.methods.registry import register
 
 
-@register("contrastive")
+@register("contrastive", aliases=("simclr", "nt_xent"))
 class Contrastive(SSLMethod):
     release_format = "contrastive"
     head_widths = (1024, 1024, 2048)

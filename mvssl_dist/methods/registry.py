@@ -19,11 +19,15 @@ def register(name: str, aliases: tuple[str, ...] = ()) -> Callable[[type], type]
 
 
 def canonical_name(name: str) -> str:
-    name = ALIASES.get(name, name)
-    if name not in METHODS:
-        known = ", ".join(sorted([*METHODS, *ALIASES]))
-        raise ValueError(f"unknown method '{name}' (known: {known})")
-    return name
+    """A method's registered name from its name or an alias, in any case, with ``-`` for ``_``
+    (``SimCLR``, ``Barlow-Twins``)."""
+    plain = name.strip().lower().replace("-", "_")
+    plain = ALIASES.get(plain, plain)
+    if plain not in METHODS:
+        known = ", ".join(sorted(METHODS))
+        aliases = ", ".join(f"{alias} = {target}" for alias, target in sorted(ALIASES.items()))
+        raise ValueError(f"unknown method '{name}' (known: {known}; also {aliases})")
+    return plain
 
 
 def build_method(name: str, **options):
