@@ -433,7 +433,7 @@ def embed_query(path: str, embeddings: Path):
     from mvssl_dist.embed.batch import weights_identity
     from mvssl_dist.embed.search import SearchError
     from mvssl_dist.models import WeightsError, load_backbone
-    from mvssl_dist.tracking import tracking_store
+    from mvssl_dist.tracking import quick_requests, tracking_store
 
     try:
         record = json.loads((embeddings / "embed.json").read_text())
@@ -445,7 +445,7 @@ def embed_query(path: str, embeddings: Path):
     # the registry it was embedded from, unless MLFLOW_TRACKING_URI names one
     store = None if os.environ.get("MLFLOW_TRACKING_URI") else record.get("tracking_uri")
     try:
-        with tracking_store(store):
+        with tracking_store(store), quick_requests():
             backbone = load_backbone(model)
         if "weights_sha256" in record.get("weights", {}) and weights_identity(model, {}) != record["weights"]:
             raise SearchError(f"{model}: not the weights {embeddings} was embedded with (the file changed since)")

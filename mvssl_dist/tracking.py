@@ -87,11 +87,30 @@ def check_tracking_uri(uri: str) -> None:
         )
 
 
+QUICK_REQUESTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
 def fail_fast() -> None:
     """A server that does not answer is said within seconds: MLflow's default retries with backoff
     kept a command waiting for minutes. Settings already in the environment are kept."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    for name, value in QUICK_REQUESTS.items():
+        os.environ.setdefault(name, value)
+
+
+@contextlib.contextmanager
+def quick_requests():
+    """:func:`fail_fast` inside the block only: for a driver's first look at the registry, so that
+    the Ray workers it starts afterwards keep MLflow's retries for a server that blinks."""
+    saved = {name: os.environ.get(name) for name in QUICK_REQUESTS}
+    fail_fast()
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def connect(tracking_uri: str, experiment: str) -> str:
@@ -150,7 +169,6 @@ def download_model_weights(uri: str) -> str:
         check_tracking_uri(mlflow.get_tracking_uri())
     except TrackingError as err:
         raise WeightsError(f"{uri}: {err} (MLFLOW_TRACKING_URI chooses the registry)") from None
-    fail_fast()
     uri = resolve_latest(uri)
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))

@@ -541,7 +541,7 @@ def embed_library(options: EmbedOptions, report: Callable[[str], None] = print) 
     """Embed ``options.sources`` into ``options.out``, resuming what is there; the folder is held
     for the run, so a second run into it is refused (:mod:`mvssl_dist.folder_lock`)."""
     from mvssl_dist.models import WeightsError, load_backbone
-    from mvssl_dist.tracking import default_tracking_uri
+    from mvssl_dist.tracking import default_tracking_uri, quick_requests
 
     if options.level not in ("track", "segment", "both"):
         raise EmbedError(f"--level {options.level}: must be track, segment or both")
@@ -558,8 +558,9 @@ def embed_library(options: EmbedOptions, report: Callable[[str], None] = print) 
     if tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     try:
-        load_backbone(options.model)  # fail fast, in the driver, with the loader's one-line error
-        facts = model_facts(options.model)
+        with quick_requests():  # a registry that does not answer is said in seconds, not minutes
+            load_backbone(options.model)  # fail fast, in the driver, with the loader's one-line error
+            facts = model_facts(options.model)
     except WeightsError as err:
         raise EmbedError(str(err)) from None
     facts["weights"] = weights_identity(options.model, facts)

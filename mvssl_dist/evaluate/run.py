@@ -71,10 +71,12 @@ class EvaluateResult:
 def model_identity(model: str) -> tuple[str, str, dict]:
     """``(pinned model URI, cache folder name, registry facts)``; an alias is pinned to its version."""
     from mvssl_dist.embed.batch import model_facts, weights_identity
+    from mvssl_dist.tracking import quick_requests
 
     # Weights are loaded (and a bad file reported in one line) by embed_library, in the driver.
     try:
-        facts = model_facts(model)
+        with quick_requests():  # a registry that does not answer is said in seconds
+            facts = model_facts(model)
     except Exception as err:  # the registry answered but the alias/version does not exist
         raise EvaluateError(f"--model {model}: {str(err).splitlines()[0]}") from None
     if "model_version" in facts:
