@@ -71,6 +71,7 @@ class EvaluateResult:
 def model_identity(model: str) -> tuple[str, str, dict]:
     """``(pinned model URI, cache folder name, registry facts)``; an alias is pinned to its version."""
     from mvssl_dist.embed.batch import model_facts, weights_identity
+    from mvssl_dist.models import WeightsError, load_backbone
     from mvssl_dist.tracking import quick_requests
 
     # Weights are loaded (and a bad file reported in one line) by embed_library, in the driver.
@@ -82,6 +83,10 @@ def model_identity(model: str) -> tuple[str, str, dict]:
     if "model_version" in facts:
         name, version = facts["model_name"], facts["model_version"]
         return f"models:/{name}/{version}", f"{name}-v{version}", facts
+    try:  # a bad file or seed is said now, before the audio is looked for and a folder made for it
+        load_backbone(model)
+    except WeightsError as err:
+        raise EvaluateError(str(err)) from None
     if model == "random" or model.startswith("random:"):
         return model, model.replace(":", "-"), facts
     # a weights file by its content; a checkpoint folder by its state.pt's (rewritten in place by training)
