@@ -258,7 +258,9 @@ def resume_config(path: str | None, overrides: list[str], run_name: str) -> dict
     first = load_config(path, overrides)
     run_dir = Path(first["train"]["storage_path"]).resolve() / run_name
     saved = saved_config(run_dir)
-    if saved is None and not (run_dir / RUN_RECORD).is_file():  # said here, not as the missing data.path
+    # No folder: said here, not as a missing data.path. A folder without its record may be a run
+    # another process is starting: run_hold says so.
+    if saved is None and not run_dir.exists():
         raise PretrainError(f"--resume {run_name}: no such run under {run_dir.parent}")
     return first if saved is None else load_config(path, overrides, base=saved)
 
