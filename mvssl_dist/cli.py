@@ -15,10 +15,11 @@ TRACKING_URI_HELP = "MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlfl
 
 
 def number(text: str) -> float:
-    """A float option: ``nan`` is refused here, since every range check lets it through."""
+    """A float option, finite: every range check lets ``nan`` through, and ``inf`` reached
+    ``int()`` and JSON records (a maximum is given as a large number)."""
     value = float(text)
-    if math.isnan(value):
-        raise argparse.ArgumentTypeError(f"{text}: not a number")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text}: not a finite number")
     return value
 
 

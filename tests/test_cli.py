@@ -369,9 +369,10 @@ def test_a_ray_address_where_nothing_listens_is_refused_at_once():
     check_reachable("auto")  # not host:port: left to Ray
 
 
-def test_nan_is_refused_by_every_float_option(capsys):
+def test_nan_and_inf_are_refused_by_every_float_option(capsys):
     """Every range check (`< 0`, `> 0`) lets NaN through: `ingest --silence-db nan` kept every
-    track, `--min-duration-s nan` rejected none as short. argparse now refuses it by name."""
+    track, `--min-duration-s nan` rejected none as short; inf reached int() and JSON records.
+    argparse now refuses both by name."""
     from mvssl_dist.cli import build_parser
 
     floats = [
@@ -381,8 +382,8 @@ def test_nan_is_refused_by_every_float_option(capsys):
         if action.type is not None and getattr(action.type, "__name__", "") == "number"
     ]
     assert len(floats) == 14 and ("ingest", "--silence-db") in floats, floats
-    for command, option in floats:
+    for (command, option), value in zip(floats, ["nan", "inf", "-inf"] * 5, strict=False):
         with pytest.raises(SystemExit) as stop:
-            main([command, option, "nan", "x", "--out", "y", "--task", "t", "--audio-root", "r", "--model", "m"])
+            main([command, f"{option}={value}", "x", "--out", "y", "--task", "t", "--audio-root", "r", "--model", "m"])
         assert stop.value.code == 2
-        assert f"argument {option}: nan: not a number" in capsys.readouterr().err, (command, option)
+        assert f"argument {option}: {value}: not a finite number" in capsys.readouterr().err, (command, option)
