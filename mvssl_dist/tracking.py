@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 
 BACKBONE_ARTIFACT = "backbone.pt"
@@ -64,7 +65,7 @@ def default_artifact_location(tracking_uri: str) -> str | None:
     return None
 
 
-STORE_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "file")
+STORE_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc", "file")
 
 
 def check_tracking_uri(uri: str) -> None:
@@ -75,7 +76,10 @@ def check_tracking_uri(uri: str) -> None:
         raise TrackingError(
             f"tracking URI {shown}: a SQLite store is sqlite:///relative/path.db or sqlite:////absolute/path.db"
         )
-    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if uri in ("databricks", "databricks-uc"):  # MLflow's names for a Databricks workspace's store
+        return
+    found = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", uri)
+    scheme = found.group(1).split("+", 1)[0].lower() if found else ""
     if not scheme:
         raise TrackingError(
             f"tracking URI {shown}: not a URI; a local store is sqlite:///{uri if uri.endswith('.db') else 'mlflow.db'}, "

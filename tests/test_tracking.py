@@ -14,7 +14,7 @@ import yaml
 from registry_checks import mlflow_at
 
 from mvssl_dist.models import Backbone, WeightsError, load_backbone, save_backbone
-from mvssl_dist.tracking import TrackingError, connect, log_and_register_backbone
+from mvssl_dist.tracking import TrackingError, check_tracking_uri, connect, log_and_register_backbone
 
 
 def test_pyfunc_is_logged_from_code_without_warnings_and_serves_the_backbone(tmp_path, caplog):
@@ -69,6 +69,8 @@ def test_a_tracking_uri_mlflow_would_take_badly_is_one_line(tmp_path, monkeypatc
     with mlflow_at(None), pytest.raises(TrackingError, match=re.escape(message)) as err:
         connect(uri, "exp")
     assert "\n" not in str(err.value) and "secret" not in str(err.value)
+    for fine in ("databricks", "databricks-uc", "databricks://profile", "file:/tmp/mlruns", "HTTPS://host"):
+        check_tracking_uri(fine)  # MLflow's own forms pass the check (MLflow itself then decides)
 
 
 def test_an_unreachable_registry_is_said_in_seconds_not_minutes(tmp_path, monkeypatch, capsys):
