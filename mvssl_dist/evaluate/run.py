@@ -74,7 +74,8 @@ def model_identity(model: str) -> tuple[str, str, dict]:
     from mvssl_dist.models import WeightsError, load_backbone
     from mvssl_dist.tracking import quick_requests
 
-    # Weights are loaded (and a bad file reported in one line) by embed_library, in the driver.
+    # A registry version's weights are loaded (a bad one said in one line) by embed_library, in the
+    # driver; a file or seed is loaded below too, so that it is said before the audio is looked for.
     try:
         with quick_requests():  # a registry that does not answer is said in seconds
             facts = model_facts(model)
@@ -83,7 +84,7 @@ def model_identity(model: str) -> tuple[str, str, dict]:
     if "model_version" in facts:
         name, version = facts["model_name"], facts["model_version"]
         return f"models:/{name}/{version}", f"{name}-v{version}", facts
-    try:  # a bad file or seed is said now, before the audio is looked for and a folder made for it
+    try:  # loaded again by embed_library (11 MB, under a second): the cost of saying it first
         load_backbone(model)
     except WeightsError as err:
         raise EvaluateError(str(err)) from None
