@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -136,6 +137,33 @@ def test_a_pipe_or_a_device_is_refused_before_it_is_opened(tmp_path):
         with pytest.raises(AudioDecodeError, match=f"^{path}: not a regular file but {kind}$") as info:
             decode(path)
         assert info.value.reason == "unreadable"
+
+
+class _Unseekable(io.RawIOBase):
+    """A file read as a pipe or a network stream is: no seeking, so no declared length."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        chunk = self.data.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+@pytest.mark.parametrize("name", ["music.ogg", "music.mp3", "music.wav"])
+def test_a_stream_with_no_declared_length_stops_decoding_at_the_limit(encoded_dir, name):
+    """A length limit was checked only against the declared length; a stream declaring none was
+    decoded whole, however long, before ingest's duration check could reject it."""
+    data = (encoded_dir / name).read_bytes()
+    whole = decode(_Unseekable(data))  # an mp3 read without seeking keeps ~250 more samples: compare like with like
+    with pytest.raises(AudioDecodeError) as info:
+        decode_with_info(_Unseekable(data), name=name, max_seconds=5)
+    assert info.value.reason == "too_long" and "more than the 5 s limit" in str(info.value), info.value
+    np.testing.assert_array_equal(decode_with_info(_Unseekable(data), name=name, max_seconds=60).audio, whole)
 
 
 def test_empty_bytes_and_zero_length_stream(tmp_path):

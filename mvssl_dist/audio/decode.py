@@ -196,8 +196,13 @@ class _Resampler:
         return self.stream.resample_chunk(mono, last=last)
 
 
-def _decode_stream(container, stream, name: str, sample_rate: int) -> tuple[list[np.ndarray], int, int]:
+def _decode_stream(
+    container, stream, name: str, sample_rate: int, max_seconds: float | None = None
+) -> tuple[list[np.ndarray], int, int]:
     """Decode, downmix and resample every frame; returns (chunks, native frames, channels).
+
+    With ``max_seconds``, decoding stops with ``too_long`` once that much audio has come out: a
+    stream that declares no length, or a shorter one than it holds, cannot fill a worker's memory.
 
     Decoded frames are small (128-2048 samples): they are pooled in an ``av.AudioFifo`` (a
     copy in C) and converted, downmixed and resampled ``RESAMPLE_BLOCK`` samples at a time.
@@ -227,6 +232,10 @@ def _decode_stream(container, stream, name: str, sample_rate: int) -> tuple[list
                 if resampler is None:
                     resampler = _Resampler(frame.sample_rate, sample_rate)
                 native += frame.samples
+                if max_seconds is not None and native > max_seconds * frame.sample_rate:
+                    raise AudioDecodeError(
+                        name, "too_long", f"more than the {max_seconds:.0f} s limit (decoding stopped there)"
+                    )
                 frame.pts = None  # the fifo checks timestamps for continuity; gaps are not ours to judge
                 try:
                     fifo.write(frame)
@@ -252,7 +261,7 @@ def decode_with_info(
 
     Raises :class:`AudioDecodeError` naming the file and the cause; never returns empty audio.
     With ``max_seconds``, a file whose declared length exceeds it fails fast with ``too_long``
-    (before any decoding).
+    (before any decoding); one that declares no length fails as soon as it has decoded more.
     """
     name = name or display_name(source)
     handle = _open_source(source, name)
@@ -273,7 +282,7 @@ def decode_with_info(
                 raise AudioDecodeError(
                     name, "too_long", f"{declared:.0f} s is longer than the {max_seconds:.0f} s limit"
                 )
-            chunks, native, channels = _decode_stream(container, stream, name, sample_rate)
+            chunks, native, channels = _decode_stream(container, stream, name, sample_rate, max_seconds)
             if native == 0:
                 raise AudioDecodeError(name, "zero_length", "the audio stream holds no samples")
             source_rate = source_rate or sample_rate
