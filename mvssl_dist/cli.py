@@ -334,6 +334,13 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--segment-s", type=number, default=4.0, help="segment length in seconds (default: %(default)s)")
     p.add_argument("--hop-s", type=number, default=4.0, help="seconds between segment starts (default: %(default)s)")
+    p.add_argument(
+        "--max-duration-s",
+        type=number,
+        default=3600.0,
+        help="longer audio files are not embedded but listed in errors.parquet as too_long; a DATASET_DIR's "
+        "tracks were limited by ingest (default: %(default)s)",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="clips per forward pass (default: %(default)s)")
     p.add_argument("--workers", type=int, default=1, help="model actors (default: %(default)s)")
     p.add_argument(
@@ -367,6 +374,7 @@ def run_embed(args: argparse.Namespace) -> int:
         args.gpus,
         args.ray_address,
         retry=args.retry,
+        max_duration_s=args.max_duration_s,
     )
     try:
         summary = embed_library(options)

@@ -224,6 +224,7 @@ def bad_numbers(music: str, weights: str, tmp: str) -> list[tuple[list[str], str
         ([*embed, "--batch-size", "0"], "--batch-size 0"),
         ([*embed, "--workers", "0"], "--workers 0"),
         ([*embed, "--gpus", "2"], "--gpus 2"),
+        ([*embed, "--max-duration-s", "0"], "--max-duration-s 0: must be > 0"),
         (["neighbours", "--embeddings", tmp, "--key", "x", "-k", "0"], "-k 0"),
         ([*evaluate, "--hidden", "0"], "--hidden 0"),
         ([*evaluate, "--max-epochs", "0"], "--max-epochs 0"),
@@ -381,7 +382,7 @@ def test_nan_and_inf_are_refused_by_every_float_option(capsys):
         for action in sub._actions
         if action.type is not None and getattr(action.type, "__name__", "") == "number"
     ]
-    assert len(floats) == 14 and ("ingest", "--silence-db") in floats, floats
+    assert len(floats) == 15 and ("ingest", "--silence-db") in floats, floats
     for (command, option), value in zip(floats, ["nan", "inf", "-inf"] * 5, strict=False):
         with pytest.raises(SystemExit) as stop:
             main([command, f"{option}={value}", "x", "--out", "y", "--task", "t", "--audio-root", "r", "--model", "m"])

@@ -20,6 +20,7 @@ import torch
 from catalogue import write_catalogue
 from distributed_helpers import ensure_ray
 
+from mvssl_dist.audio.synth import STYLES, encode, render
 from mvssl_dist.cli import main
 from mvssl_dist.embed.batch import EmbedOptions, embed_library
 from mvssl_dist.embed.search import load_track_embeddings, nearest
@@ -254,6 +255,27 @@ def test_retry_embeds_again_what_failed_for_a_reason_since_mended(library, tmp_p
     assert len(table(tmp_path / "out", "tracks")) == 3
 
 
+def test_a_file_longer_than_the_limit_is_listed_not_embedded_until_the_limit_is_raised(library, tmp_path, capsys):
+    """Embedding had no length limit: a decode task held a few copies of a whole file's audio, so
+    a multi-hour recording (a DJ mix, a live concert) could take a worker's memory, and the job."""
+    root, expected, weights = library
+    shelf, out = tmp_path / "shelf", tmp_path / "out"
+    shelf.mkdir()
+    shutil.copy(expected["good"][0], shelf / expected["good"][0].name)  # 13 s
+    encode(shelf / "long mix.ogg", render(STYLES[1], 30.0, 44100, seed=5), 44100, "ogg")
+    args = ["embed", str(shelf), "--model", str(weights), "--out", str(out), "--max-duration-s", "20"]
+    assert main(args) == 0
+    assert "1 input(s) failed; listed in " in capsys.readouterr().out
+    (error,) = pq.read_table(out / "errors.parquet").to_pylist()
+    assert error["reason"] == "too_long" and error["source_uri"].endswith("/long%20mix.ogg"), error
+    assert error["detail"].startswith(f"{shelf / 'long mix.ogg'}: 30 s is longer than the 20 s limit"), error
+    assert main([*args[:-1], "60", "--retry", "too_long"]) == 0
+    assert "--retry too_long: 1 input(s) that failed are embedded again" in capsys.readouterr().out
+    assert not (out / "errors.parquet").exists() or not pq.read_table(out / "errors.parquet").num_rows
+    durations = sorted(round(row["duration_s"]) for row in table(out, "tracks"))
+    assert durations == [13, 30]
+
+
 def test_a_file_changed_since_it_was_embedded_is_said_and_embedded_again(library, embedded, tmp_path, capsys):
     root, expected, weights = library
     shelf, out = tmp_path / "shelf", tmp_path / "out"
@@ -392,7 +414,7 @@ def test_decode_workers_do_not_load_torch():
         "from mvssl_dist.embed.batch import prepare_tracks\n"
         "from mvssl_dist.shards.ingest import ingest\n"
         "item = {'uri': ['/no/such.wav'], 'key': [''], 'shard': [''], 'source_bytes': [-1], 'source_mtime_ns': [-1]}\n"
-        "out = prepare_tracks({k: np.array(v) for k, v in item.items()}, 4.0, 4.0)\n"
+        "out = prepare_tracks({k: np.array(v) for k, v in item.items()}, 4.0, 4.0, 3600.0)\n"
         "assert out['reason'][0], out\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchaudio', 'mlflow')))\n"
     )

@@ -64,6 +64,10 @@ class EmbedOptions:
     # (4 per CPU: no better, and a slower start).
     decode_cpus: float = 0.5
     retry: tuple[str, ...] = ()  # error reasons whose inputs this run embeds again
+    # Longer audio files are listed as too_long, not embedded: a decoded hour is ~230 MB of float32
+    # in a decode task, and a few copies of it on its way to the model. A DATASET_DIR's tracks were
+    # limited by ingest's own --max-duration-s.
+    max_duration_s: float = 3600.0
 
 
 @dataclass
@@ -117,9 +121,10 @@ def input_items(
     return items, found
 
 
-def load_track(item: dict) -> tuple[str, np.ndarray, tuple[int, int]]:
+def load_track(item: dict, max_seconds: float) -> tuple[str, np.ndarray, tuple[int, int]]:
     """(key, float32 mono 16 kHz audio, (source bytes, mtime_ns)) from a raw URI (the stamp taken
-    as it is read) or from the ingested shard (the stamp the index holds)."""
+    as it is read; ``too_long`` past ``max_seconds``) or from the ingested shard (the stamp the
+    index holds)."""
     if item["shard"]:
         from mvssl_dist.shards.reader import iter_shard_members
 
@@ -129,15 +134,15 @@ def load_track(item: dict) -> tuple[str, np.ndarray, tuple[int, int]]:
                 return item["key"], member.audio, (item["source_bytes"], item["source_mtime_ns"])
             why = member.reason if member.name.startswith(item["key"]) else why
         raise ValueError(f"track {item['key']} in {item['shard']}: {why}")
-    from mvssl_dist.audio import decode
+    from mvssl_dist.audio import decode_with_info
     from mvssl_dist.shards.uris import decoding_input
 
     with decoding_input(item["uri"]) as (source, sha, size, mtime_ns):  # a large file is decoded from disk
-        audio = decode(source, SAMPLE_RATE, name=display_uri(item["uri"]))
+        audio = decode_with_info(source, SAMPLE_RATE, name=display_uri(item["uri"]), max_seconds=max_seconds).audio
     return sha[:32], audio, (size, UNKNOWN if mtime_ns is None else mtime_ns)
 
 
-def prepare_tracks(batch: dict, segment_s: float, hop_s: float) -> dict:
+def prepare_tracks(batch: dict, segment_s: float, hop_s: float, max_duration_s: float) -> dict:
     """``map_batches`` (CPU tasks): decode and cut; failures become rows with an error."""
     from mvssl_dist.audio import AudioDecodeError
 
@@ -147,9 +152,11 @@ def prepare_tracks(batch: dict, segment_s: float, hop_s: float) -> dict:
     for i in range(len(batch["uri"])):
         item = {k: batch[k][i] for k in ("uri", "key", "shard", *STAMP)}
         try:
-            key, audio, stamp = load_track(item)
+            key, audio, stamp = load_track(item, max_duration_s)
+            duration_s = len(audio) / SAMPLE_RATE
             segments = cut_segments(peak_normalise(audio), segment, hop)
-            row = (key, len(audio) / SAMPLE_RATE, len(segments), segments.astype(np.float32).tobytes(), "", "", *stamp)
+            del audio  # each copy of a long track is hundreds of MB: hold no more than two at once
+            row = (key, duration_s, len(segments), segments.tobytes(), "", "", *stamp)
         except AudioDecodeError as err:
             row = ("", 0.0, 0, b"", err.reason, str(err), UNKNOWN, UNKNOWN)
         except (OSError, ValueError) as err:
@@ -549,6 +556,8 @@ def embed_library(options: EmbedOptions, report: Callable[[str], None] = print) 
         raise EmbedError("--segment-s: the backbone's attention pooling is fixed to 4 s segments")
     if options.hop_s <= 0:
         raise EmbedError("--hop-s must be > 0")
+    if options.max_duration_s <= 0:
+        raise EmbedError(f"--max-duration-s {options.max_duration_s:g}: must be > 0")
     check_counts(options.workers, options.gpus, options.batch_size)
     if problem := retry_problem(options.retry, (CHANGED,)):
         raise EmbedError(problem)
@@ -603,7 +612,11 @@ def embed_into(
         # forward would then run one after the other in one process).
         ds = ds.map_batches(
             prepare_tracks,
-            fn_kwargs={"segment_s": options.segment_s, "hop_s": options.hop_s},
+            fn_kwargs={
+                "segment_s": options.segment_s,
+                "hop_s": options.hop_s,
+                "max_duration_s": options.max_duration_s,
+            },
             batch_size=1,
             num_cpus=options.decode_cpus,
             memory=512 * 1024**2,

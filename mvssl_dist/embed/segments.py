@@ -27,5 +27,7 @@ def cut_segments(
     needed = (count - 1) * hop + segment_samples
     padded = np.zeros(needed, np.float32)
     padded[: len(audio)] = audio
+    if hop == segment_samples:  # back to back: the padded track is the segments' rows already
+        return padded.reshape(count, segment_samples)
     starts = np.arange(count) * hop
     return np.stack([padded[s : s + segment_samples] for s in starts])
