@@ -319,7 +319,7 @@ def test_a_file_changed_since_it_was_embedded_is_said_and_embedded_again(library
 
 
 def test_a_dataset_track_ingested_again_after_a_change_is_told_by_its_key(tmp_path):
-    from mvssl_dist.embed.batch import changed_since_embedded, drop_embedded, track_schema
+    from mvssl_dist.embed.batch import changed_since_embedded, drop_embedded, embedded_stamps, track_schema
     from mvssl_dist.shards.uris import Sources
 
     vectors = np.zeros((3, 1024), np.float32)
@@ -329,17 +329,18 @@ def test_a_dataset_track_ingested_again_after_a_change_is_told_by_its_key(tmp_pa
     pq.write_table(pa.table(rows, schema=track_schema()), tmp_path / "tracks-1-000000.parquet")
     shard = {"shard": "/d/shards/shard-000000.tar", "source_bytes": 1, "source_mtime_ns": -1}
     items = [{"uri": "s3://b/1.mp3", "key": "k1", **shard}, {"uri": "s3://b/2.mp3", "key": "k9", **shard}]
-    assert changed_since_embedded(tmp_path, "track", items, Sources()) == {
+    changed = changed_since_embedded(embedded_stamps(tmp_path, "track"), items, Sources())
+    assert changed == {
         "s3://b/2.mp3": "ingested again as track k9; embedded as k2",
         "s3://b/3.mp3": "gone from the dataset",
     }
     from mvssl_dist.shards.ingest import changed_line
 
-    told = changed_line("embed", changed_since_embedded(tmp_path, "track", items, Sources()), "changed", "redo")
+    told = changed_line("embed", changed, "changed", "redo")
     assert told.startswith("[embed] 2 changed (1 of them gone), e.g. ")  # gone from the dataset counts as gone
     raw = [{"uri": "s3://b/3.mp3", "key": "", "shard": "", "source_bytes": -1, "source_mtime_ns": -1}]
     listing = Sources(sizes={"s3://b/3.mp3": 4}, walked=[("s3://b/", None)])
-    assert changed_since_embedded(tmp_path, "track", raw, listing) == {
+    assert changed_since_embedded(embedded_stamps(tmp_path, "track"), raw, listing) == {
         "s3://b/1.mp3": "gone since it was read",  # the bucket's listing lacks it
         "s3://b/2.mp3": "gone since it was read",
         "s3://b/3.mp3": "3 bytes then, 4 now",

@@ -249,13 +249,12 @@ def committing(level: str) -> str:
     return "segments" if level == "segment" else "tracks"
 
 
-def done_sources(out: Path, level: str) -> set[str]:
-    """Inputs OUT_DIR has finished: in a part that commits them (the tracks part, or with
-    ``--level segment`` the segments part) or in an errors part."""
-    done: set[str] = set()
-    for part in [*out.glob(f"{committing(level)}-*.parquet"), *out.glob("errors-*.parquet")]:
-        done.update(pq.read_table(part, columns=["source_uri"]).column("source_uri").to_pylist())
-    return done
+def failed_sources(out: Path) -> set[str]:
+    """Inputs OUT_DIR lists in its errors parts (finished too: they are tried again on ``--retry``)."""
+    failed: set[str] = set()
+    for part in out.glob("errors-*.parquet"):
+        failed.update(pq.read_table(part, columns=["source_uri"]).column("source_uri").to_pylist())
+    return failed
 
 
 def embedded_stamps(out: Path, level: str) -> dict[str, tuple]:
@@ -270,13 +269,14 @@ def embedded_stamps(out: Path, level: str) -> dict[str, tuple]:
     return done
 
 
-def changed_since_embedded(out: Path, level: str, items: list[dict], listed: Sources) -> dict[str, str]:
-    """Inputs embedded earlier whose source changed since: ``{uri: how}``. A DATASET_DIR's track
-    is another track when the index gives its source another key (ingested again after a change),
-    and gone when the index no longer holds it; a raw file is told as ingest tells (by size or
-    modification time, or gone: a local ``stat``, a bucket walk's listing ``listed``; keys named
-    in a list file are not asked). Embedded inputs outside this run's sources are checked too."""
-    done, changed = embedded_stamps(out, level), {}
+def changed_since_embedded(done: dict[str, tuple], items: list[dict], listed: Sources) -> dict[str, str]:
+    """Inputs embedded earlier (``done``: :func:`embedded_stamps`) whose source changed since:
+    ``{uri: how}``. A DATASET_DIR's track is another track when the index gives its source another
+    key (ingested again after a change), and gone when the index no longer holds it; a raw file is
+    told as ingest tells (by size or modification time, or gone: a local ``stat``, a bucket walk's
+    listing ``listed``; keys named in a list file are not asked). Embedded inputs outside this
+    run's sources are checked too."""
+    changed = {}
     by_uri = {item["uri"]: item for item in items}
     from_dataset = any(item["shard"] for item in items)
     for uri, (key, *then) in done.items():
@@ -305,17 +305,19 @@ def drop_embedded(out: Path, level: str, uris: set[str]) -> None:
                 write_parquet(part, kept)  # kept even when empty: a --level both pair stays a pair
 
 
-def reopen_changed(out: Path, options: EmbedOptions, items: list[dict], listed: Sources, report) -> None:
-    """Say which embedded inputs changed since; with ``--retry changed``, embed them again."""
-    changed = changed_since_embedded(out, options.level, items, listed)
-    if not changed:
-        return
-    if CHANGED not in options.retry:
+def reopen_changed(out: Path, options: EmbedOptions, items: list[dict], listed: Sources, report) -> set[str]:
+    """Say which embedded inputs changed since; with ``--retry changed``, embed them again. Returns
+    the inputs OUT_DIR holds embedded afterwards (its committing parts, read once)."""
+    done = embedded_stamps(out, options.level)
+    changed = changed_since_embedded(done, items, listed)
+    if changed and CHANGED in options.retry:
+        drop_embedded(out, options.level, set(changed))
+        report(f"[embed] --retry changed: {len(changed)} input(s) are embedded again or, if gone, taken out")
+        return set(done) - set(changed)
+    if changed:
         what = "embedded input(s) changed since they were embedded"
         report(changed_line("embed", changed, what, "embeds them again (one gone: its rows are taken out)"))
-        return
-    drop_embedded(out, options.level, set(changed))
-    report(f"[embed] --retry changed: {len(changed)} input(s) are embedded again or, if gone, taken out")
+    return set(done)
 
 
 def reopen_errors(out: Path, reasons: tuple[str, ...], uris: list[str]) -> int:
@@ -593,8 +595,7 @@ def embed_into(
     reasons = tuple(r for r in options.retry if r != CHANGED)
     if reasons and (again := reopen_errors(out, reasons, [it["uri"] for it in items])):
         report(f"[embed] --retry {','.join(reasons)}: {again} input(s) that failed are embedded again")
-    reopen_changed(out, options, items, listed, report)
-    done = done_sources(out, options.level)
+    done = reopen_changed(out, options, items, listed, report) | failed_sources(out)
     todo = [it for it in items if it["uri"] not in done]
     report(f"[embed] {len(items)} tracks, {len(items) - len(todo)} already embedded, {len(todo)} to do")
     start = time.perf_counter()
