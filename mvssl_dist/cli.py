@@ -510,6 +510,12 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="refuse above this fraction of missing audio (default: %(default)s)",
     )
     p.add_argument(
+        "--max-duration-s",
+        type=number,
+        default=3600.0,
+        help="longer audio files are not embedded but counted as missing (too_long) (default: %(default)s)",
+    )
+    p.add_argument(
         "--cache-dir", default="evaluations", help="where segment features are cached per model (default: %(default)s)"
     )
     p.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
@@ -548,6 +554,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         workers=args.workers,
         gpus=args.gpus,
         ray_address=args.ray_address,
+        max_duration_s=args.max_duration_s,
     )
     try:
         result = evaluate(options)

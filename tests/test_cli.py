@@ -231,6 +231,7 @@ def bad_numbers(music: str, weights: str, tmp: str) -> list[tuple[list[str], str
         ([*evaluate, "--patience", "0"], "--patience 0"),
         ([*evaluate, "--patience-steps", "-1"], "--patience-steps -1"),
         ([*evaluate, "--workers", "0"], "--workers 0"),
+        ([*evaluate, "--max-duration-s", "-1"], "--max-duration-s -1: must be > 0"),
         (["quickstart", "--workdir", f"{tmp}/q", "--minutes", "0"], "--minutes 0"),
         (["quickstart", "--workdir", f"{tmp}/q", "--steps", "-1"], "--steps -1"),
         (["quickstart", "--workdir", f"{tmp}/q", "--layers", "-1"], "--layers -1"),
@@ -382,7 +383,7 @@ def test_nan_and_inf_are_refused_by_every_float_option(capsys):
         for action in sub._actions
         if action.type is not None and getattr(action.type, "__name__", "") == "number"
     ]
-    assert len(floats) == 15 and ("ingest", "--silence-db") in floats, floats
+    assert len(floats) == 16 and ("ingest", "--silence-db") in floats, floats
     for (command, option), value in zip(floats, ["nan", "inf", "-inf"] * 5, strict=False):
         with pytest.raises(SystemExit) as stop:
             main([command, f"{option}={value}", "x", "--out", "y", "--task", "t", "--audio-root", "r", "--model", "m"])

@@ -39,6 +39,7 @@ from mvssl_dist.evaluate.report import promote, tag_prefix
 from mvssl_dist.evaluate.run import (
     EvaluateResult,
     compare,
+    embed_features,
     find_missing,
     one_sided_tags,
     read_features,
@@ -554,6 +555,19 @@ def test_too_many_missing_files_refuse_to_run(mtat, registered):
         evaluate(options, report=lambda m: None)
     listing = (root / "ev2" / "random-0" / "missing-mtat.csv").read_text().splitlines()
     assert listing == ["path,reason", "3/track035_plucked_folk.mp3,not_found"]
+
+
+def test_audio_too_long_for_an_earlier_limit_is_embedded_again_under_a_higher_one(tmp_path, monkeypatch):
+    """Features are cached per model, errors included: without retrying too_long, a file over the
+    limit stayed missing after the limit was raised."""
+    from mvssl_dist.embed import batch
+
+    seen = []
+    monkeypatch.setattr(batch, "embed_library", lambda opts, report: seen.append(opts))
+    options = EvaluateOptions("random:0", "csv:x.csv", str(tmp_path), max_duration_s=7200.0)
+    embed_features(["file:///a.mp3"], "random:0", tmp_path / "features", tmp_path / "uris.txt", options, print)
+    (opts,) = seen
+    assert opts.max_duration_s == 7200.0 and "too_long" in opts.retry and "unreadable" in opts.retry
 
 
 def test_promotion_moves_only_on_improvement(registered):

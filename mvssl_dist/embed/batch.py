@@ -533,6 +533,12 @@ def check_counts(workers: int, gpus: float, batch_size: int = 1) -> None:
         raise EmbedError(f"--gpus {gpus:g}: GPUs per model actor, 0 to 1 (more GPUs: raise --workers)")
 
 
+def check_max_duration(seconds: float) -> None:
+    """The length limit (``mvssl embed``, and ``mvssl evaluate`` which embeds through it)."""
+    if not seconds > 0:
+        raise EmbedError(f"--max-duration-s {seconds:g}: must be > 0")
+
+
 def check_gpus(options: EmbedOptions, report: Callable[[str], None]) -> None:
     """This machine's Ray without the GPUs would wait for ever: refuse. A cluster may be adding GPU
     nodes (autoscaling): say what the job waits for."""
@@ -558,8 +564,7 @@ def embed_library(options: EmbedOptions, report: Callable[[str], None] = print) 
         raise EmbedError("--segment-s: the backbone's attention pooling is fixed to 4 s segments")
     if options.hop_s <= 0:
         raise EmbedError("--hop-s must be > 0")
-    if options.max_duration_s <= 0:
-        raise EmbedError(f"--max-duration-s {options.max_duration_s:g}: must be > 0")
+    check_max_duration(options.max_duration_s)
     check_counts(options.workers, options.gpus, options.batch_size)
     if problem := retry_problem(options.retry, (CHANGED,)):
         raise EmbedError(problem)

@@ -45,6 +45,7 @@ class EvaluateOptions:
     gpus: float = 0
     ray_address: str | None = None
     features_dir: str | None = None  # segment embeddings already written by `mvssl embed --level segment|both`
+    max_duration_s: float = 3600.0  # longer audio files are listed as too_long (mvssl embed's limit)
 
 
 @dataclass
@@ -155,9 +156,11 @@ def embed_features(uris: list[str], model_uri: str, out: Path, listing: Path, op
         workers=options.workers,
         gpus=options.gpus,
         ray_address=options.ray_address,
-        # a read that failed (network, disk) is tried again, and a file changed since its features
-        # were cached is embedded again; a file that does not decode is not
-        retry=("unreadable", "changed"),
+        # a read that failed (network, disk) is tried again, a file changed since its features were
+        # cached is embedded again, and so is one too long for an earlier --max-duration-s (its
+        # declared length is read again, no more); a file that does not decode is not
+        retry=("unreadable", "changed", "too_long"),
+        max_duration_s=options.max_duration_s,
     )
     # Two evaluations of one model share its features: the second waits for the first's, then reuses them.
     with exclusive(out, "mvssl evaluate", wait=True, report=report):
@@ -248,7 +251,7 @@ def one_sided_tags(labels: np.ndarray, vocabulary: Sequence[str]) -> list[str]:
 
 def checked_task(options: EvaluateOptions) -> Task:
     """The task's splits (train cut to ``--train-fraction``) once every option has been checked; one line if not."""
-    from mvssl_dist.embed.batch import EmbedError, check_counts
+    from mvssl_dist.embed.batch import EmbedError, check_counts, check_max_duration
     from mvssl_dist.evaluate.tasks import TaskError, checked_labels
 
     if not 0 <= options.max_missing <= 1:
@@ -256,6 +259,7 @@ def checked_task(options: EvaluateOptions) -> Task:
     try:
         check_config(options.probe)
         check_counts(options.workers, options.gpus)
+        check_max_duration(options.max_duration_s)
     except (ValueError, EmbedError) as err:
         raise EvaluateError(str(err)) from None
     try:
