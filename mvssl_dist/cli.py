@@ -221,6 +221,11 @@ def add_retry(p: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def reason_counts(summary) -> str:
+    """``too_long: 1, unreadable: 2``: an ingest's rejects or an embedding's errors, counted by reason."""
+    return ", ".join(f"{k}: {v}" for k, v in sorted(summary.by_reason.items()))
+
+
 def run_ingest(args: argparse.Namespace) -> int:
     from mvssl_dist.shards import DatasetError, IngestError, IngestOptions, SourceError, ingest
     from mvssl_dist.shards.ingest import NOT_READ
@@ -245,8 +250,7 @@ def run_ingest(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(f"ingested {summary.tracks} tracks ({summary.hours:.2f} h) of {summary.inputs} inputs into {summary.out}")
     if summary.rejects:
-        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.by_reason.items()))
-        print(f"{summary.rejects} rejected ({reasons}); listed in {summary.out / 'rejects.parquet'}")
+        print(f"{summary.rejects} rejected ({reason_counts(summary)}); listed in {summary.out / 'rejects.parquet'}")
     if summary.not_read:
         files = "file" if summary.not_read == 1 else "files"
         print(f"{summary.not_read} {files} without an audio extension not read; listed in {summary.out / NOT_READ}")
@@ -383,7 +387,7 @@ def run_embed(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(f"embedded {summary.tracks} tracks into {summary.out} ({summary.skipped} were already there)")
     if summary.errors:
-        print(f"{summary.errors} input(s) failed; listed in {summary.out / 'errors.parquet'}")
+        print(f"{summary.errors} input(s) failed ({reason_counts(summary)}); listed in {summary.out / 'errors.parquet'}")
     if summary.tracks == 0:
         error(f"no input could be embedded; the reasons are in {summary.out / 'errors.parquet'}")
         return EXIT_FAILED

@@ -265,7 +265,7 @@ def test_a_file_longer_than_the_limit_is_listed_not_embedded_until_the_limit_is_
     encode(shelf / "long mix.ogg", render(STYLES[1], 30.0, 44100, seed=5), 44100, "ogg")
     args = ["embed", str(shelf), "--model", str(weights), "--out", str(out), "--max-duration-s", "20"]
     assert main(args) == 0
-    assert "1 input(s) failed; listed in " in capsys.readouterr().out
+    assert "1 input(s) failed (too_long: 1); listed in " in capsys.readouterr().out
     (error,) = pq.read_table(out / "errors.parquet").to_pylist()
     assert error["reason"] == "too_long" and error["source_uri"].endswith("/long%20mix.ogg"), error
     assert error["detail"].startswith(f"{shelf / 'long mix.ogg'}: 30 s is longer than the 20 s limit"), error
@@ -405,6 +405,20 @@ def test_models_uri_and_neighbours(library, embedded, tmp_path, monkeypatch, cap
     )
     assert run.returncode == 0 and expected["good"][2].name in run.stdout, run.stderr
     assert not (elsewhere / "mlflow.db").exists()  # it did not open (and create) a store in the cwd
+
+
+def test_forward_batches_cross_tracks_in_order_and_copy_one_batch_at_a_time():
+    from mvssl_dist.embed.batch import forward_batches
+
+    rows = np.arange(10 * 3, dtype=np.float32).reshape(10, 3)
+    clips = [rows[:3], rows[3:8], rows[8:8], rows[8:]]  # 3, 5, 0 and 2 segments
+    for clip in clips:
+        clip.flags.writeable = False  # as np.frombuffer gives them
+    batches = list(forward_batches(clips, 4))
+    assert [len(b) for b in batches] == [4, 4, 2]
+    np.testing.assert_array_equal(np.concatenate(batches), rows)
+    assert all(b.flags.writeable and not np.shares_memory(b, rows) for b in batches)
+    assert list(forward_batches([], 4)) == []
 
 
 def test_decode_workers_do_not_load_torch():

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -154,8 +154,10 @@ def prepare_tracks(batch: dict, segment_s: float, hop_s: float, max_duration_s: 
         try:
             key, audio, stamp = load_track(item, max_duration_s)
             duration_s = len(audio) / SAMPLE_RATE
-            segments = cut_segments(peak_normalise(audio), segment, hop)
-            del audio  # each copy of a long track is hundreds of MB: hold no more than two at once
+            # normalised after cutting (the same values: padding is zeros), in place, and the decoded
+            # array let go before serialising: a long track is hundreds of MB a copy
+            segments = peak_normalise(cut_segments(audio, segment, hop), in_place=True)
+            del audio
             row = (key, duration_s, len(segments), segments.tobytes(), "", "", *stamp)
         except AudioDecodeError as err:
             row = ("", 0.0, 0, b"", err.reason, str(err), UNKNOWN, UNKNOWN)
@@ -199,17 +201,36 @@ class EmbedActor:
             if n
         ]
         embeddings = np.zeros((sum(counts), EMBEDDING_DIM), np.float32)
-        if clips:
-            stacked = np.concatenate(clips)
-            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device == "cuda"):
-                for s in range(0, len(stacked), self.batch_size):
-                    chunk = torch.from_numpy(stacked[s : s + self.batch_size]).to(self.device)
-                    embeddings[s : s + len(chunk)] = self.model(chunk).float().cpu().numpy()
+        done = 0
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device == "cuda"):
+            for clip_batch in forward_batches(clips, self.batch_size):
+                chunk = torch.from_numpy(clip_batch).to(self.device)
+                embeddings[done : done + len(chunk)] = self.model(chunk).float().cpu().numpy()
+                done += len(chunk)
         out = {k: batch[k] for k in ("uri", "key", "duration_s", "num_segments", "reason", "detail", *STAMP)}
         out["segment_embeddings"] = np.array(
             [b.tobytes() for b in np.split(embeddings, np.cumsum(counts)[:-1])], dtype=object
         )
         return out
+
+
+def forward_batches(clips: list[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """The rows of ``clips`` (each ``[n, samples]``, read-only views of a batch's bytes), in order,
+    ``size`` at a time, as writable copies: only the batch in hand is copied, not every track at
+    once (eight hour-long tracks are ~1.8 GB)."""
+    pending: list[np.ndarray] = []
+    held = 0
+    for clip in clips:
+        start = 0
+        while start < len(clip):
+            take = min(size - held, len(clip) - start)
+            pending.append(clip[start : start + take])
+            held, start = held + take, start + take
+            if held == size:
+                yield np.concatenate(pending)
+                pending, held = [], 0
+    if pending:
+        yield np.concatenate(pending)
 
 
 # --------------------------------------------------------------------------- output

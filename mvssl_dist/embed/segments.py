@@ -10,9 +10,13 @@ import numpy as np
 from mvssl_dist.constants import SEGMENT_SAMPLES
 
 
-def peak_normalise(audio: np.ndarray) -> np.ndarray:
-    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-    return audio / peak if peak > 0 else audio
+def peak_normalise(audio: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """``audio`` over its peak magnitude (silence as it is); ``in_place`` divides ``audio`` itself,
+    for a caller that holds the only copy of a long track."""
+    peak = float(max(audio.max(), -audio.min())) if audio.size else 0.0  # no |audio| temporary
+    if peak <= 0:
+        return audio
+    return np.divide(audio, peak, out=audio if in_place else None)
 
 
 def cut_segments(
