@@ -64,9 +64,9 @@ class EmbedOptions:
     # (4 per CPU: no better, and a slower start).
     decode_cpus: float = 0.5
     retry: tuple[str, ...] = ()  # error reasons whose inputs this run embeds again
-    # Longer audio files are listed as too_long, not embedded: a decoded hour is ~230 MB of float32
-    # in a decode task, and a few copies of it on its way to the model. A DATASET_DIR's tracks were
-    # limited by ingest's own --max-duration-s.
+    # Longer audio files are listed as too_long, not embedded: a decoded hour is ~230 MB of float32,
+    # copied a few times on its way to the model (a decode task peaked at ~1 GB on a 50-minute WAV).
+    # A DATASET_DIR's tracks were limited by ingest's own --max-duration-s.
     max_duration_s: float = 3600.0
 
 
