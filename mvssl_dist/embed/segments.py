@@ -14,7 +14,7 @@ def peak_normalise(audio: np.ndarray, in_place: bool = False) -> np.ndarray:
     """``audio`` over its peak magnitude (silence as it is); ``in_place`` divides ``audio`` itself,
     for a caller that holds the only copy of a long track."""
     peak = float(max(audio.max(), -audio.min())) if audio.size else 0.0  # no |audio| temporary
-    if peak <= 0:
+    if not peak > 0:  # silence; or NaN samples (a float WAV can hold them), left as they were
         return audio
     return np.divide(audio, peak, out=audio if in_place else None)
 
