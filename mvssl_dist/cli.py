@@ -387,7 +387,9 @@ def run_embed(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(f"embedded {summary.tracks} tracks into {summary.out} ({summary.skipped} were already there)")
     if summary.errors:
-        print(f"{summary.errors} input(s) failed ({reason_counts(summary)}); listed in {summary.out / 'errors.parquet'}")
+        print(
+            f"{summary.errors} input(s) failed ({reason_counts(summary)}); listed in {summary.out / 'errors.parquet'}"
+        )
     if summary.tracks == 0:
         error(f"no input could be embedded; the reasons are in {summary.out / 'errors.parquet'}")
         return EXIT_FAILED
