@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from mvssl_dist.constants import EMBED_MAX_DURATION_S
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 RAY_ADDRESS_HELP = "Ray cluster address (default: RAY_ADDRESS or a local Ray)"
 TRACKING_URI_HELP = "MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)"
@@ -341,7 +343,7 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-duration-s",
         type=number,
-        default=3600.0,
+        default=EMBED_MAX_DURATION_S,
         help="longer audio files are not embedded but listed in errors.parquet as too_long; a DATASET_DIR's "
         "tracks were limited by ingest (default: %(default)s)",
     )
@@ -518,7 +520,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-duration-s",
         type=number,
-        default=3600.0,
+        default=EMBED_MAX_DURATION_S,
         help="longer audio files are not embedded but counted as missing (too_long) (default: %(default)s)",
     )
     p.add_argument(

@@ -8,3 +8,5 @@ SAMPLE_RATE = 16000
 SEGMENT_SECONDS = 4.0
 SEGMENT_SAMPLES = int(SAMPLE_RATE * SEGMENT_SECONDS)
 EMBEDDING_DIM = 1024
+# `mvssl embed` and `mvssl evaluate` leave longer audio files out (too_long): memory grows with length
+EMBED_MAX_DURATION_S = 3600.0

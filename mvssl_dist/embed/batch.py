@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mvssl_dist.constants import EMBEDDING_DIM, SAMPLE_RATE
+from mvssl_dist.constants import EMBED_MAX_DURATION_S, EMBEDDING_DIM, SAMPLE_RATE
 from mvssl_dist.embed.segments import cut_segments, peak_normalise
 from mvssl_dist.folder_lock import output_folder
 from mvssl_dist.shards.ingest import (
@@ -67,7 +67,7 @@ class EmbedOptions:
     # Longer audio files are listed as too_long, not embedded: a decoded hour is ~230 MB of float32,
     # copied a few times on its way to the model (a decode task peaked at ~1 GB on a 50-minute WAV).
     # A DATASET_DIR's tracks were limited by ingest's own --max-duration-s.
-    max_duration_s: float = 3600.0
+    max_duration_s: float = EMBED_MAX_DURATION_S
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mvssl_dist.constants import EMBED_MAX_DURATION_S
 from mvssl_dist.evaluate.metrics import Margin, TagScore, roc_auc_margin, tagging_metrics
 from mvssl_dist.evaluate.probe import ProbeConfig, SplitFeatures, check_config, track_scores, train_probe
 from mvssl_dist.evaluate.tasks import SPLITS, Task, limit_train, load_task
@@ -45,7 +46,7 @@ class EvaluateOptions:
     gpus: float = 0
     ray_address: str | None = None
     features_dir: str | None = None  # segment embeddings already written by `mvssl embed --level segment|both`
-    max_duration_s: float = 3600.0  # longer audio files are listed as too_long (mvssl embed's limit)
+    max_duration_s: float = EMBED_MAX_DURATION_S  # longer audio files are listed as too_long (mvssl embed's limit)
 
 
 @dataclass
