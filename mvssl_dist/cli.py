@@ -44,7 +44,23 @@ def add_embed_file(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write embeddings to X.npy or X.parquet (default: print a summary per file)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=16, help="segments per forward pass (default: %(default)s)")
+    add_query_limit(p, "longer files are not embedded (each is decoded whole into memory)")
     p.set_defaults(run=run_embed_file)
+
+
+def add_query_limit(p: argparse.ArgumentParser, what: str) -> None:
+    """``--max-duration-s`` for commands that decode a file the user names (embed-file, neighbours)."""
+    p.add_argument("--max-duration-s", type=number, default=EMBED_MAX_DURATION_S, help=f"{what} (default: %(default)s)")
+
+
+def length_limit_problem(seconds: float) -> str | None:
+    return None if seconds > 0 else f"--max-duration-s {seconds:g}: must be > 0"
+
+
+def decode_error_line(err: Exception) -> str:
+    """The decoder's line, with how to lift the length limit where that was the reason."""
+    raised = "; --max-duration-s raises the limit" if getattr(err, "reason", "") == "too_long" else ""
+    return f"{err}{raised}"
 
 
 def device_problem(name: str) -> str | None:
@@ -74,6 +90,9 @@ def run_embed_file(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         error(f"--batch-size {args.batch_size}: must be >= 1")
         return EXIT_USAGE
+    if length_limit_problem(args.max_duration_s):
+        error(length_limit_problem(args.max_duration_s))
+        return EXIT_USAGE
     if args.out and Path(args.out).suffix not in (".npy", ".parquet"):
         error(f"--out {args.out}: must end in .npy or .parquet")
         return EXIT_USAGE
@@ -89,9 +108,9 @@ def run_embed_file(args: argparse.Namespace) -> int:
     rows, failed = [], 0
     for path in args.files:
         try:
-            decoded = decode_with_info(path)
+            decoded = decode_with_info(path, max_seconds=args.max_duration_s)
         except AudioDecodeError as err:
-            error(str(err))
+            error(decode_error_line(err))
             failed += 1
             continue
         start = time.perf_counter()
@@ -409,6 +428,7 @@ def add_neighbours(sub: argparse._SubParsersAction) -> None:
         "the track itself is not listed",
     )
     p.add_argument("-k", type=int, default=10, help="how many tracks to list (default: %(default)s)")
+    add_query_limit(p, "a longer --query file is not embedded (it is decoded whole into memory)")
     p.set_defaults(run=run_neighbours)
 
 
@@ -422,6 +442,9 @@ def run_neighbours(args: argparse.Namespace) -> int:
     if "" in (args.key, args.query):  # --key "" is not a key to look up, nor a file to embed
         error(f"--{'key' if args.key == '' else 'query'}: empty")
         return EXIT_USAGE
+    if length_limit_problem(args.max_duration_s):
+        error(length_limit_problem(args.max_duration_s))
+        return EXIT_USAGE
     itself = None  # with --key, the track's own row: not a neighbour of itself
     try:
         keys, uris, matrix = search_index(args.embeddings)
@@ -429,7 +452,7 @@ def run_neighbours(args: argparse.Namespace) -> int:
             itself = find_track(keys, uris, args.key, args.embeddings)
             query = matrix[itself]
         else:
-            query = embed_query(args.query, Path(args.embeddings))
+            query = embed_query(args.query, Path(args.embeddings), args.max_duration_s)
     except (SearchError, OSError) as err:
         error(str(err))
         return EXIT_FAILED
@@ -441,11 +464,11 @@ def run_neighbours(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def embed_query(path: str, embeddings: Path):
+def embed_query(path: str, embeddings: Path, max_seconds: float = EMBED_MAX_DURATION_S):
     """The query file's track embedding, with the model ``mvssl embed`` used for OUT_DIR."""
     import json
 
-    from mvssl_dist.audio import AudioDecodeError, decode
+    from mvssl_dist.audio import AudioDecodeError, decode_with_info
     from mvssl_dist.embed import embed_track
     from mvssl_dist.embed.batch import weights_identity
     from mvssl_dist.embed.search import SearchError
@@ -462,13 +485,14 @@ def embed_query(path: str, embeddings: Path):
     # the registry it was embedded from, unless MLFLOW_TRACKING_URI names one
     store = None if os.environ.get("MLFLOW_TRACKING_URI") else record.get("tracking_uri")
     try:
+        audio = decode_with_info(path, max_seconds=max_seconds).audio  # before the model: a bad file fails fast
         with tracking_store(store), quick_requests():
             backbone = load_backbone(model)
         if "weights_sha256" in record.get("weights", {}) and weights_identity(model, {}) != record["weights"]:
             raise SearchError(f"{model}: not the weights {embeddings} was embedded with (the file changed since)")
-        return embed_track(backbone, decode(path))[0]
+        return embed_track(backbone, audio)[0]
     except (WeightsError, AudioDecodeError, OSError) as err:
-        raise SearchError(str(err)) from None
+        raise SearchError(decode_error_line(err)) from None
 
 
 # --------------------------------------------------------------------------- evaluate

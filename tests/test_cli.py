@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shlex
@@ -111,6 +112,18 @@ def test_embed_file_bad_files_are_reported_and_the_rest_processed(tmp_path, enco
     np.testing.assert_allclose(
         np.load(out)[0], embed_track(model.eval(), decode(encoded_dir / "music.flac"))[0], atol=1e-5
     )
+
+
+def test_embed_file_refuses_a_file_longer_than_the_limit_and_says_how_to_raise_it(
+    tmp_path, encoded_dir, weights, capsys
+):
+    """embed-file decodes each named file whole: a 10-hour recording took ~9 GB before the limit."""
+    music = str(encoded_dir / "music.ogg")
+    assert main(["embed-file", music, "--weights", str(weights), "--max-duration-s", "1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"mvssl: error: {music}: ") and err.endswith("; --max-duration-s raises the limit"), err
+    assert "1 s limit" in err and len(err.splitlines()) == 1
+    assert main(["embed-file", music, "--weights", str(weights), "--max-duration-s", "3600"]) == 0
 
 
 def test_embed_file_bad_weights_and_bad_out(tmp_path, encoded_dir, capsys):
@@ -229,6 +242,7 @@ def bad_numbers(music: str, weights: str, tmp: str) -> list[tuple[list[str], str
     evaluate = ["evaluate", "--model", "random", "--task", f"csv:{tmp}/labels.csv", "--audio-root", tmp]
     return [
         (["embed-file", music, "--weights", weights, "--batch-size", "0"], "--batch-size 0"),
+        (["embed-file", music, "--weights", weights, "--max-duration-s", "0"], "--max-duration-s 0: must be > 0"),
         (["synth-audio", f"{tmp}/lib", "--tracks", "0"], "--tracks 0"),
         (["synth-audio", f"{tmp}/lib", "--seconds", "1e9"], "--seconds 1e+09: at most 3600"),  # was a MemoryError
         (["ingest", music, "--out", f"{tmp}/ds", "--workers", "0"], "--workers 0"),
@@ -241,6 +255,7 @@ def bad_numbers(music: str, weights: str, tmp: str) -> list[tuple[list[str], str
         ([*embed, "--gpus", "2"], "--gpus 2"),
         ([*embed, "--max-duration-s", "0"], "--max-duration-s 0: must be > 0"),
         (["neighbours", "--embeddings", tmp, "--key", "x", "-k", "0"], "-k 0"),
+        (["neighbours", "--embeddings", tmp, "--query", music, "--max-duration-s", "-1"], "--max-duration-s -1"),
         ([*evaluate, "--hidden", "0"], "--hidden 0"),
         ([*evaluate, "--max-epochs", "0"], "--max-epochs 0"),
         ([*evaluate, "--patience", "0"], "--patience 0"),
@@ -398,8 +413,8 @@ def test_nan_and_inf_are_refused_by_every_float_option(capsys):
         for action in sub._actions
         if action.type is not None and getattr(action.type, "__name__", "") == "number"
     ]
-    assert len(floats) == 16 and ("ingest", "--silence-db") in floats, floats
-    for (command, option), value in zip(floats, ["nan", "inf", "-inf"] * 5, strict=False):
+    assert len(floats) == 18 and ("ingest", "--silence-db") in floats, floats
+    for (command, option), value in zip(floats, itertools.cycle(["nan", "inf", "-inf"])):  # every one of them
         with pytest.raises(SystemExit) as stop:
             main([command, f"{option}={value}", "x", "--out", "y", "--task", "t", "--audio-root", "r", "--model", "m"])
         assert stop.value.code == 2

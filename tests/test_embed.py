@@ -389,6 +389,11 @@ def test_models_uri_and_neighbours(library, embedded, tmp_path, monkeypatch, cap
     assert main(["neighbours", "--embeddings", str(out), "--query", str(expected["good"][2]), "-k", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert expected["good"][2].name in lines[1] and float(lines[1].split()[1]) > 0.9999  # embedded by version 1
+    assert (
+        main(["neighbours", "--embeddings", str(out), "--query", str(expected["good"][2]), "--max-duration-s", "1"])
+        == 1
+    )
+    assert capsys.readouterr().err.strip().endswith("s limit; --max-duration-s raises the limit")
     assert main(["neighbours", "--embeddings", str(out), "--key", keys[0], "-k", "1"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[1].split()[0] in keys[1:]  # another track, not the query's own row
