@@ -90,8 +90,8 @@ def run_embed_file(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         error(f"--batch-size {args.batch_size}: must be >= 1")
         return EXIT_USAGE
-    if length_limit_problem(args.max_duration_s):
-        error(length_limit_problem(args.max_duration_s))
+    if problem := length_limit_problem(args.max_duration_s):
+        error(problem)
         return EXIT_USAGE
     if args.out and Path(args.out).suffix not in (".npy", ".parquet"):
         error(f"--out {args.out}: must end in .npy or .parquet")
@@ -442,8 +442,8 @@ def run_neighbours(args: argparse.Namespace) -> int:
     if "" in (args.key, args.query):  # --key "" is not a key to look up, nor a file to embed
         error(f"--{'key' if args.key == '' else 'query'}: empty")
         return EXIT_USAGE
-    if length_limit_problem(args.max_duration_s):
-        error(length_limit_problem(args.max_duration_s))
+    if problem := length_limit_problem(args.max_duration_s):
+        error(problem)
         return EXIT_USAGE
     itself = None  # with --key, the track's own row: not a neighbour of itself
     try:
