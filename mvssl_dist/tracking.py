@@ -94,6 +94,22 @@ def check_tracking_uri(uri: str) -> None:
 QUICK_REQUESTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
+# A server whose artifact store is S3 (cluster/mlflow: MinIO) tells MLflow 3.17's client to download
+# through presigned URLs that name the store as the server reaches it (`http://minio:9000`): from a
+# laptop or another network, `load_backbone("models:/…")` was still retrying them after eight minutes.
+# The server is run with --serve-artifacts so that clients need only its URL and a user: every byte
+# goes through it, unless the environment already says otherwise.
+THROUGH_THE_SERVER = {
+    "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
+    "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false",
+}
+
+
+def artifacts_through_the_server() -> None:
+    for name, value in THROUGH_THE_SERVER.items():
+        os.environ.setdefault(name, value)
+
+
 def fail_fast() -> None:
     """A server that does not answer is said within seconds: MLflow's default retries with backoff
     kept a command waiting for minutes. Settings already in the environment are kept."""
@@ -124,6 +140,7 @@ def connect(tracking_uri: str, experiment: str) -> str:
 
     check_tracking_uri(tracking_uri)
     fail_fast()
+    artifacts_through_the_server()
     mlflow.set_tracking_uri(tracking_uri)
     shown = without_password(tracking_uri)  # errors go to logs
     try:
@@ -174,6 +191,7 @@ def download_model_weights(uri: str) -> str:
     except TrackingError as err:
         raise WeightsError(f"{uri}: {err} (MLFLOW_TRACKING_URI chooses the registry)") from None
     uri = resolve_latest(uri)
+    artifacts_through_the_server()
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except MlflowException as err:

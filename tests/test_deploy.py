@@ -234,7 +234,33 @@ def wait_for(url: str, seconds: float, proc: subprocess.Popen, log: Path) -> Non
 
 
 @pytest.fixture(scope="module")
-def mlflow_server_starting(tmp_path_factory):
+def artifact_bucket():
+    """The server's artifact store, S3 as in cluster/mlflow (MinIO there; moto here, on 127.0.0.1)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "MLFLOW_S3_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    boto3.client(
+        "s3",
+        endpoint_url=env["MLFLOW_S3_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    ).create_bucket(Bucket="mlflow")
+    yield env
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server_starting(tmp_path_factory, artifact_bucket):
     """An `mlflow server` process, not waited for: it starts (~25 s) while Ray and the ingest do."""
     root = tmp_path_factory.mktemp("mlflow_server")
     ini = root / "basic_auth.ini"
@@ -246,10 +272,11 @@ def mlflow_server_starting(tmp_path_factory):
     )
     port = free_port()
     env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret"}
+    env.update(artifact_bucket)  # the server's alone: clients are given no S3 keys
     env.pop("MLFLOW_TRACKING_URI", None)
     log = root / "server.log"
     command = [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "art")]
+    command += ["--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", "s3://mlflow/art"]
     command += ["--workers", "1"]
     with open(log, "wb") as handle:
         proc = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=root)
@@ -325,10 +352,14 @@ def test_wrong_credentials_fail_with_a_clear_message(mlflow_server, dataset, mon
 
 
 @pytest.mark.slow
-def test_ray_job_submit_pretrains_and_registers_over_http(mlflow_server, ray_head, dataset, tmp_path):
+def test_ray_job_submit_pretrains_and_registers_over_http(
+    mlflow_server, mlflow_server_starting, ray_head, dataset, tmp_path
+):
     """Also the suite's run of the time box's stop: 200 steps asked, 0.3 minutes of loop allowed
     and the schedules not fitted to them, so every worker must stop at the same step and that step
-    is what gets registered. (The fitted schedules: tests/test_pretrain.py.)"""
+    is what gets registered. (The fitted schedules: tests/test_pretrain.py.) The artifacts go to S3
+    through the server and come back the same way: MLflow 3.17's client otherwise downloads through
+    presigned URLs that name the store as the server reaches it, which a client may not."""
     runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": PASSWORD}})
     submit = [str(BIN / "ray"), "job", "submit", "--address", ray_head[1], "--working-dir", str(ROOT)]
     submit += ["--runtime-env-json", runtime_env, "--", "python", "pipelines/pretrain.py"]
@@ -354,5 +385,7 @@ def test_ray_job_submit_pretrains_and_registers_over_http(mlflow_server, ray_hea
         assert_registered_as_trained(
             versions[0].run_id, "vicreg", model_name="mvssl-job-test", tracking_uri=mlflow_server
         )
+        served = mlflow_server_starting[2].read_text()
+        assert '/artifacts/backbone.pt HTTP/1.1" 200' in served and "/presigned/" not in served
     finally:
         del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]

@@ -91,3 +91,20 @@ def test_an_unreachable_registry_is_said_in_seconds_not_minutes(tmp_path, monkey
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ and "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
     with mlflow_at("mlflow.db"), pytest.raises(WeightsError, match="models:/x@y: tracking URI mlflow.db: not a URI"):
         load_backbone("models:/x@y")
+
+
+def test_loading_a_model_keeps_artifact_transfers_on_the_server_unless_told_otherwise(tmp_path, monkeypatch):
+    """The live check (an S3-backed server, no presigned URL asked) is in test_deploy; here, that the
+    default is set where Ray workers load models too, and that a user's own setting is kept."""
+    weights = tmp_path / "w.pt"
+    save_backbone(Backbone(), weights)
+    with mlflow_at(f"sqlite:///{tmp_path / 'mlflow.db'}"):
+        mlflow.set_experiment("transfers")
+        with mlflow.start_run():
+            log_and_register_backbone(weights, "transfers", {"method": "none"})
+        for name in ("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD", "true")
+        load_backbone("models:/transfers/1")
+    assert os.environ["MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD"] == "false"
+    assert os.environ["MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD"] == "true"
