@@ -20,6 +20,7 @@ import ray_up_updater
 import yaml
 from distributed_helpers import free_port
 from registry_checks import assert_registered_as_trained
+from s3_helpers import CREDENTIALS, local_s3
 
 from mvssl_dist.cli import build_parser, main
 from mvssl_dist.config import load_config
@@ -236,27 +237,8 @@ def wait_for(url: str, seconds: float, proc: subprocess.Popen, log: Path) -> Non
 @pytest.fixture(scope="module")
 def artifact_bucket():
     """The server's artifact store, S3 as in cluster/mlflow (MinIO there; moto here, on 127.0.0.1)."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "MLFLOW_S3_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    boto3.client(
-        "s3",
-        endpoint_url=env["MLFLOW_S3_ENDPOINT_URL"],
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    ).create_bucket(Bucket="mlflow")
-    yield env
-    server.stop()
+    with local_s3("mlflow") as endpoint:
+        yield {"MLFLOW_S3_ENDPOINT_URL": endpoint, **CREDENTIALS}
 
 
 @pytest.fixture(scope="module")

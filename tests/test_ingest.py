@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from catalogue import write_catalogue
 from distributed_helpers import ensure_ray
+from s3_helpers import CREDENTIALS, local_s3
 
 from mvssl_dist.audio.synth import STYLES, encode, render
 from mvssl_dist.cli import main
@@ -600,21 +601,11 @@ def test_planning_asks_only_the_sizes_it_was_not_given(monkeypatch):
 @pytest.fixture
 def s3_server(monkeypatch):
     """A local S3-compatible server (moto) on 127.0.0.1, reached over real HTTP by Ray workers too."""
-    moto_server = pytest.importorskip("moto.server")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_REGION": "us-east-1",
-    }
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    yield env
-    server.stop()
+    with local_s3() as endpoint:
+        env = {"AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1", **CREDENTIALS}
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        yield env
 
 
 def test_s3_sources_against_a_local_server(catalogue, s3_server, tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ from registry_checks import assert_registered_as_trained
 
 from mvssl_dist.cli import main
 from mvssl_dist.config import ConfigError, load_config
-from mvssl_dist.train.pretrain import epochs_to_read, pretrain
+from mvssl_dist.train.pretrain import epochs_to_read, latest_checkpoint, pretrain
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +134,7 @@ def run_until_a_checkpoint(args: list[str], cwd: Path, run_dir: Path, env: dict,
     cli = [sys.executable, "-m", "mvssl_dist.cli", *args]
     proc = subprocess.Popen(cli, cwd=cwd, env=env, text=True, start_new_session=True, **popen)
     deadline = time.time() + 400
-    while time.time() < deadline and not list(run_dir.glob("checkpoint_*/state.pt")):
+    while time.time() < deadline and latest_checkpoint(run_dir)[0] is None:
         time.sleep(0.2)
     return proc
 
