@@ -54,7 +54,14 @@ def add_query_limit(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def length_limit_problem(seconds: float) -> str | None:
-    return None if seconds > 0 else f"--max-duration-s {seconds:g}: must be > 0"
+    """``--max-duration-s`` refused as ``mvssl embed`` refuses it (``None``: it is fine)."""
+    from mvssl_dist.embed.batch import EmbedError, check_max_duration
+
+    try:
+        check_max_duration(seconds)
+    except EmbedError as err:
+        return str(err)
+    return None
 
 
 def decode_error_line(err: Exception) -> str:
