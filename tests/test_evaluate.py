@@ -35,7 +35,7 @@ from mvssl_dist.evaluate import (
     train_probe,
 )
 from mvssl_dist.evaluate.probe import KNN_CANDIDATES, SplitFeatures
-from mvssl_dist.evaluate.report import promote, tag_prefix
+from mvssl_dist.evaluate.report import holder_to_score, promote, tag_prefix
 from mvssl_dist.evaluate.run import (
     EvaluateResult,
     compare,
@@ -43,6 +43,7 @@ from mvssl_dist.evaluate.run import (
     find_missing,
     one_sided_tags,
     read_features,
+    scoring_fingerprint,
     split_features,
     track_uri,
 )
@@ -539,6 +540,34 @@ def test_second_probe_reuses_the_cached_features(mtat, evaluated, registered):
     assert counts and counts[1] == counts[2] and int(counts[1]) > 1, said
 
 
+@pytest.mark.slow
+def test_promotion_scores_first_a_holder_measured_otherwise(mtat, evaluated, registered):
+    """v1 holds champion with an mtat score from other data (as after the task's files were edited):
+    promoting v2 scores v1 again, the same way, and only then compares."""
+    root, audio, splits, _, _ = mtat
+    client = mlflow.MlflowClient(registered)
+    client.set_model_version_tag("mvssl-eval-test", "1", "eval.mtat.fingerprint", "measured-otherwise")
+    options = EvaluateOptions(
+        "models:/mvssl-eval-test/2",
+        "mtat",
+        str(audio),
+        str(splits),
+        promote_alias="champion",
+        cache_dir=str(root / "evaluations"),
+        tracking_uri=registered,
+    )
+    messages = []
+    result = evaluate(options, report=messages.append)
+    assert any("champion is on v1" in m and "scoring it first" in m for m in messages), messages
+    tags = client.get_model_version("mvssl-eval-test", "1").tags
+    assert tags["eval.mtat.fingerprint"] == result.fingerprint
+    held = float(tags["eval.mtat.roc_auc_macro"])
+    assert held == pytest.approx(result.metrics["roc_auc_macro"], abs=0.02)  # the same weights, registered twice
+    holder = client.get_model_version_by_alias("mvssl-eval-test", "champion").version
+    assert result.promoted == (round(result.metrics["roc_auc_macro"], 6) > held)
+    assert str(holder) == ("2" if result.promoted else "1"), result.promotion_note
+
+
 def test_one_sided_tags_are_those_on_every_track_or_none():
     labels = np.array([[1, 0, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0]], np.float32)
     assert one_sided_tags(labels, ["all", "one", "other", "none"]) == ["all", "none"]
@@ -572,14 +601,52 @@ def test_audio_too_long_for_an_earlier_limit_is_embedded_again_under_a_higher_on
 
 def test_promotion_moves_only_on_improvement(registered):
     client = mlflow.MlflowClient(registered)
-    name, key = "mvssl-eval-test", "eval.demo.roc_auc_macro"
+    name, prefix = "mvssl-eval-test", "eval.demo"
     client.set_registered_model_alias(name, "best", "1")
-    client.set_model_version_tag(name, "1", key, "0.800000")
-    assert promote(name, "2", "best", key, 0.7)[0] is False
-    assert promote(name, "2", "best", key, 0.8)[0] is False  # a tie keeps the holder
+    client.set_model_version_tag(name, "1", f"{prefix}.roc_auc_macro", "0.800000")
+    client.set_model_version_tag(name, "1", f"{prefix}.fingerprint", "same-data")
+    assert promote(name, "2", "best", prefix, 0.7, "same-data")[0] is False
+    assert promote(name, "2", "best", prefix, 0.8, "same-data")[0] is False  # a tie keeps the holder
     assert str(client.get_model_version_by_alias(name, "best").version) == "1"
-    moved, note = promote(name, "2", "best", key, 0.81)
+    moved, note = promote(name, "2", "best", prefix, 0.81, "same-data")
     assert moved and "beats v1" in note and str(client.get_model_version_by_alias(name, "best").version) == "2"
+
+
+def test_promotion_never_compares_scores_measured_on_other_data(registered):
+    """Two label files with the same name (two tasks ``csv-labels``), an edited one, or other probe
+    settings give the same tag keys; the fingerprint keeps their scores apart."""
+    client = mlflow.MlflowClient(registered)
+    name, prefix = "mvssl-eval-test", "eval.other"
+    client.set_registered_model_alias(name, "held", "1")
+    client.set_model_version_tag(name, "1", f"{prefix}.roc_auc_macro", "0.500000")
+    client.set_model_version_tag(name, "1", f"{prefix}.fingerprint", "other-data")
+    assert holder_to_score(name, "2", "held", prefix, "this-data") == "1"
+    assert holder_to_score(name, "2", "held", prefix, "other-data") is None
+    assert holder_to_score(name, "1", "held", prefix, "this-data") is None  # the holder itself
+    moved, note = promote(name, "2", "held", prefix, 0.9, "this-data")
+    assert not moved and "stays on v1" in note and "same tracks, labels and probe settings" in note
+    assert str(client.get_model_version_by_alias(name, "held").version) == "1"
+
+
+def test_scoring_fingerprint_names_tracks_labels_and_probe_settings():
+    def splits(rows):
+        return {
+            s: SplitFeatures(
+                np.zeros((len(rows), 2), np.float32),
+                np.arange(len(rows)),
+                np.array([r[1] for r in rows]),
+                [r[0] for r in rows],
+            )
+            for s in ("train", "validation", "test")
+        }
+
+    rows = [("a.mp3", [1, 0]), ("b.mp3", [0, 1])]
+    base = scoring_fingerprint(splits(rows), ["x", "y"], ProbeConfig())
+    assert len(base) == 16 and base == scoring_fingerprint(splits(rows[::-1]), ["x", "y"], ProbeConfig())
+    assert base != scoring_fingerprint(splits([("a.mp3", [1, 1]), rows[1]]), ["x", "y"], ProbeConfig())
+    assert base != scoring_fingerprint(splits(rows[:1]), ["x", "y"], ProbeConfig())
+    assert base != scoring_fingerprint(splits(rows), ["x", "z"], ProbeConfig())
+    assert base != scoring_fingerprint(splits(rows), ["x", "y"], ProbeConfig(hidden=256))
 
 
 def test_cli_bad_input_is_one_line_and_exit_1(tmp_path, capsys):

@@ -45,25 +45,52 @@ def per_tag_figure(per_tag: list[TagScore], title: str):
     return fig
 
 
-def promote(name: str, version: str, alias: str, key: str, score: float) -> tuple[bool, str]:
-    """Move ``alias`` to ``version`` only if it beats the holder's ``key`` tag (ties keep the holder)."""
+def alias_holder(name: str, alias: str):
+    """The model version holding ``alias``, or None."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient()
     try:
-        holder = client.get_model_version_by_alias(name, alias)
+        return mlflow.MlflowClient().get_model_version_by_alias(name, alias)
     except MlflowException:
-        holder = None
+        return None
+
+
+def comparable_score(tags: dict, prefix: str, fingerprint: str) -> float | None:
+    """A version's ``<prefix>.roc_auc_macro`` if it was measured on the same tracks, labels and
+    probe settings (its ``<prefix>.fingerprint`` equals ``fingerprint``), else None."""
+    if tags.get(f"{prefix}.fingerprint") != fingerprint or f"{prefix}.roc_auc_macro" not in tags:
+        return None
+    return float(tags[f"{prefix}.roc_auc_macro"])
+
+
+def holder_to_score(name: str, version: str, alias: str, prefix: str, fingerprint: str) -> str | None:
+    """The version holding ``alias`` when it is another version with no score comparable to this
+    evaluation's (never scored on the task, or on other tracks, labels or probe settings)."""
+    holder = alias_holder(name, alias)
+    if holder is None or str(holder.version) == str(version):
+        return None
+    return None if comparable_score(holder.tags, prefix, fingerprint) is not None else str(holder.version)
+
+
+def promote(name: str, version: str, alias: str, prefix: str, score: float, fingerprint: str) -> tuple[bool, str]:
+    """Move ``alias`` to ``version`` only if ``score`` beats the holder's macro ROC-AUC measured the
+    same way (same ``fingerprint``); ties, and a holder with no such score, keep the holder."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    holder = alias_holder(name, alias)
     if holder is None:
         client.set_registered_model_alias(name, alias, version)
         return True, f"{alias} -> v{version} (no version held it)"
     if str(holder.version) == str(version):
         return True, f"v{version} already holds {alias}"
-    if key not in holder.tags:
-        client.set_registered_model_alias(name, alias, version)
-        return True, f"{alias} -> v{version} (holder v{holder.version} has no {key})"
-    old = float(holder.tags[key])
+    old = comparable_score(holder.tags, prefix, fingerprint)
+    if old is None:
+        return False, (
+            f"{alias} stays on v{holder.version}: it has no {prefix}.roc_auc_macro measured on the same "
+            "tracks, labels and probe settings to compare with"
+        )
     if score > old:
         client.set_registered_model_alias(name, alias, version)
         return True, f"{alias} -> v{version}: {score:.4f} beats v{holder.version}'s {old:.4f}"
@@ -96,6 +123,7 @@ def log_evaluation(
                 "task": task.name,
                 "audio_root": options.audio_root,
                 "train_fraction": options.train_fraction,
+                "fingerprint": result.fingerprint,
                 **{f"probe.{k}": v for k, v in vars(options.probe).items()},
             }
         )
@@ -125,18 +153,13 @@ def tag_prefix(task: str, probe: str, train_fraction: float) -> str:
 
 
 def tag_version(result, options) -> None:
+    """The version's ``<prefix>.*`` tags: the summary metrics, the run, and the fingerprint of the
+    tracks, labels and probe settings they were measured with."""
     import mlflow
 
     client = mlflow.MlflowClient()
     prefix = tag_prefix(result.task, options.probe.kind, options.train_fraction)
-    for key in SUMMARY_KEYS:
-        client.set_model_version_tag(
-            result.model_name, result.model_version, f"{prefix}.{key}", f"{result.metrics[key]:.6f}"
-        )
-    client.set_model_version_tag(result.model_name, result.model_version, f"{prefix}.run_id", result.run_id)
-    if options.promote_alias:
-        key = f"{prefix}.roc_auc_macro"
-        score = float(f"{result.metrics['roc_auc_macro']:.6f}")  # the value the tag holds
-        result.promoted, result.promotion_note = promote(
-            result.model_name, str(result.model_version), options.promote_alias, key, score
-        )
+    values = {key: f"{result.metrics[key]:.6f}" for key in SUMMARY_KEYS}
+    values.update(run_id=result.run_id, fingerprint=result.fingerprint)
+    for key, value in values.items():
+        client.set_model_version_tag(result.model_name, result.model_version, f"{prefix}.{key}", value)

@@ -8,10 +8,12 @@ task, other probe, other train fraction) embeds only the tracks it has not seen.
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +61,8 @@ class EvaluateResult:
     run_id: str | None = None
     model_name: str | None = None
     model_version: str | None = None
+    # the tracks, labels and probe settings the score was measured with (``scoring_fingerprint``)
+    fingerprint: str = ""
     promoted: bool | None = None
     promotion_note: str = ""
     seconds: float = 0.0
@@ -243,6 +247,41 @@ def tag_columns(result: EvaluateResult, tags: Sequence[str] | None) -> np.ndarra
     return np.array([names.index(t) for t in tags])
 
 
+def scoring_fingerprint(splits: dict[str, SplitFeatures], vocabulary: Sequence[str], probe: ProbeConfig) -> str:
+    """16 hex digits naming what a score was measured with: every split's tracks and labels (after
+    missing audio and ``--train-fraction``), the vocabulary and the probe settings. Two scores are
+    compared, for an alias, only when their fingerprints are equal."""
+    digest = hashlib.sha256(json.dumps({"tags": list(vocabulary), "probe": asdict(probe)}, sort_keys=True).encode())
+    for name in SPLITS:
+        split = splits[name]
+        rows = sorted(zip(split.tracks, (row.astype(int).tolist() for row in split.labels), strict=True))
+        digest.update(json.dumps([name, rows]).encode())
+    return digest.hexdigest()[:16]
+
+
+def promote_version(result: EvaluateResult, options: EvaluateOptions, report: Callable[[str], None]) -> None:
+    """Move ``--promote-alias`` to the evaluated version if it beats the holder, scoring the holder
+    first (same task, data and probe settings) when its tags hold no score comparable to this one."""
+    from mvssl_dist.evaluate.report import holder_to_score, promote, tag_prefix
+
+    name, version, alias = result.model_name, str(result.model_version), options.promote_alias
+    prefix = tag_prefix(result.task, options.probe.kind, options.train_fraction)
+    holder = holder_to_score(name, version, alias, prefix, result.fingerprint)
+    if holder is not None:
+        report(
+            f"[evaluate] {alias} is on v{holder}, which has no {result.task} score measured on the same tracks, "
+            "labels and probe settings; scoring it first"
+        )
+        try:
+            evaluate(replace(options, model=f"models:/{name}/{holder}", promote_alias=None, features_dir=None), report)
+        except EvaluateError as err:
+            result.promoted = False
+            result.promotion_note = f"{alias} stays on v{holder}: it could not be scored ({err})"
+            return
+    score = float(f"{result.metrics['roc_auc_macro']:.6f}")  # the value the version's tag holds
+    result.promoted, result.promotion_note = promote(name, version, alias, prefix, score, result.fingerprint)
+
+
 # --------------------------------------------------------------------------- driver
 def one_sided_tags(labels: np.ndarray, vocabulary: Sequence[str]) -> list[str]:
     """The tags that ``labels`` ``[tracks, tags]`` give to every track or to none."""
@@ -344,8 +383,11 @@ def evaluate(options: EvaluateOptions, report: Callable[[str], None] = print) ->
         test_tracks=test.tracks,
         test_labels=test.labels,
         test_scores=test_scores,
+        fingerprint=scoring_fingerprint(splits, task.vocabulary, options.probe),
     )
     result.model_name, result.model_version = facts.get("model_name"), facts.get("model_version")
     result.seconds = time.perf_counter() - start
     log_evaluation(result, options, task, facts, probe.history, listing, tracking_uri)
+    if options.promote_alias:
+        promote_version(result, options, report)
     return result
