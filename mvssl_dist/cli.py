@@ -477,7 +477,7 @@ def embed_query(path: str, embeddings: Path, max_seconds: float = EMBED_MAX_DURA
 
     from mvssl_dist.audio import AudioDecodeError, decode_with_info
     from mvssl_dist.embed import embed_track
-    from mvssl_dist.embed.batch import weights_identity
+    from mvssl_dist.embed.batch import describe, model_facts, same_weights, weights_identity
     from mvssl_dist.embed.search import SearchError
     from mvssl_dist.models import WeightsError, load_backbone
     from mvssl_dist.tracking import quick_requests, tracking_store
@@ -495,8 +495,12 @@ def embed_query(path: str, embeddings: Path, max_seconds: float = EMBED_MAX_DURA
         audio = decode_with_info(path, max_seconds=max_seconds).audio  # before the model: a bad file fails fast
         with tracking_store(store), quick_requests():
             backbone = load_backbone(model)
-        if "weights_sha256" in record.get("weights", {}) and weights_identity(model, {}) != record["weights"]:
-            raise SearchError(f"{model}: not the weights {embeddings} was embedded with (the file changed since)")
+            now = weights_identity(model, model_facts(model) if "model_version" in record else {})
+        if not same_weights(record.get("weights", now), now):
+            raise SearchError(
+                f"{embeddings} was embedded with {describe(record['weights'])}; {model} is now {describe(now)} "
+                "(the weights file changed, or MLFLOW_TRACKING_URI names another registry)"
+            )
         return embed_track(backbone, audio)[0]
     except (WeightsError, AudioDecodeError, OSError) as err:
         raise SearchError(decode_error_line(err)) from None

@@ -410,6 +410,29 @@ def test_models_uri_and_neighbours(library, embedded, tmp_path, monkeypatch, cap
     )
     assert run.returncode == 0 and expected["good"][2].name in run.stdout, run.stderr
     assert not (elsewhere / "mlflow.db").exists()  # it did not open (and create) a store in the cwd
+    # Another registry's emb-model v1 (other weights) is not the model OUT_DIR was embedded with.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")
+    with mlflow.start_run(experiment_id=connect(os.environ["MLFLOW_TRACKING_URI"], "emb")):
+        assert log_and_register_backbone(other, "emb-model", {"method": "none"}) == "1"
+    capsys.readouterr()
+    four = [str(p) for p in expected["good"][:4]]
+    assert main(["embed", *four, "--model", "models:/emb-model/1", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "embedded with models:/emb-model/1 (registered from models:/" in err[0], err
+    assert main(["neighbours", "--embeddings", str(out), "--query", str(expected["good"][2])]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "names another registry" in err[0], err
+
+
+def test_same_weights_tells_registries_apart_and_reads_older_records():
+    from mvssl_dist.embed.batch import same_weights
+
+    version = {"model_name": "m", "model_version": "1", "model_source": "models:/m-aaa"}
+    assert same_weights(version, dict(version))
+    assert not same_weights(version, {**version, "model_source": "models:/m-bbb"})  # another registry's v1
+    assert same_weights({"model_name": "m", "model_version": "1"}, version)  # recorded before sources were
+    assert not same_weights({"model_name": "m", "model_version": "2"}, version)
+    assert not same_weights({"random_seed": 0}, {"random_seed": 1})
 
 
 def test_forward_batches_cross_tracks_in_order_and_copy_one_batch_at_a_time():

@@ -482,6 +482,7 @@ def test_probe_on_a_separating_backbone_scores_high_and_is_logged(evaluated, reg
     assert result.missing == [("3/track035_plucked_folk.mp3", "not_found")]
     client = mlflow.MlflowClient(registered)
     version = client.get_model_version("mvssl-eval-test", "1")
+    assert result.features_dir.parent.name == f"mvssl-eval-test-v1-{version.run_id[:8]}"  # never another registry's v1
     assert float(version.tags["eval.mtat.roc_auc_macro"]) == pytest.approx(result.metrics["roc_auc_macro"], abs=1e-6)
     run = client.get_run(result.run_id)
     assert run.data.tags["source_run_id"] == version.run_id and run.data.tags["model_version"] == "1"

@@ -471,7 +471,11 @@ def model_facts(model: str) -> dict:
         else:
             version = mlflow.MlflowClient().get_model_version(name, ref)
         facts.update(
-            model_name=name, model_version=version.version, model_tags=dict(version.tags), run_id=version.run_id
+            model_name=name,
+            model_version=version.version,
+            model_source=version.source,  # what was registered: unique across registries, unlike NAME/VERSION
+            model_tags=dict(version.tags),
+            run_id=version.run_id,
         )
         facts["tracking_uri"] = without_password(mlflow.get_tracking_uri())  # where `neighbours --query` finds it
     return facts
@@ -479,10 +483,14 @@ def model_facts(model: str) -> dict:
 
 def weights_identity(model: str, facts: dict) -> dict:
     """What makes two runs' embeddings the same model's: the registry version (an alias is pinned
-    to the version it names now), a random backbone's seed, or a weights file's bytes (a
-    checkpoint folder: its ``state.pt``, which training rewrites in place)."""
+    to the version it names now) and what it was registered from (another registry's version of
+    the same name and number is another model), a random backbone's seed, or a weights file's
+    bytes (a checkpoint folder: its ``state.pt``, which training rewrites in place)."""
     if "model_version" in facts:
-        return {"model_name": facts["model_name"], "model_version": str(facts["model_version"])}
+        identity = {"model_name": facts["model_name"], "model_version": str(facts["model_version"])}
+        if facts.get("model_source"):
+            identity["model_source"] = facts["model_source"]
+        return identity
     if model == "random" or model.startswith("random:"):
         return {"random_seed": int(model.partition(":")[2] or 0)}
     path = Path(model)
@@ -494,9 +502,18 @@ def weights_identity(model: str, facts: dict) -> dict:
     return {"weights_sha256": digest.hexdigest()}
 
 
+def same_weights(before: dict, now: dict) -> bool:
+    """Whether two ``weights_identity`` records name the same model. A registry version recorded
+    before its source was (mvssl before this check) is compared by name and number alone."""
+    if "model_version" in before and "model_source" not in before:
+        now = {k: v for k, v in now.items() if k != "model_source"}
+    return before == now
+
+
 def describe(identity: dict) -> str:
     if "model_version" in identity:
-        return f"models:/{identity['model_name']}/{identity['model_version']}"
+        source = f" (registered from {identity['model_source']})" if "model_source" in identity else ""
+        return f"models:/{identity['model_name']}/{identity['model_version']}{source}"
     if "random_seed" in identity:
         return f"random:{identity['random_seed']}"
     return f"weights sha256 {identity['weights_sha256'][:12]}"
@@ -513,7 +530,7 @@ def check_out_dir(out: Path, options: EmbedOptions, weights: dict) -> EmbedOptio
     except ValueError:
         raise EmbedError(f"{record_file}: unreadable, so what OUT_DIR holds is unknown; use another --out") from None
     before = record.get("weights")
-    if before is not None and before != weights:
+    if before is not None and not same_weights(before, weights):
         raise EmbedError(
             f"--out {out}: embedded with {describe(before)}, not {describe(weights)} ({options.model}); "
             "use another --out, or remove it to start again"

@@ -1,7 +1,7 @@
 """Driver of one evaluation: task -> audio check -> cached segment features -> probe -> metrics -> MLflow.
 
 Features come from the batch-embedding pipeline (``mvssl embed --level segment``) and are kept
-in ``<cache_dir>/<model>-v<version>/features``: a second probe on the same model version (other
+in ``<cache_dir>/<model>-v<version>-<run>/features``: a second probe on the same model version (other
 task, other probe, other train fraction) embeds only the tracks it has not seen.
 """
 
@@ -89,7 +89,7 @@ def model_identity(model: str) -> tuple[str, str, dict]:
         raise EvaluateError(f"--model {model}: {str(err).splitlines()[0]}") from None
     if "model_version" in facts:
         name, version = facts["model_name"], facts["model_version"]
-        return f"models:/{name}/{version}", f"{name}-v{version}", facts
+        return f"models:/{name}/{version}", f"{name}-v{version}-{registration_id(facts)}", facts
     try:  # loaded again by embed_library (11 MB, under a second): the cost of saying it first
         load_backbone(model)
     except WeightsError as err:
@@ -102,6 +102,14 @@ def model_identity(model: str) -> tuple[str, str, dict]:
     except OSError:
         raise EvaluateError(f"--model {model}: no such weights file or checkpoint folder") from None
     return model, f"{Path(model).resolve().stem}-{digest}", facts
+
+
+def registration_id(facts: dict) -> str:
+    """8 characters telling a registry version from another registry's of the same name and number
+    (its training run's ID, else a digest of its source), so cached features are never another's."""
+    if facts.get("run_id"):
+        return facts["run_id"][:8]
+    return hashlib.sha256(str(facts.get("model_source")).encode()).hexdigest()[:8]
 
 
 # --------------------------------------------------------------------------- audio
