@@ -196,8 +196,15 @@ def download_model_weights(uri: str) -> str:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except MlflowException as err:
         store = mlflow.get_tracking_uri()
+        gone = missing_local_artifacts(uri)
+        reason = (
+            f"its files were stored in {gone}, which no longer exists (a local MLflow store records "
+            "absolute paths: its folder cannot be moved)"
+            if gone
+            else first_line(err, store)
+        )
         raise WeightsError(
-            f"{uri}: {first_line(err, store)} (registry: {without_password(store)}; MLFLOW_TRACKING_URI chooses it)"
+            f"{uri}: {reason} (registry: {without_password(store)}; MLFLOW_TRACKING_URI chooses it)"
         ) from None
     except Exception as err:
         raise WeightsError(
@@ -207,6 +214,41 @@ def download_model_weights(uri: str) -> str:
     if not found:
         raise WeightsError(f"{uri}: the model has no {BACKBONE_ARTIFACT} artifact")
     return str(found[0])
+
+
+def registry_version(uri: str):
+    """The registry's ``ModelVersion`` that ``models:/NAME@ALIAS``, ``…/VERSION`` or ``…/latest`` names now."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    name, _, ref = resolve_latest(uri)[len("models:/") :].partition("/")
+    if "@" in name:
+        return client.get_model_version_by_alias(*name.split("@", 1))
+    if ref == "latest":
+        versions = client.search_model_versions(f"name='{name}'")
+        if not versions:
+            raise ValueError(f"{uri}: the registry has no version of {name}")
+        return max(versions, key=lambda v: int(v.version))
+    return client.get_model_version(name, ref)
+
+
+def missing_local_artifacts(uri: str) -> str | None:
+    """The local folder a registry version's files were stored in, when it no longer exists (a
+    local store moved or cleaned); None when they are elsewhere, present, or unknown."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from mvssl_dist.shards.uris import uri_to_path
+
+    try:
+        version = registry_version(uri)
+        location = mlflow.MlflowClient().get_model_version_download_uri(version.name, version.version)
+    except (MlflowException, OSError, ValueError):
+        return None
+    if "://" in location and not location.startswith("file://"):
+        return None
+    path = uri_to_path(location) if location.startswith("file://") else location
+    return None if os.path.exists(path) else path
 
 
 def resolve_latest(uri: str) -> str:

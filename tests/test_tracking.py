@@ -108,3 +108,24 @@ def test_loading_a_model_keeps_artifact_transfers_on_the_server_unless_told_othe
         load_backbone("models:/transfers/1")
     assert os.environ["MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD"] == "false"
     assert os.environ["MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD"] == "true"
+
+
+def test_a_moved_local_store_says_where_its_files_were(tmp_path):
+    """A local store records its artifacts' absolute paths; moved, its versions cannot be loaded,
+    and MLflow's own words for that were "No such artifact: ''"."""
+    import shutil
+
+    weights = tmp_path / "w.pt"
+    save_backbone(Backbone(), weights)
+    store, moved = tmp_path / "store", tmp_path / "moved"
+    store.mkdir()
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    with mlflow_at(uri), mlflow.start_run(experiment_id=connect(uri, "moved")):
+        log_and_register_backbone(weights, "moved", {"method": "none"})
+    shutil.move(store, moved)
+    with mlflow_at(f"sqlite:///{moved / 'mlflow.db'}"):
+        for model in ("models:/moved/1", "models:/moved@latest"):
+            with pytest.raises(WeightsError) as caught:
+                load_backbone(model)
+            said = str(caught.value)
+            assert f"its files were stored in {store}{os.sep}" in said and "which no longer exists" in said, said

@@ -460,18 +460,11 @@ def model_facts(model: str) -> dict:
     if model.startswith("models:/"):
         import mlflow
 
-        from mvssl_dist.tracking import resolve_latest, without_password
+        from mvssl_dist.tracking import registry_version, without_password
 
-        name, _, ref = resolve_latest(model)[len("models:/") :].partition("/")
-        if "@" in name:
-            name, alias = name.split("@", 1)
-            version = mlflow.MlflowClient().get_model_version_by_alias(name, alias)
-        elif ref == "latest":
-            version = max(mlflow.MlflowClient().search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
-        else:
-            version = mlflow.MlflowClient().get_model_version(name, ref)
+        version = registry_version(model)
         facts.update(
-            model_name=name,
+            model_name=version.name,
             model_version=version.version,
             model_source=version.source,  # what was registered: unique across registries, unlike NAME/VERSION
             model_tags=dict(version.tags),
