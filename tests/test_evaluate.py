@@ -422,6 +422,21 @@ def test_probe_settings_that_cannot_run_are_refused_in_one_line(tmp_path, capsys
     ]
 
 
+def test_an_alias_mlflow_would_refuse_is_one_line_before_any_work(capsys):
+    """MLflow refused these with a traceback once the evaluation had run; ``latest`` even "held"."""
+    for alias, said in (
+        ("bad alias", "letters, digits, _ and - only"),
+        ("", "letters, digits, _ and - only"),
+        ("latest", "MLflow reserves 'latest' and v<number>"),
+        ("Latest", "MLflow reserves 'latest' and v<number>"),
+        ("v2", "MLflow reserves 'latest' and v<number>"),
+    ):
+        args = ["evaluate", "--model", "random", "--task", "csv:x.csv", "--audio-root", ".", "--promote-alias", alias]
+        assert main(args) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("mvssl: error: --promote-alias") and said in err[0], err
+
+
 def test_version_tags_keep_probes_and_label_fractions_apart():
     assert tag_prefix("mtat", "mlp", 1.0) == "eval.mtat"  # the reference protocol keeps the plain keys
     assert tag_prefix("mtat", "knn", 1.0) == "eval.mtat.knn"

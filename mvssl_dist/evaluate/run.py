@@ -11,6 +11,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -297,6 +298,16 @@ def one_sided_tags(labels: np.ndarray, vocabulary: Sequence[str]) -> list[str]:
     return [tag for tag, n in zip(vocabulary, positives, strict=True) if n == 0 or n == len(labels)]
 
 
+def check_alias(alias: str) -> None:
+    """MLflow's rules for an alias, said before any work (MLflow says them after, in a traceback)."""
+    if not re.fullmatch(r"[\w-]{1,255}", alias):
+        raise EvaluateError(f"--promote-alias {alias!r}: letters, digits, _ and - only, 1 to 255 of them")
+    if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+        raise EvaluateError(
+            f"--promote-alias {alias}: MLflow reserves 'latest' and v<number> for versions; choose another (champion)"
+        )
+
+
 def checked_task(options: EvaluateOptions) -> Task:
     """The task's splits (train cut to ``--train-fraction``) once every option has been checked; one line if not."""
     from mvssl_dist.embed.batch import EmbedError, check_counts, check_max_duration
@@ -304,6 +315,8 @@ def checked_task(options: EvaluateOptions) -> Task:
 
     if not 0 <= options.max_missing <= 1:
         raise EvaluateError(f"--max-missing {options.max_missing}: must be in [0, 1]")
+    if options.promote_alias is not None:
+        check_alias(options.promote_alias)
     try:
         check_config(options.probe)
         check_counts(options.workers, options.gpus)
