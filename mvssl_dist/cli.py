@@ -319,7 +319,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
     from mvssl_dist.train.pretrain import PretrainError, pretrain, resume_config
 
     overrides = list(args.overrides)
-    if args.register_as:
+    if args.register_as is not None:
         overrides.append(f"tracking.register_as={args.register_as}")
     if args.tracking_uri:
         overrides.append(f"tracking.uri={args.tracking_uri}")

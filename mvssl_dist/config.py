@@ -90,6 +90,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 # Keys whose value is free-form (not checked key by key).
 FREE_FORM = {("method", "options"), ("data", "augment")}
 CHOICES = {("data", "augment_on"): ("device", "workers")}
+# Text fields with a form, checked before anything runs (MLflow refused a bad name only when it
+# registered, after the whole pre-training run).
+PATTERNS = {("tracking", "register_as"): (r"[^/:]+", "a registered model name, not empty, without '/' or ':'")}
 # Numeric ranges, checked with the types: a value outside them used to reach the workers, where it
 # hung the loop (train.max_steps=-5) or failed after Ray Train's start-up (data.segment_s=2).
 BOUNDS: dict[tuple[str, str], tuple[tuple[str, float], ...]] = {
@@ -164,7 +167,11 @@ def _check(section: str, key: str, value: Any, default: Any) -> Any:
             raise ConfigError(f"config: {field} must be a mapping or list, got {type(value).__name__}")
         return value or default
     if default is None:  # an optional text field
-        return typed_option(f"config: {field}", value, str | None)
+        value = typed_option(f"config: {field}", value, str | None)
+        pattern, meaning = PATTERNS.get((section, key), (None, ""))
+        if value is not None and pattern and not re.fullmatch(pattern, value):
+            raise ConfigError(f"config: {field} {value!r}: must be {meaning}")
+        return value
     value = typed_option(f"config: {field}", value, type(default))
     if (section, key) in CHOICES and value not in CHOICES[(section, key)]:
         raise ConfigError(f"config: {field} must be one of {CHOICES[(section, key)]}, got {value!r}")

@@ -37,6 +37,7 @@ def test_names_that_look_like_numbers_stay_text():
         ("train.max_steps=1e3", "train.max_steps must be an integer, got 1000.0"),
         ("train.lrr=1e-4", "unknown key 'train.lrr' (did you mean 'train.lr'?)"),
         ("train.batch_size=8", "unknown key 'train.batch_size' (did you mean 'data.batch_size'?)"),
+        ("tracking.register_as=a:b", "tracking.register_as 'a:b': must be a registered model name"),
     ],
 )
 def test_what_is_not_a_number_is_still_refused_by_name(override, message):

@@ -347,6 +347,11 @@ def test_config_errors_fail_fast_with_the_field_named(dataset, workdir, capsys):
         ),
         ([f"data.path={dataset}", "data.batch_size=4", "train.max_minutes=-1"], "train.max_minutes must be >= 0"),
         ([f"data.path={dataset}", "data.batch_size=4", "--run-name", "../up"], "run name '../up': must be a plain"),
+        # MLflow refused it only when registering, after the whole run
+        (
+            [f"data.path={dataset}", "data.batch_size=4", "--register-as", "team/model"],
+            "tracking.register_as 'team/model': must be a registered model name, not empty, without '/' or ':'",
+        ),
         # became a local folder named s3:/b/runs under the working one
         (
             [f"data.path={dataset}", "data.batch_size=4", "train.storage_path=s3://b/runs"],
