@@ -167,11 +167,7 @@ def _check(section: str, key: str, value: Any, default: Any) -> Any:
             raise ConfigError(f"config: {field} must be a mapping or list, got {type(value).__name__}")
         return value or default
     if default is None:  # an optional text field
-        value = typed_option(f"config: {field}", value, str | None)
-        pattern, meaning = PATTERNS.get((section, key), (None, ""))
-        if value is not None and pattern and not re.fullmatch(pattern, value):
-            raise ConfigError(f"config: {field} {value!r}: must be {meaning}")
-        return value
+        return typed_option(f"config: {field}", value, str | None)
     value = typed_option(f"config: {field}", value, type(default))
     if (section, key) in CHOICES and value not in CHOICES[(section, key)]:
         raise ConfigError(f"config: {field} must be one of {CHOICES[(section, key)]}, got {value!r}")
@@ -296,7 +292,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
             current.update(value)
             value = current
         config = merge(config, {section: {key: value}})
+    check_patterns(config)
     return config
+
+
+def check_patterns(config: Mapping) -> None:
+    """The text fields with a form, checked once every layer is merged (a stopped run's saved
+    value may be corrected by an override when it is resumed)."""
+    for (section, key), (pattern, meaning) in PATTERNS.items():
+        value = config[section][key]
+        if value is not None and not re.fullmatch(pattern, value):
+            raise ConfigError(f"config: {section}.{key} {value!r}: must be {meaning}")
 
 
 def recorded_config(cfg: Mapping) -> dict[str, Any]:

@@ -119,3 +119,11 @@ def test_a_config_file_that_is_not_utf8_is_one_line_naming_it(tmp_path):
         load_config(path)
     path.write_text("tracking:\n  experiment: caf\u00e9\n", encoding="utf-8")
     assert load_config(path)["tracking"]["experiment"] == "caf\u00e9"
+
+
+def test_a_saved_name_mlflow_refuses_can_be_corrected_when_resuming():
+    """A run whose registration failed on its name is resumed with --register-as another name."""
+    saved = {"tracking": {"register_as": "team/model"}}
+    with pytest.raises(ConfigError, match="tracking.register_as 'team/model'"):
+        load_config(None, [], base=saved)
+    assert load_config(None, ["tracking.register_as=team-model"], base=saved)["tracking"]["register_as"] == "team-model"
