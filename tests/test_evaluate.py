@@ -474,12 +474,11 @@ def registered(mtat):
         os.environ["MLFLOW_TRACKING_URI"] = before
 
 
-@pytest.fixture(scope="module")
-def evaluated(mtat, registered):
-    ensure_ray()
+def mtat_options(mtat, registered: str, version: str) -> EvaluateOptions:
+    """The fixture task evaluated for a version of the registered model, promoting ``champion``."""
     root, audio, splits, _, _ = mtat
-    options = EvaluateOptions(
-        "models:/mvssl-eval-test/1",
+    return EvaluateOptions(
+        f"models:/mvssl-eval-test/{version}",
         "mtat",
         str(audio),
         str(splits),
@@ -487,6 +486,12 @@ def evaluated(mtat, registered):
         cache_dir=str(root / "evaluations"),
         tracking_uri=registered,
     )
+
+
+@pytest.fixture(scope="module")
+def evaluated(mtat, registered):
+    ensure_ray()
+    options = mtat_options(mtat, registered, "1")
     return options, evaluate(options, report=lambda m: None)
 
 
@@ -560,20 +565,10 @@ def test_second_probe_reuses_the_cached_features(mtat, evaluated, registered):
 def test_promotion_scores_first_a_holder_measured_otherwise(mtat, evaluated, registered):
     """v1 holds champion with an mtat score from other data (as after the task's files were edited):
     promoting v2 scores v1 again, the same way, and only then compares."""
-    root, audio, splits, _, _ = mtat
     client = mlflow.MlflowClient(registered)
     client.set_model_version_tag("mvssl-eval-test", "1", "eval.mtat.fingerprint", "measured-otherwise")
-    options = EvaluateOptions(
-        "models:/mvssl-eval-test/2",
-        "mtat",
-        str(audio),
-        str(splits),
-        promote_alias="champion",
-        cache_dir=str(root / "evaluations"),
-        tracking_uri=registered,
-    )
     messages = []
-    result = evaluate(options, report=messages.append)
+    result = evaluate(mtat_options(mtat, registered, "2"), report=messages.append)
     assert any("champion is on v1" in m and "scoring it first" in m for m in messages), messages
     tags = client.get_model_version("mvssl-eval-test", "1").tags
     assert tags["eval.mtat.fingerprint"] == result.fingerprint
