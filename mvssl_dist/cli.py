@@ -545,7 +545,12 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="... and at least this many optimizer steps (default: %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0, help="probe initialisation and batch order (default: %(default)s)")
-    p.add_argument("--promote-alias", metavar="ALIAS", help="move ALIAS here if this version beats its holder")
+    p.add_argument(
+        "--promote-alias",
+        metavar="ALIAS",
+        help="move ALIAS here if this version beats its holder, scored on the same tracks, labels and probe "
+        "settings (a holder not yet scored so is evaluated first)",
+    )
     p.add_argument(
         "--max-missing",
         type=number,
