@@ -424,6 +424,16 @@ def test_models_uri_and_neighbours(library, embedded, tmp_path, monkeypatch, cap
     assert len(err) == 1 and "names another registry" in err[0], err
 
 
+def test_a_query_finds_a_weights_file_named_relative_to_the_folder_embed_ran_in(library, tmp_path, monkeypatch):
+    """``--model w.pt`` was recorded as typed, so ``--query`` from another folder said "no such weights file"."""
+    _, expected, weights = library
+    monkeypatch.chdir(weights.parent)
+    out = tmp_path / "out"
+    assert main(["embed", *[str(p) for p in expected["good"][:2]], "--model", weights.name, "--out", str(out)]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert main(["neighbours", "--embeddings", str(out), "--query", str(expected["good"][0]), "-k", "1"]) == 0
+
+
 def test_same_weights_tells_registries_apart_and_reads_older_records():
     from mvssl_dist.embed.batch import same_weights
 

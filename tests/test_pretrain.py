@@ -64,7 +64,11 @@ def test_views_that_run_out_keep_every_trained_step(dataset, workdir, monkeypatc
     assert epochs_to_read(1600, 15) * 15 >= 1.1 * 1600 + 15 and epochs_to_read(3, 15) == 2
     monkeypatch.setattr("mvssl_dist.train.pretrain.epochs_to_read", lambda total, per_epoch: 1)
     said = []
-    overrides = tiny(dataset, "barlow_twins", **{"train.max_steps": 50, "train.checkpoint_every": 50})
+    # data.path relative to this folder, not Ray's: the workers read the shards by their absolute path
+    relative = os.path.relpath(dataset)
+    overrides = tiny(
+        dataset, "barlow_twins", **{"data.path": relative, "train.max_steps": 50, "train.checkpoint_every": 50}
+    )
     result = pretrain(
         load_config(ROOT / "configs" / "barlow_twins.yaml", overrides),
         run_name="t-out",

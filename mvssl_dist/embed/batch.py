@@ -586,9 +586,10 @@ def check_gpus(options: EmbedOptions, report: Callable[[str], None]) -> None:
 def embed_library(options: EmbedOptions, report: Callable[[str], None] = print) -> EmbedSummary:
     """Embed ``options.sources`` into ``options.out``, resuming what is there; the folder is held
     for the run, so a second run into it is refused (:mod:`mvssl_dist.folder_lock`)."""
-    from mvssl_dist.models import WeightsError, load_backbone
+    from mvssl_dist.models import WeightsError, absolute_source, load_backbone
     from mvssl_dist.tracking import default_tracking_uri, quick_requests
 
+    options = replace(options, model=absolute_source(options.model))  # the model actors' folder is Ray's
     if options.level not in ("track", "segment", "both"):
         raise EmbedError(f"--level {options.level}: must be track, segment or both")
     if options.segment_s != 4.0:

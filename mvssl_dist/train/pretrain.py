@@ -86,7 +86,7 @@ def dataset_facts(cfg: dict) -> dict:
         raise ConfigError(
             f"config: data.path {path}: a DATASET_DIR is read from a local or mounted disk (mount the bucket, or copy it)"
         )
-    root = Path(path)
+    root = Path(path).expanduser()
     meta_file, index_file = root / "dataset.json", root / "index.parquet"
     if not meta_file.is_file() or not index_file.is_file():
         raise ConfigError(f"config: data.path {path}: not an ingested dataset (no dataset.json / index.parquet)")
@@ -641,6 +641,7 @@ def pretrain(
     continues it (``continue_with``, or the ``mvssl pretrain --resume`` one), and
     KeyboardInterrupt is raised."""
     facts = dataset_facts(cfg)
+    cfg["data"]["path"] = str(Path(cfg["data"]["path"]).expanduser().resolve())  # the workers' folder is Ray's
     cfg = derive(cfg, facts)
     name = run_name or cfg["tracking"]["run_name"] or f"{cfg['method']['name']}-{config_hash(cfg)[:6]}-{os.getpid()}"
     run_dir = run_folder(cfg, name)
