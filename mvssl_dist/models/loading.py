@@ -77,9 +77,11 @@ def backbone_from_state(state: Mapping[str, torch.Tensor], device: str | torch.d
 def absolute_source(source: str) -> str:
     """``source`` as :func:`load_backbone` takes it, a weights file or checkpoint folder made
     absolute: Ray's workers on a running cluster do not share the driver's working folder."""
+    from mvssl_dist.shards.uris import local_dir
+
     if source == "random" or source.startswith(("random:", "models:/")) or "://" in source:
         return source
-    return str(Path(source).expanduser().resolve())
+    return str(local_dir(source))
 
 
 def load_backbone(source: str | os.PathLike, device: str | torch.device = "cpu") -> Backbone:

@@ -27,7 +27,7 @@ from mvssl_dist.constants import SAMPLE_RATE
 from mvssl_dist.folder_lock import FolderBusy, exclusive
 from mvssl_dist.methods import build_method, canonical_name, check_options
 from mvssl_dist.shards.reader import damaged_message, damaged_shards, load_index
-from mvssl_dist.shards.uris import display_uri, local_folder
+from mvssl_dist.shards.uris import display_uri, local_dir, local_folder
 from mvssl_dist.tracking import connect, default_tracking_uri, first_line, without_password
 
 RUN_RECORD = "mvssl_run.json"
@@ -86,7 +86,7 @@ def dataset_facts(cfg: dict) -> dict:
         raise ConfigError(
             f"config: data.path {path}: a DATASET_DIR is read from a local or mounted disk (mount the bucket, or copy it)"
         )
-    root = Path(path).expanduser()
+    root = local_dir(path)  # absolute: the workers' folder is Ray's, not the driver's
     meta_file, index_file = root / "dataset.json", root / "index.parquet"
     if not meta_file.is_file() or not index_file.is_file():
         raise ConfigError(f"config: data.path {path}: not an ingested dataset (no dataset.json / index.parquet)")
@@ -108,6 +108,7 @@ def dataset_facts(cfg: dict) -> dict:
         raise ConfigError(f"config: data.path {path}: {damaged_message(damaged)}")
     meta = json.loads(meta_file.read_text())
     return {
+        "path": str(root),
         "tracks": usable,
         "too_short": len(samples) - usable,
         "need_s": need_s,
@@ -641,7 +642,7 @@ def pretrain(
     continues it (``continue_with``, or the ``mvssl pretrain --resume`` one), and
     KeyboardInterrupt is raised."""
     facts = dataset_facts(cfg)
-    cfg["data"]["path"] = str(Path(cfg["data"]["path"]).expanduser().resolve())  # the workers' folder is Ray's
+    cfg["data"]["path"] = facts["path"]
     cfg = derive(cfg, facts)
     name = run_name or cfg["tracking"]["run_name"] or f"{cfg['method']['name']}-{config_hash(cfg)[:6]}-{os.getpid()}"
     run_dir = run_folder(cfg, name)
