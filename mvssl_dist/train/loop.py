@@ -415,6 +415,8 @@ def train_loop_per_worker(cfg: dict) -> None:
     rank, workers = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(cfg["threads_per_worker"])))
     device = get_device()
+    if t["deterministic"] and device.type == "cuda":
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     torch.manual_seed(t["seed"] + rank)
     method = build_method(cfg["method"]["name"], **cfg["method"]["options"])
     optimizer = torch.optim.AdamW(param_groups(method), lr=t["lr"], weight_decay=t["weight_decay"])

@@ -48,6 +48,7 @@ RESUME_MAY_CHANGE = {("data", "path"), ("data", "view_cpus")} | {
         "storage_path",
         "log_every",
         "max_minutes",
+        "deterministic",
         "fit_to_max_minutes",
         "collapse_std",
         "collapse_rank",
@@ -367,6 +368,7 @@ def build_trainer(cfg: dict, run_dir: Path, per_worker: float, view_cpus: float,
         augment=data["augment"] if data["augment_on"] == "workers" else None,
         num_cpus_per_task=view_cpus,
         stats_name=f"views-{run_dir.name}",
+        preserve_order=train["deterministic"],
     )
     worker_cfg = dict(
         cfg,
@@ -393,8 +395,21 @@ def build_trainer(cfg: dict, run_dir: Path, per_worker: float, view_cpus: float,
             },
         ),
         datasets={"train": dataset},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=ray.train.DataConfig(
+            datasets_to_split=["train"], execution_options=ordered_ingest() if train["deterministic"] else None
+        ),
     )
+
+
+def ordered_ingest():
+    """Ray Train's ingest options with ``preserve_order``. Train replaces a dataset's own execution
+    options with these, so the views dataset's ``preserve_order`` alone does not reach the workers;
+    with it, the split hands each worker the same blocks in the same order on every run."""
+    import ray.train
+
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
 
 
 def finish(cfg: dict, run_id: str, checkpoint_dir: Path, model_name: str) -> tuple[str, dict]:
