@@ -25,7 +25,7 @@ from mvssl_dist.audio.synth import STYLES, encode, render
 from mvssl_dist.cli import main
 from mvssl_dist.shards import IngestOptions, ingest, path_to_uri, read_tracks, uri_to_path
 from mvssl_dist.shards.format import Malformed, read_shard
-from mvssl_dist.shards.ingest import inspect_input
+from mvssl_dist.shards.ingest import inspect_input, load_plan, plan_units, scatter_key
 from mvssl_dist.shards.reader import iter_shard_members
 from mvssl_dist.shards.uris import find_sources
 
@@ -77,6 +77,63 @@ def test_every_input_is_indexed_or_rejected_with_its_reason(catalogue, ingested)
     not_read = pq.read_table(out / "not_read.parquet").column("uri").to_pylist()
     assert [uri_to_path(u) for u in not_read] == [str(p) for p in expected["not_read"]]
     assert meta["counts"]["not_read"] == summary.not_read == 2
+
+
+def album_catalogue(artists: int, first: int = 0) -> list[str]:
+    """Bucket keys as a walk lists them: artist by artist, 10 tracks each."""
+    return [f"s3://music/artist{a:03d}/album/{t:02d}.mp3" for a in range(first, artists) for t in range(10)]
+
+
+def test_a_shard_holds_a_sample_of_the_catalogue_not_a_few_folders():
+    """Packed as listed, a 20-track unit held 2 artists, and training drew each batch from the few
+    shards its views tasks had just read: same-artist negatives no catalogue-wide draw gives."""
+    uris = album_catalogue(40)
+    plan = plan_units(uris, {}, 20 * 2e6, dict.fromkeys(uris, 1_000_000)).to_pylist()
+    units: dict[int, list[dict]] = {}
+    for row in plan:
+        units.setdefault(row["unit"], []).append(row)
+    assert len(units) == 20 and sorted(r["uri"] for r in plan) == sorted(uris)
+    for rows in units.values():
+        assert len({r["uri"].split("/")[3] for r in rows}) >= 10, rows  # 20 tracks from 10+ of the 40 artists
+        assert [r["position"] for r in rows] == list(range(len(rows)))
+        assert [r["order"] for r in rows] == sorted(r["order"] for r in rows)  # listing order inside a unit
+    assert [r["order"] for r in sorted(plan, key=lambda r: r["order"])] == list(range(400))
+    assert all(uris[r["order"]] == r["uri"] for r in plan)
+    # a later run keeps every earlier place and packs the new inputs into new units, listed after
+    previous = {r["uri"]: (r["unit"], r["position"], r["order"]) for r in plan}
+    more = album_catalogue(50, first=40)
+    again = plan_units(uris + more, previous, 20 * 2e6, dict.fromkeys(more, 1_000_000)).to_pylist()
+    assert {r["uri"]: (r["unit"], r["position"], r["order"]) for r in again if r["uri"] in previous} == previous
+    assert {r["unit"] for r in again if r["uri"] in more} == set(range(20, 25))
+    assert sorted(r["order"] for r in again if r["uri"] in more) == list(range(400, 500))
+
+
+def test_a_plan_from_before_the_listing_order_was_kept_reads_it_from_its_units(tmp_path):
+    """Datasets written before: packed as listed, so (unit, position) is the listing order."""
+    import pyarrow as pa
+
+    old = pa.table({"uri": ["c", "a", "b"], "unit": [1, 0, 0], "position": [0, 1, 0]})
+    pq.write_table(old, tmp_path / "plan.parquet")
+    assert load_plan(tmp_path) == {"b": (0, 0, 0), "a": (0, 1, 1), "c": (1, 0, 2)}
+
+
+def test_of_two_copies_the_one_listed_first_is_kept_whichever_shard_it_is_in(tmp_path, ray_local):  # noqa: ARG001
+    """One input per unit, so the units follow the scattered order: the copy named second is given
+    a name that the scatter puts first, and it is still the duplicate."""
+    src = tmp_path / "src"
+    src.mkdir()
+    encode(src / "a.flac", render(STYLES[0], 13.0, 16000, seed=1), 16000)
+    original = find_sources([str(src)]).uris[0]
+    copy = next(n for n in (f"b{i}.flac" for i in range(100)) if scatter_key(original[:-6] + n) < scatter_key(original))
+    shutil.copy(src / "a.flac", src / copy)
+    ingest(IngestOptions([str(src)], str(tmp_path / "ds"), shard_target_mb=0.001, progress=False), report=print)
+    plan = {r["uri"]: r["unit"] for r in pq.read_table(tmp_path / "ds" / "plan.parquet").to_pylist()}
+    assert plan[original[:-6] + copy] < plan[original]  # the copy's shard comes first
+    (kept,) = pq.read_table(tmp_path / "ds" / "index.parquet").to_pylist()
+    (rejected,) = pq.read_table(tmp_path / "ds" / "rejects.parquet").to_pylist()
+    assert uri_to_path(kept["source_uri"]) == str(src / "a.flac")
+    assert uri_to_path(rejected["source_uri"]) == str(src / copy)
+    assert rejected["reason"] == f"duplicate_of:{kept['key']}"
 
 
 def test_files_not_read_can_be_given_back_as_a_list(catalogue, ingested, tmp_path, ray_local):  # noqa: ARG001

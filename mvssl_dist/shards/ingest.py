@@ -2,7 +2,9 @@
 
 How a run goes:
 1. **Plan** (driver): resolve SRC to URIs; URIs seen by an earlier run keep their unit; new
-   ones are packed, in order, into new units of about ``shard_target_mb`` of decoded audio.
+   ones are packed into new units of about ``shard_target_mb`` of decoded audio, in an order
+   scattered by a hash of the URI, so that a shard holds a sample of the catalogue rather than a
+   few neighbouring folders (see :func:`plan_units`).
    The plan is saved (``plan.parquet``) before any work, so a resumed run redoes exactly the
    same units.
 2. **Work** (Ray Data, one CPU task per unit): read bytes, hash, decode, check, write
@@ -10,8 +12,8 @@ How a run goes:
    manifest ``shards/shard-NNNNNN.parquet`` (every input of the unit with its outcome). The
    manifest is the commit marker: a unit without one is redone by the next run, and so is a
    unit whose tar is gone or not the size the manifest recorded (``shard_bytes``).
-3. **Finalize** (driver): concatenate the manifests in plan order, turn later copies of the
-   same content into ``duplicate_of:<key>`` rejects, write ``index.parquet``,
+3. **Finalize** (driver): concatenate the manifests in listing order, turn copies of the same
+   content listed after the first into ``duplicate_of:<key>`` rejects, write ``index.parquet``,
    ``rejects.parquet`` and ``dataset.json``.
 Every input ends in exactly one of index or rejects; keys are the first 32 hex digits of
 the source's SHA-256, so the same audio always gets the same key. Files that a folder walk
@@ -83,6 +85,8 @@ INDEX_SCHEMA = pa.schema(
 NOT_READ = "not_read.parquet"
 CHANGED = "changed"  # --retry changed: ingested inputs since changed in size or modification time, or gone
 REJECT_REASONS = ("empty", "not_audio", "truncated", "too_short", "too_long", "silent", "unreadable", "zero_length")
+# plan.parquet: each input's unit (shard), its position there, and its place in the listing order.
+PLAN_SCHEMA = pa.schema([("uri", pa.string()), ("unit", pa.int64()), ("position", pa.int64()), ("order", pa.int64())])
 REJECT_SCHEMA = pa.schema([("source_uri", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
 MANIFEST_SCHEMA = pa.schema(
     [("unit", pa.int64()), ("position", pa.int64()), ("status", pa.string()), ("detail", pa.string())]
@@ -185,25 +189,44 @@ def input_sizes(uris: list[str], known: dict[str, int]) -> dict[str, int]:
 
 
 def plan_units(
-    uris: list[str], previous: dict[str, tuple[int, int]], target_bytes: float, sizes: dict[str, int]
+    uris: list[str], previous: dict[str, tuple[int, int, int]], target_bytes: float, sizes: dict[str, int]
 ) -> pa.Table:
-    """Keep earlier URIs' (unit, position); pack new ones into new units of ~``target_bytes``
-    (``sizes``: the new ones' bytes, see :func:`input_sizes`)."""
+    """Keep earlier URIs' (unit, position, order); pack new ones into new units of ~``target_bytes``
+    (``sizes``: the new ones' bytes, see :func:`input_sizes`).
+
+    New inputs are packed in a scattered order (:func:`scatter_key`), not as listed: a folder walk
+    lists an album, an artist, a label together, and units packed in that order held a few artists
+    each. Training reads a unit's tracks together (one views task per shard, a small shuffle
+    buffer after it), so its batches were drawn from a few artists: hard negatives that no
+    catalogue-wide draw would give. ``order`` keeps the listing order (run after run): within a
+    unit the positions follow it, and of two copies of the same audio the one listed first is kept.
+    """
     rows = [(u, *previous[u]) for u in previous]
     fresh = [u for u in uris if u not in previous]
     unit = max((r[1] for r in rows), default=-1) + 1
-    filled, position = 0.0, 0
-    for uri in fresh:
-        if position and filled >= target_bytes:
-            unit, filled, position = unit + 1, 0.0, 0
-        rows.append((uri, unit, position))
+    first = max((r[3] for r in rows), default=-1) + 1
+    order = {u: first + i for i, u in enumerate(fresh)}
+    groups: list[list[str]] = [[]]
+    filled = 0.0
+    for uri in sorted(fresh, key=scatter_key):
+        if groups[-1] and filled >= target_bytes:
+            groups.append([])
+            filled = 0.0
+        groups[-1].append(uri)
         filled += estimated_decoded_bytes(uri, sizes[uri])
-        position += 1
+    for offset, group in enumerate(g for g in groups if g):
+        rows += [(u, unit + offset, position, order[u]) for position, u in enumerate(sorted(group, key=order.get))]
     rows.sort(key=lambda r: (r[1], r[2]))
     return pa.table(
-        {"uri": [r[0] for r in rows], "unit": [r[1] for r in rows], "position": [r[2] for r in rows]},
-        schema=pa.schema([("uri", pa.string()), ("unit", pa.int64()), ("position", pa.int64())]),
+        {name: [r[i] for r in rows] for i, name in enumerate(PLAN_SCHEMA.names)},
+        schema=PLAN_SCHEMA,
     )
+
+
+def scatter_key(uri: str) -> bytes:
+    """A fixed pseudo-random place for ``uri`` among the inputs (its BLAKE2b hash): the same in
+    every run and on every machine, and unrelated to the folder it is in."""
+    return hashlib.blake2b(uri.encode("utf-8", "surrogateescape"), digest_size=8).digest()
 
 
 def shard_name(unit: int) -> str:
@@ -326,7 +349,8 @@ def table_hash(table: pa.Table) -> str:
 def finalize(out: Path, plan: pa.Table, options: IngestOptions, units_run: int, not_read: int = 0) -> IngestSummary:
     units = sorted(set(plan.column("unit").to_pylist()))
     manifests = [pq.read_table(out / "shards" / f"{shard_name(u)}.parquet", schema=MANIFEST_SCHEMA) for u in units]
-    rows = pa.concat_tables(manifests).sort_by([("unit", "ascending"), ("position", "ascending")]).to_pylist()
+    listed = {(n, p): o for n, p, o in zip(*(plan.column(c).to_pylist() for c in PLAN_SCHEMA.names[1:]), strict=True)}
+    rows = sorted(pa.concat_tables(manifests).to_pylist(), key=lambda r: listed[r["unit"], r["position"]])
     first_uri: dict[str, str] = {}
     index_rows, reject_rows = [], []
     for row in rows:
@@ -386,14 +410,16 @@ def check_options_compatible(out: Path, options: IngestOptions) -> None:
             )
 
 
-def load_plan(out: Path) -> dict[str, tuple[int, int]]:
+def load_plan(out: Path) -> dict[str, tuple[int, int, int]]:
+    """uri -> (unit, position, order). A plan written before ``order`` was kept was packed as
+    listed, so its (unit, position) order is its listing order."""
     path = out / "plan.parquet"
     if not path.exists():
         return {}
-    table = pq.read_table(path)
-    return {
-        u: (n, p) for u, n, p in zip(*(table.column(c).to_pylist() for c in ("uri", "unit", "position")), strict=True)
-    }
+    table = pq.read_table(path).sort_by([("unit", "ascending"), ("position", "ascending")])
+    columns = [table.column(c).to_pylist() for c in ("uri", "unit", "position")]
+    orders = table.column("order").to_pylist() if "order" in table.column_names else range(table.num_rows)
+    return {u: (n, p, o) for u, n, p, o in zip(*columns, orders, strict=True)}
 
 
 def record_not_read(out: Path, other_files: list[str], plan: pa.Table) -> list[str]:
