@@ -137,6 +137,28 @@ def test_views_are_exact_slices_of_their_own_track(dataset):
 
 
 @pytest.mark.slow
+def test_a_long_run_reads_several_shards_a_task_and_the_same_views(dataset, monkeypatch):
+    """Epochs streamed back to back are numbered items, not one item (with its shard's keys) per
+    shard and epoch: a million-track catalogue planned 22,728 items an epoch at 27 s an epoch.
+    Past MAX_VIEW_TASKS a task reads several items in turn, and the views are the same."""
+    from mvssl_dist.views import dataset as views_module
+
+    items = views_module.shard_table(dataset).num_rows * 3
+    one_each = _collect(views_dataset(dataset, seed=2, num_epochs=3, preserve_order=True, stats_name=None))
+    monkeypatch.setattr(views_module, "MAX_VIEW_TASKS", 2)
+    two_tasks = views_dataset(dataset, seed=2, num_epochs=3, preserve_order=True, stats_name=None)
+    assert items > 2  # so a task reads at least two items in turn
+    shared = _collect(two_tasks)
+    assert [list(b["key"]) for b in shared] == [list(b["key"]) for b in one_each]
+    assert all(np.array_equal(a["views"], b["views"]) for a, b in zip(shared, one_each, strict=True))
+    keys = [k for b in one_each for k in b["key"]]
+    assert sorted(set(keys)) == sorted(
+        k for ks in views_module.shard_table(dataset).column("keys").to_pylist() for k in ks
+    )
+    assert len(keys) == 3 * len(set(keys))  # every track once an epoch (1 pair per track), 3 epochs
+
+
+@pytest.mark.slow
 def test_same_seed_same_batches_new_epoch_new_draws(dataset):
     first = _collect(views_dataset(dataset, seed=5, preserve_order=True))
     again = _collect(views_dataset(dataset, seed=5, preserve_order=True))

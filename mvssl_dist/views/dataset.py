@@ -1,6 +1,7 @@
 """``views_dataset``: a lazy, streaming Ray Data dataset of multi-view training rows.
 
-One Ray task per shard reads the tar (int16 PCM, no decoding), draws ``pairs_per_track``
+One Ray task per shard and epoch (several in turn past ``MAX_VIEW_TASKS``) reads the tar
+(int16 PCM, no decoding), draws ``pairs_per_track``
 sets of views per indexed track, drops silent draws with the reference's rule, and emits
 one block ``{"key": [N], "views": int16 [N, n_views, samples]}``. Rows leave as int16 (half
 the bytes of float32); :func:`to_float` or ``views_dataset(dtype="float32")`` scales them
@@ -12,6 +13,7 @@ small named Ray actor: read them with :func:`view_stats`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -210,29 +212,79 @@ def finish_views(views: np.ndarray, batch: dict, chains: list, dtype: str, chunk
     return floats if dtype == "float32" else np.round(np.clip(floats, -1, 1) * 32767).astype(np.int16)
 
 
-def shard_items(dataset_dir: str | Path, seed: int, epoch: int, pairs_per_track: int) -> list[dict]:
-    """One item per shard, in a seeded per-epoch order, with the keys the index holds there."""
-    index = load_index(dataset_dir)
-    root = Path(dataset_dir)
+# Above this many shard-epochs, a views task reads several in turn: Ray Data plans each block
+# (about 1 ms each here), and one task per shard and epoch of a million-track catalogue (22,728
+# shards x 100 epochs) took 27 s an epoch to plan with the keys in every item, and GBs of memory.
+MAX_VIEW_TASKS = 20_000
+
+
+def shard_table(dataset_dir: str | Path) -> pa.Table:
+    """One row per shard, in path order: ``path`` (relative), the ``keys`` the index holds there and
+    their ``rms`` (int16 scale). Built once per dataset, not once per epoch."""
+    index = load_index(dataset_dir, columns=["shard", "key", "rms_db"])
     by_shard: dict[str, tuple[list, list]] = {}
     for shard, key, level in zip(*(index.column(c).to_pylist() for c in ("shard", "key", "rms_db")), strict=True):
         keys, rms = by_shard.setdefault(shard, ([], []))
         keys.append(key)
         rms.append(float(10 ** (level / 20)) * INT16_SCALE)
-    shards = sorted(by_shard)
-    order = np.random.default_rng([seed, epoch]).permutation(len(shards))
-    return [
+    paths = sorted(by_shard)
+    return pa.table(
         {
-            "path": str(root / shards[i]),
-            "keys": by_shard[shards[i]][0],
-            "rms": by_shard[shards[i]][1],
-            "seed": seed,
-            "epoch": epoch,
-            "pairs_per_track": pairs_per_track,
-            "shard_index": int(i),
+            "path": pa.array(paths, pa.string()),
+            "keys": pa.array([by_shard[p][0] for p in paths], pa.list_(pa.string())),
+            "rms": pa.array([by_shard[p][1] for p in paths], pa.list_(pa.float64())),
         }
-        for i in order
-    ]
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def epoch_order(shards: int, seed: int, epoch: int) -> np.ndarray:
+    """The order in which an epoch reads the shards: seeded by (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(shards)
+
+
+def shard_item(table: pa.Table, root: str | Path, i: int, seed: int, epoch: int, pairs_per_track: int) -> dict:
+    row = table.slice(i, 1).to_pylist()[0]
+    return {
+        "path": str(Path(root) / row["path"]),
+        "keys": row["keys"],
+        "rms": row["rms"],
+        "seed": seed,
+        "epoch": epoch,
+        "pairs_per_track": pairs_per_track,
+        "shard_index": int(i),
+    }
+
+
+def shard_items(dataset_dir: str | Path, seed: int, epoch: int, pairs_per_track: int) -> list[dict]:
+    """One item per shard, in a seeded per-epoch order, with the keys the index holds there."""
+    table = shard_table(dataset_dir)
+    order = epoch_order(table.num_rows, seed, epoch)
+    return [shard_item(table, dataset_dir, int(i), seed, epoch, pairs_per_track) for i in order]
+
+
+_SHARED: dict[str, pa.Table] = {}
+
+
+def shared_table(ref) -> pa.Table:
+    """The shard table put in the object store by the driver, fetched once per worker process."""
+    import ray
+
+    if (name := ref.hex()) not in _SHARED:
+        _SHARED[name] = ray.get(ref)
+    return _SHARED[name]
+
+
+def views_of_items(batch: dict, shards, root: str, seed: int, first_epoch: int, pairs_per_track: int, **views):
+    """``map_batches`` generator over item numbers: item ``n`` is the ``n % shards``-th shard that
+    epoch ``first_epoch + n // shards`` reads (:func:`epoch_order`); see :func:`views_block`."""
+    table = shared_table(shards)
+    for number in batch["id"]:
+        epoch, place = divmod(int(number), table.num_rows)
+        epoch += first_epoch
+        i = int(epoch_order(table.num_rows, seed, epoch)[place])
+        item = shard_item(table, root, i, seed, epoch, pairs_per_track)
+        yield from views_block({k: [v] for k, v in item.items()}, **views)
 
 
 def views_dataset(
@@ -279,16 +331,23 @@ def views_dataset(
         silence_threshold,
     )
     chains = per_view_chains(augment, n_views)
-    items = [it for e in range(epoch, epoch + num_epochs) for it in shard_items(dataset_dir, seed, e, pairs_per_track)]
-    if not items:
+    table = shard_table(dataset_dir)
+    if not table.num_rows:
         raise ValueError(f"{dataset_dir}: the dataset has no tracks")
     if stats_name:
         stats_actor(stats_name)
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    items = table.num_rows * num_epochs  # one per shard and epoch, numbered; the table travels once
+    per_task = -(-items // MAX_VIEW_TASKS)
+    ds = ray.data.range(items, override_num_blocks=-(-items // per_task))
     ds.context.execution_options.preserve_order = preserve_order  # exact batch order for reproducibility
     ds = ds.map_batches(
-        views_block,
+        views_of_items,
         fn_kwargs={
+            "shards": ray.put(table),
+            "root": str(dataset_dir),
+            "seed": seed,
+            "first_epoch": epoch,
+            "pairs_per_track": pairs_per_track,
             "spec": spec,
             "chains": chains,
             "dtype": dtype,
