@@ -271,6 +271,8 @@ def shared_table(ref) -> pa.Table:
     import ray
 
     if (name := ref.hex()) not in _SHARED:
+        while len(_SHARED) >= 2:  # a worker process may serve several datasets: keep the newest
+            _SHARED.pop(next(iter(_SHARED)))
         _SHARED[name] = ray.get(ref)
     return _SHARED[name]
 
