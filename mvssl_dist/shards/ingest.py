@@ -349,7 +349,8 @@ def table_hash(table: pa.Table) -> str:
 def finalize(out: Path, plan: pa.Table, options: IngestOptions, units_run: int, not_read: int = 0) -> IngestSummary:
     units = sorted(set(plan.column("unit").to_pylist()))
     manifests = [pq.read_table(out / "shards" / f"{shard_name(u)}.parquet", schema=MANIFEST_SCHEMA) for u in units]
-    listed = {(n, p): o for n, p, o in zip(*(plan.column(c).to_pylist() for c in PLAN_SCHEMA.names[1:]), strict=True)}
+    columns = (plan.column(c).to_pylist() for c in ("unit", "position", "order"))
+    listed = {(n, p): o for n, p, o in zip(*columns, strict=True)}
     rows = sorted(pa.concat_tables(manifests).to_pylist(), key=lambda r: listed[r["unit"], r["position"]])
     first_uri: dict[str, str] = {}
     index_rows, reject_rows = [], []

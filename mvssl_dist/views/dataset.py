@@ -138,25 +138,20 @@ def shard_views(item: Mapping, spec: ViewSpec) -> tuple[dict, dict, dict]:
     return cut_views(picks, spec), counts, named
 
 
-def views_block(batch: dict, spec: ViewSpec, chains: list, dtype: str, stats_name: str | None, rows_per_block: int):
-    """``map_batches`` generator: shard descriptions -> Arrow blocks of at most ``rows_per_block`` rows.
+def views_block(item: Mapping, spec: ViewSpec, chains: list, dtype: str, stats_name: str | None, rows_per_block: int):
+    """One shard's views (``item`` as :func:`shard_item` gives it) as Arrow blocks of at most
+    ``rows_per_block`` rows.
 
     Rows are cut block by block (the first block leaves as soon as the shard is drawn, and a
     task holds one block of views at a time). The views column is a fixed-size binary column
     over the numpy buffer (zero copy; Ray's tensor extension type costs ~100 us per clip to build).
     """
-    total, named = {}, {"malformed": [], "silent": []}
-    for i in range(len(batch["path"])):
-        picks, counts, names = shard_picks({k: batch[k][i] for k in batch}, spec)
-        for kind, lost in names.items():
-            named[kind] += lost
-        for k, v in counts.items():
-            total[k] = total.get(k, 0) + v
-        for chunk, start in enumerate(range(0, len(picks), rows_per_block)):
-            block = cut_views(picks[start : start + rows_per_block], spec)
-            yield views_table(block["key"], finish_views(block["views"], batch, chains, dtype, chunk))
+    picks, counts, named = shard_picks(item, spec)
+    for chunk, start in enumerate(range(0, len(picks), rows_per_block)):
+        block = cut_views(picks[start : start + rows_per_block], spec)
+        yield views_table(block["key"], finish_views(block["views"], item, chains, dtype, chunk))
     if stats_name:
-        _record_stats(stats_name, total, named["malformed"], named["silent"])
+        _record_stats(stats_name, counts, named["malformed"], named["silent"])
 
 
 def views_table(keys: np.ndarray, views: np.ndarray) -> pa.Table:
@@ -192,7 +187,7 @@ def _chunk_array(chunk: pa.FixedSizeBinaryArray, dtype: np.dtype, shape: list[in
     return flat.view(dtype).reshape(len(chunk), *shape)
 
 
-def finish_views(views: np.ndarray, batch: dict, chains: list, dtype: str, chunk: int = 0) -> np.ndarray:
+def finish_views(views: np.ndarray, item: Mapping, chains: list, dtype: str, chunk: int = 0) -> np.ndarray:
     """Augment on this CPU worker when a chain is configured, and cast to the requested dtype.
 
     The augmentation generator is seeded by (seed, epoch, shard, chunk): reproducible, and
@@ -205,7 +200,7 @@ def finish_views(views: np.ndarray, batch: dict, chains: list, dtype: str, chunk
 
         from mvssl_dist.views.augment import augment_views
 
-        seed = np.random.SeedSequence([int(batch[k][0]) for k in ("seed", "epoch", "shard_index")] + [chunk])
+        seed = np.random.SeedSequence([int(item[k]) for k in ("seed", "epoch", "shard_index")] + [chunk])
         state = int(seed.generate_state(1, np.uint64)[0])  # a Python int: NumPy 1 refuses uint64 >> int
         generator = torch.Generator().manual_seed(state >> 1)
         floats = augment_views(torch.from_numpy(floats), chains, generator).numpy()
@@ -286,7 +281,7 @@ def views_of_items(batch: dict, shards, root: str, seed: int, first_epoch: int, 
         epoch += first_epoch
         i = int(epoch_order(table.num_rows, seed, epoch)[place])
         item = shard_item(table, root, i, seed, epoch, pairs_per_track)
-        yield from views_block({k: [v] for k, v in item.items()}, **views)
+        yield from views_block(item, **views)
 
 
 def views_dataset(
