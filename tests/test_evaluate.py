@@ -351,6 +351,90 @@ def test_compare_pairs_tracks_by_path_and_narrows_to_chosen_tags(tmp_path):
 
 
 # --------------------------------------------------------------------------- the k-NN probe
+def write_segment_parts(out, parts, errors=()):
+    """A features folder as ``mvssl embed --level segment`` writes it: ``parts`` is a list of
+    lists of (uri, segment) rows; each row's embedding is filled with ``value(uri, segment)``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mvssl_dist.embed.batch import ERROR_SCHEMA, fixed_list, segment_schema
+
+    out.mkdir(parents=True, exist_ok=True)
+    for n, rows in enumerate(parts):
+        columns = {
+            "key": [u[-1] for u, _ in rows],
+            "source_uri": [u for u, _ in rows],
+            "source_bytes": [1] * len(rows),
+            "source_mtime_ns": [1] * len(rows),
+            "start_s": [4.0 * g for _, g in rows],
+            "segment": [g for _, g in rows],
+            "embedding": fixed_list(np.stack([np.full(1024, segment_value(u, g), np.float32) for u, g in rows])),
+        }
+        pq.write_table(pa.table(columns, schema=segment_schema()), out / f"segments-{n:03d}.parquet")
+    table = pa.table(
+        {"source_uri": [u for u, _ in errors], "reason": [r for _, r in errors], "detail": [""] * len(errors)}
+    )
+    pq.write_table(table.cast(ERROR_SCHEMA), out / "errors.parquet")
+
+
+def segment_value(uri, segment):
+    return 10.0 * int(uri[-1]) + segment
+
+
+def test_split_features_gather_each_tracks_segments_in_order_across_parts(tmp_path):
+    from mvssl_dist.evaluate.tasks import Task, TaskTrack
+
+    # u1's segments are written out of order and over two parts; z is not in the task
+    parts = [[("u1", 1), ("z9", 0), ("u1", 0), ("u2", 0)], [("u3", 1), ("u1", 2), ("u3", 0)]]
+    write_segment_parts(tmp_path, parts, errors=[("u4", "undecodable"), ("z8", "unreadable")])
+    label = np.eye(2, dtype=np.float32)
+    splits = ("train", "validation", "test", "train", "test")
+    task = Task("t", ["a", "b"], [TaskTrack(str(i), f"p{i}", s, label[i % 2]) for i, s in enumerate(splits)])
+    present = {0: "u1", 1: "u2", 2: "u3", 3: "u4", 4: "u1"}  # the same audio twice (tracks 0 and 4)
+    index = read_features(tmp_path, set(present.values()))
+    assert index.count == {"u1": 3, "u2": 1, "u3": 2} and index.failed == {"u4": "undecodable"}
+    got = split_features(task, present, index)
+    expected = {
+        "train": (["u1", "u1", "u1"], [0, 1, 2], [0, 0, 0], ["p0"]),
+        "validation": (["u2"], [0], [0], ["p1"]),
+        "test": (["u3", "u3", "u1", "u1", "u1"], [0, 1, 0, 1, 2], [0, 0, 1, 1, 1], ["p2", "p4"]),
+    }
+    for split, (uris, segments, owner, tracks) in expected.items():
+        values = [segment_value(u, g) for u, g in zip(uris, segments, strict=True)]
+        np.testing.assert_array_equal(got[split].segments, np.repeat(np.array(values, np.float32)[:, None], 1024, 1))
+        assert got[split].owner.tolist() == owner and got[split].tracks == tracks
+    np.testing.assert_array_equal(got["test"].labels, label[[0, 0]])
+    with pytest.raises(EvaluateError, match="no validation track has audio features"):
+        split_features(task, {0: "u1", 2: "u3"}, index)
+
+
+def test_split_features_copy_the_embeddings_once(tmp_path):
+    """Whole-track MTG-Jamendo features are gigabytes: reading them into the three splits and
+    taking the probe's statistics must not hold several copies (it held 4.4x before)."""
+    import tracemalloc
+
+    from mvssl_dist.evaluate.probe import train_statistics
+    from mvssl_dist.evaluate.tasks import Task, TaskTrack
+
+    uris = [f"t{i:03d}{i % 10}" for i in range(120)]
+    parts = [[(u, g) for u in uris[p : p + 30] for g in range(40)] for p in range(0, 120, 30)]
+    write_segment_parts(tmp_path, parts)
+    splits = ["train", "train", "train", "validation", "test"]
+    task = Task(
+        "t",
+        ["a", "b"],
+        [TaskTrack(u, u, splits[i % 5], np.eye(2, dtype=np.float32)[i % 2]) for i, u in enumerate(uris)],
+    )
+    present = dict(enumerate(uris))
+    tracemalloc.start()
+    got = split_features(task, present, read_features(tmp_path, set(uris)))
+    train_statistics(got["train"])
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    size = sum(s.segments.nbytes for s in got.values())  # 120 tracks x 40 segments x 4 KB: 19.7 MB
+    assert peak < 1.4 * size, (peak, size)
+
+
 def test_knn_vote_equals_a_hand_computed_case():
     # Train segments on a circle, standardised first: with mean 0 / std 1 per column they stay put.
     bank = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]], np.float32)
@@ -519,14 +603,14 @@ def test_shuffled_labels_score_chance(mtat, evaluated):
     options, result = evaluated
     task = load_task("mtat", splits)
     present = {i: track_uri(str(audio), t.path) for i, t in enumerate(task.tracks)}
-    features, _ = read_features(result.features_dir, set(present.values()))
+    index = read_features(result.features_dir, set(present.values()))
     scores = []
     for seed in range(5):
         perm = np.random.default_rng(seed).permutation(len(task.tracks))
         labels = [task.tracks[j].labels for j in perm]
         for track, label in zip(task.tracks, labels, strict=True):
             track.labels = label
-        split = {s: split_features(task, present, features, s) for s in ("train", "validation", "test")}
+        split = split_features(task, present, index)
         probe = train_probe(split["train"], split["validation"], ProbeConfig(seed=seed))
         summary, _ = tagging_metrics(split["test"].labels, track_scores(probe.model, split["test"]), task.vocabulary)
         scores.append(summary["roc_auc_macro"])

@@ -97,7 +97,7 @@ class KnnProbe(nn.Module):
         self.temperature = temperature
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
-        self.register_buffer("bank", self.directions(torch.as_tensor(train.segments, dtype=torch.float32)))
+        self.register_buffer("bank", self.directions_of(train.segments))
         self.register_buffer("bank_labels", torch.as_tensor(train.segment_labels(), dtype=torch.float32))
         self.use_k(k)
 
@@ -108,6 +108,14 @@ class KnnProbe(nn.Module):
 
     def directions(self, x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.normalize((x - self.mean) / self.std, dim=1)
+
+    def directions_of(self, segments: np.ndarray, rows: int = 65536) -> torch.Tensor:
+        """:meth:`directions` of a whole split, ``rows`` at a time into one tensor: the bank is a
+        copy of the train segments, and the temporaries stay the size of a chunk."""
+        bank = torch.empty(segments.shape, dtype=torch.float32)
+        for s in range(0, len(segments), rows):
+            bank[s : s + rows] = self.directions(torch.from_numpy(np.asarray(segments[s : s + rows], np.float32)))
+        return bank
 
     def forward(self, x: torch.Tensor, chunk: int = 512) -> torch.Tensor:
         votes = [self.vote(self.directions(x[s : s + chunk])) for s in range(0, len(x), chunk)]
@@ -147,10 +155,13 @@ def validation_score(model: nn.Module, val: SplitFeatures) -> float:
     return float(np.mean(val.labels * np.log(clipped) + (1 - val.labels) * np.log(1 - clipped)))
 
 
-def train_statistics(train: SplitFeatures) -> tuple[np.ndarray, np.ndarray]:
+def train_statistics(train: SplitFeatures, columns: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Per-dimension mean and standard deviation (+1e-6) of the train segments: both probes
-    standardise their inputs with these."""
-    return train.segments.mean(axis=0), train.segments.std(axis=0) + 1e-6
+    standardise their inputs with these. Taken ``columns`` dimensions at a time (the same values
+    as over the whole matrix): numpy's ``std`` makes a temporary the size of its input."""
+    x = train.segments
+    std = np.concatenate([x[:, c : c + columns].std(axis=0) for c in range(0, x.shape[1], columns)])
+    return x.mean(axis=0), std + 1e-6
 
 
 def check_config(cfg: ProbeConfig) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mvssl_dist.constants import EMBED_MAX_DURATION_S
+from mvssl_dist.constants import EMBED_MAX_DURATION_S, EMBEDDING_DIM
 from mvssl_dist.evaluate.metrics import Margin, TagScore, roc_auc_margin, tagging_metrics
 from mvssl_dist.evaluate.probe import ProbeConfig, SplitFeatures, check_config, track_scores, train_probe
 from mvssl_dist.evaluate.tasks import SPLITS, Task, limit_train, load_task
@@ -185,46 +185,97 @@ def embed_features(uris: list[str], model_uri: str, out: Path, listing: Path, op
             raise EvaluateError(str(err)) from None
 
 
-def read_features(out: Path, wanted: set[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """``({uri: [segments, 1024]}, {uri: failure reason})`` for the wanted URIs."""
+@dataclass
+class SegmentIndex:
+    """Where each wanted track's segment embeddings lie in a features folder, read from the
+    ``source_uri`` and ``segment`` columns alone: the embeddings themselves are read once, by
+    :func:`split_features`, straight into the split matrices (a copy per row, never more; a
+    whole-track MTG-Jamendo split is gigabytes)."""
+
+    parts: list[Path]
+    kept: list[np.ndarray]  # per part: the rows that belong to a wanted track
+    first: np.ndarray  # per part: its first kept row's number among all parts' kept rows
+    order: np.ndarray  # kept-row numbers sorted by track, then segment
+    start: dict[str, int]  # track uri -> its rows' start in ``order``
+    count: dict[str, int]  # track uri -> its number of segments (only tracks with features)
+    failed: dict[str, str] = field(default_factory=dict)  # wanted uri without features -> the embed error
+
+
+def read_features(out: Path, wanted: set[str]) -> SegmentIndex:
+    """The :class:`SegmentIndex` of the wanted URIs in ``out``'s segments parts, and the failure
+    reason of those its errors list."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from mvssl_dist.embed.batch import embedding_matrix
-
-    found: dict[str, list] = {}
+    names = sorted(wanted)
+    value_set = pa.array(names, pa.string())
+    parts, kept, codes, segments = [], [], [], []
     for part in sorted(out.glob("segments-*.parquet")):
-        table = pq.read_table(part, columns=["source_uri", "segment", "embedding"])
-        table = table.filter(pc.is_in(table["source_uri"], value_set=pa.array(sorted(wanted), pa.string())))
-        if not table.num_rows:
+        table = pq.read_table(part, columns=["source_uri", "segment"])
+        code = pc.index_in(table["source_uri"], value_set=value_set).combine_chunks()
+        rows = np.flatnonzero(code.is_valid().to_numpy(zero_copy_only=False))
+        if not len(rows):
             continue
-        matrix = embedding_matrix(table.column("embedding"))
-        for uri, seg, row in zip(table["source_uri"].to_pylist(), table["segment"].to_pylist(), matrix, strict=True):
-            found.setdefault(uri, []).append((seg, row))
-    features = {u: np.stack([r for _, r in sorted(rows, key=lambda x: x[0])]) for u, rows in found.items()}
-    failed = {}
+        parts.append(part)
+        kept.append(rows)
+        codes.append(code.fill_null(0).to_numpy()[rows])
+        segments.append(table["segment"].to_numpy()[rows])
+    code_all = np.concatenate(codes) if codes else np.zeros(0, np.int64)
+    order = np.lexsort((np.concatenate(segments) if segments else code_all, code_all))  # stable
+    counts = np.bincount(code_all, minlength=len(names))
+    starts = np.cumsum(counts) - counts
+    present = np.flatnonzero(counts)
+    index = SegmentIndex(
+        parts,
+        kept,
+        np.cumsum([0] + [len(k) for k in kept])[:-1],
+        order,
+        {names[c]: int(starts[c]) for c in present},
+        {names[c]: int(counts[c]) for c in present},
+    )
     errors = out / "errors.parquet"
     if errors.is_file():
         for row in pq.read_table(errors).to_pylist():
-            if row["source_uri"] in wanted and row["source_uri"] not in features:
-                failed[row["source_uri"]] = row["reason"]
-    return features, failed
+            if row["source_uri"] in wanted and row["source_uri"] not in index.count:
+                index.failed[row["source_uri"]] = row["reason"]
+    return index
 
 
-def split_features(task: Task, present: dict[int, str], features: dict[str, np.ndarray], split: str) -> SplitFeatures:
-    segments, owner, labels, tracks = [], [], [], []
-    for i, track in enumerate(task.tracks):
-        if track.split != split or present.get(i) not in features:
-            continue
-        matrix = features[present[i]]
-        segments.append(matrix)
-        owner += [len(labels)] * len(matrix)
-        labels.append(track.labels)
-        tracks.append(track.path)
-    if not labels:
-        raise EvaluateError(f"task {task.name}: no {split} track has audio features")
-    return SplitFeatures(np.concatenate(segments).astype(np.float32), np.array(owner), np.stack(labels), tracks)
+def split_features(task: Task, present: dict[int, str], index: SegmentIndex) -> dict[str, SplitFeatures]:
+    """Every split's :class:`SplitFeatures` (its tracks with features, in task order; each track's
+    segments in segment order), each part's embeddings read once for all three."""
+    import pyarrow.parquet as pq
+
+    from mvssl_dist.embed.batch import embedding_matrix
+
+    layout, sources = {}, {}
+    for split in SPLITS:
+        chosen = [
+            (i, present[i]) for i, t in enumerate(task.tracks) if t.split == split and present.get(i) in index.count
+        ]
+        if not chosen:
+            raise EvaluateError(f"task {task.name}: no {split} track has audio features")
+        counts = np.array([index.count[uri] for _, uri in chosen])
+        rows = np.concatenate(
+            [index.order[index.start[uri] : index.start[uri] + index.count[uri]] for _, uri in chosen]
+        )
+        layout[split] = chosen, counts
+        sources[split] = (np.argsort(rows, kind="stable"), np.sort(rows))  # grouped by part: row numbers rise with it
+    matrices = {s: np.empty((len(sources[s][1]), EMBEDDING_DIM), np.float32) for s in SPLITS}
+    bounds = {s: np.searchsorted(sources[s][1], np.append(index.first, np.iinfo(np.int64).max)) for s in SPLITS}
+    for p, part in enumerate(index.parts):
+        embeddings = embedding_matrix(pq.read_table(part, columns=["embedding"]).column("embedding"))
+        for split in SPLITS:
+            slots, rows = (a[bounds[split][p] : bounds[split][p + 1]] for a in sources[split])
+            matrices[split][slots] = embeddings[index.kept[p][rows - index.first[p]]]
+    splits = {}
+    for split in SPLITS:
+        chosen, counts = layout[split]
+        labels = np.stack([task.tracks[i].labels for i, _ in chosen])
+        owner = np.repeat(np.arange(len(chosen)), counts)
+        splits[split] = SplitFeatures(matrices[split], owner, labels, [task.tracks[i].path for i, _ in chosen])
+    return splits
 
 
 def compare(a: EvaluateResult, b: EvaluateResult, tags: Sequence[str] | None = None, **bootstrap) -> Margin:
@@ -343,15 +394,14 @@ def task_features(task: Task, options: EvaluateOptions, model_uri: str, base: Pa
     features_dir = Path(options.features_dir).resolve() if options.features_dir else base / "features"
     report(f"[evaluate] features of {model_uri} in {features_dir}")
     embed_features(sorted(set(present.values())), model_uri, features_dir, base / "inputs.txt", options, report)
-    features, failed = read_features(features_dir, set(present.values()))
+    index = read_features(features_dir, set(present.values()))
     for i, uri in list(present.items()):
-        if uri not in features:
-            missing.append((task.tracks[i].path, failed.get(uri, "no_features")))
+        if uri not in index.count:
+            missing.append((task.tracks[i].path, index.failed.get(uri, "no_features")))
     check_missing(missing, len(task.tracks), options.max_missing, listing, options.audio_root)
     if missing:
         report(f"[evaluate] {len(missing)} task track(s) missing or undecodable, listed in {listing}")
-    splits = {s: split_features(task, present, features, s) for s in SPLITS}
-    return splits, missing, listing, features_dir
+    return split_features(task, present, index), missing, listing, features_dir
 
 
 def warn_unlearnable(splits: dict, vocabulary: Sequence[str], report) -> None:
