@@ -449,6 +449,22 @@ def test_knn_vote_equals_a_hand_computed_case():
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+def test_knn_vote_keeps_its_similarity_block_small(monkeypatch):
+    """Queries go to the vote in chunks sized to the bank (a whole-track MTG-Jamendo bank of ~1.9 M
+    segments made a 3.9 GB block at 512 queries a chunk); the scores do not depend on the chunk."""
+    import mvssl_dist.evaluate.probe as probe_module
+
+    train, queries = clustered(0), torch.from_numpy(clustered(1).segments)  # a bank of 180 rows, 180 queries
+    probe = train_probe(train, clustered(2), ProbeConfig("knn", k=5)).model
+    whole = probe(queries, chunk=512)
+    sizes = []
+    vote = probe.vote
+    monkeypatch.setattr(probe, "vote", lambda q: sizes.append(len(q)) or vote(q))
+    monkeypatch.setattr(probe_module, "SIMILARITY_CELLS", 180 * 16)
+    torch.testing.assert_close(probe(queries), whole)
+    assert max(sizes) == 16 and sum(sizes) == 180
+
+
 CENTRES = np.random.default_rng(99).standard_normal((3, 16)).astype(np.float32) * 3
 
 

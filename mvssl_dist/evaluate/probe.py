@@ -40,6 +40,10 @@ class ProbeConfig:
 
 
 KNN_CANDIDATES = (5, 10, 20, 50)
+# The k-NN vote's similarity block, queries x bank rows, is kept under this many float32 cells
+# (128 MB): with 512 queries a chunk, a whole-track MTG-Jamendo bank (~1.9 M train segments)
+# made a 3.9 GB block.
+SIMILARITY_CELLS = 1 << 25
 PROBES = ("mlp", "linear", "knn")
 
 
@@ -117,7 +121,10 @@ class KnnProbe(nn.Module):
             bank[s : s + rows] = self.directions(torch.from_numpy(np.asarray(segments[s : s + rows], np.float32)))
         return bank
 
-    def forward(self, x: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """Logits of the vote, ``chunk`` queries at a time: by default as many as keep the
+        ``[queries, bank]`` similarity block within :data:`SIMILARITY_CELLS` (at most 512)."""
+        chunk = chunk or max(1, min(512, SIMILARITY_CELLS // max(1, len(self.bank))))
         votes = [self.vote(self.directions(x[s : s + chunk])) for s in range(0, len(x), chunk)]
         return torch.logit(torch.cat(votes).clamp(1e-6, 1 - 1e-6))
 
