@@ -739,7 +739,9 @@ def test_promotion_never_compares_scores_measured_on_other_data(registered):
     assert str(client.get_model_version_by_alias(name, "held").version) == "1"
 
 
-def test_scoring_fingerprint_names_tracks_labels_and_probe_settings():
+def test_scoring_fingerprint_names_tracks_labels_and_probe_settings(monkeypatch):
+    import mvssl_dist.evaluate.run as run_module
+
     def splits(rows):
         return {
             s: SplitFeatures(
@@ -758,6 +760,28 @@ def test_scoring_fingerprint_names_tracks_labels_and_probe_settings():
     assert base != scoring_fingerprint(splits(rows[:1]), ["x", "y"], ProbeConfig())
     assert base != scoring_fingerprint(splits(rows), ["x", "z"], ProbeConfig())
     assert base != scoring_fingerprint(splits(rows), ["x", "y"], ProbeConfig(hidden=256))
+    # a score of another revision of the trained probes' code is never compared; the k-NN vote's
+    # fingerprint does not follow it
+    knn = scoring_fingerprint(splits(rows), ["x", "y"], ProbeConfig("knn"))
+    monkeypatch.setattr(run_module, "PROBE_REVISION", run_module.PROBE_REVISION + 1)
+    assert base != scoring_fingerprint(splits(rows), ["x", "y"], ProbeConfig())
+    assert knn == scoring_fingerprint(splits(rows), ["x", "y"], ProbeConfig("knn"))
+
+
+def test_the_trained_probes_are_the_references_head_without_biases():
+    """The reference's downstream model puts its ``Head`` on the backbone: Linear (no bias) +
+    BatchNorm1d + ReLU per hidden width, then Linear (no bias)."""
+    from torch import nn
+
+    from mvssl_dist.evaluate.probe import Probe
+
+    mean, std = np.zeros(1024), np.ones(1024)
+    mlp = Probe(1024, 50, ProbeConfig(hidden=512), mean, std).classifier.ops
+    assert [type(m) for m in mlp] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+    assert [tuple(m.weight.shape) for m in (mlp[0], mlp[3])] == [(512, 1024), (50, 512)]
+    linear = Probe(1024, 50, ProbeConfig("linear"), mean, std).classifier.ops
+    assert [type(m) for m in linear] == [nn.Linear] and linear[0].weight.shape == (50, 1024)
+    assert all(m.bias is None for m in (*mlp, *linear) if isinstance(m, nn.Linear))
 
 
 def test_cli_bad_input_is_one_line_and_exit_1(tmp_path, capsys):

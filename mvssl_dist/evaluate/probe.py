@@ -19,10 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from mvssl_dist.models.head import Head
+
 
 @dataclass
 class ProbeConfig:
-    kind: str = "mlp"  # mlp (one hidden layer: Linear + BatchNorm + ReLU, then Linear) | linear | knn
+    kind: str = "mlp"  # mlp (the reference's Head: Linear + BatchNorm + ReLU, then Linear; no biases) | linear | knn
     hidden: int = 512
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -39,6 +41,10 @@ class ProbeConfig:
     knn_temperature: float = 0.07
 
 
+# Raised whenever a change to the trained probes' code changes their scores: a score measured by
+# another revision is never compared with this one's (it is part of the scoring fingerprint).
+# 2: the output Linear lost its bias, as in the reference's Head (1: it had one).
+PROBE_REVISION = 2
 KNN_CANDIDATES = (5, 10, 20, 50)
 # The k-NN vote's similarity block, queries x bank rows, is kept under this many float32 cells
 # (128 MB): with 512 queries a chunk, a whole-track MTG-Jamendo bank (~1.9 M train segments)
@@ -76,17 +82,10 @@ class Probe(nn.Module):
         super().__init__()
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
-        if cfg.kind == "linear":
-            self.classifier = nn.Linear(dim, tags)
-        elif cfg.kind == "mlp":
-            self.classifier = nn.Sequential(
-                nn.Linear(dim, cfg.hidden, bias=False),
-                nn.BatchNorm1d(cfg.hidden),
-                nn.ReLU(),
-                nn.Linear(cfg.hidden, tags),
-            )
-        else:
+        if cfg.kind not in ("mlp", "linear"):
             raise ValueError(f"--probe {cfg.kind}: must be mlp or linear")
+        # the reference's downstream head: Linear (no bias) + BatchNorm + ReLU, then Linear (no bias)
+        self.classifier = Head(dim, [cfg.hidden, tags] if cfg.kind == "mlp" else [tags])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier((x - self.mean) / self.std)

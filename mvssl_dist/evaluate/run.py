@@ -21,7 +21,14 @@ import numpy as np
 
 from mvssl_dist.constants import EMBED_MAX_DURATION_S, EMBEDDING_DIM
 from mvssl_dist.evaluate.metrics import Margin, TagScore, roc_auc_margin, tagging_metrics
-from mvssl_dist.evaluate.probe import ProbeConfig, SplitFeatures, check_config, track_scores, train_probe
+from mvssl_dist.evaluate.probe import (
+    PROBE_REVISION,
+    ProbeConfig,
+    SplitFeatures,
+    check_config,
+    track_scores,
+    train_probe,
+)
 from mvssl_dist.evaluate.tasks import SPLITS, Task, limit_train, load_task
 from mvssl_dist.shards.uris import local_folder
 
@@ -309,9 +316,13 @@ def tag_columns(result: EvaluateResult, tags: Sequence[str] | None) -> np.ndarra
 
 def scoring_fingerprint(splits: dict[str, SplitFeatures], vocabulary: Sequence[str], probe: ProbeConfig) -> str:
     """16 hex digits naming what a score was measured with: every split's tracks and labels (after
-    missing audio and ``--train-fraction``), the vocabulary and the probe settings. Two scores are
-    compared, for an alias, only when their fingerprints are equal."""
-    digest = hashlib.sha256(json.dumps({"tags": list(vocabulary), "probe": asdict(probe)}, sort_keys=True).encode())
+    missing audio and ``--train-fraction``), the vocabulary, the probe settings and, for a trained
+    probe, its code's revision. Two scores are compared, for an alias, only when their fingerprints
+    are equal."""
+    settings = {"tags": list(vocabulary), "probe": asdict(probe)}
+    if probe.kind != "knn":  # the trained probes' code changed (the k-NN vote's did not)
+        settings["probe_revision"] = PROBE_REVISION
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for name in SPLITS:
         split = splits[name]
         rows = sorted(zip(split.tracks, (row.astype(int).tolist() for row in split.labels), strict=True))
