@@ -493,6 +493,38 @@ def test_knn_separates_clusters_shuffled_labels_score_chance_and_k_is_chosen_on_
     assert 0.3 < np.mean(shuffled) < 0.7, shuffled
 
 
+def test_an_epoch_takes_at_most_25_segments_of_a_track_drawn_afresh():
+    """The reference's downstream stream draws at most 25 segments of a track on each pass; a
+    track with fewer gives all of them, and with no track over the cap the epoch is the plain
+    permutation it was before."""
+    from mvssl_dist.evaluate.probe import TRAIN_SEGMENTS_PER_TRACK, epoch_rows, epoch_size
+
+    assert TRAIN_SEGMENTS_PER_TRACK == 25
+    owner = torch.repeat_interleave(torch.arange(3), torch.tensor([60, 3, 30]))  # 93 rows
+    generator = torch.Generator().manual_seed(0)
+    drawn = []
+    for _ in range(20):
+        rows = epoch_rows(owner, 25, generator)
+        assert len(rows) == len(set(rows.tolist())) == 25 + 3 + 25
+        assert torch.bincount(owner[rows]).tolist() == [25, 3, 25]
+        assert owner[rows[:28]].tolist() != sorted(owner[rows[:28]].tolist())  # shuffled, not by track
+        drawn.append(set(rows[owner[rows] == 0].tolist()))
+    assert len({frozenset(d) for d in drawn}) == 20 and set().union(*drawn) == set(range(60))
+    short = torch.repeat_interleave(torch.arange(4), torch.tensor([5, 3, 25, 1]))
+    expected = torch.randperm(34, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(epoch_rows(short, 25, torch.Generator().manual_seed(7)), expected)
+    split = SplitFeatures(np.zeros((93, 2), np.float32), owner.numpy(), np.eye(3, dtype=np.float32))
+    assert epoch_size(split) == 53 and epoch_size(split, cap=100) == 93
+
+
+def test_a_probe_on_long_tracks_trains_on_capped_epochs():
+    train, val, test = clustered(0, tracks=30, segments=40), clustered(1), clustered(2)
+    result = train_probe(train, val, ProbeConfig(seed=0, batch_size=64))
+    scores = track_scores(result.model, test)
+    assert macro_roc_auc(test.labels, scores) > 0.95
+    assert all(np.isfinite(h["train_loss"]) for h in result.history)
+
+
 def test_early_stopping_counts_optimizer_steps_as_well_as_epochs():
     # Two validation tracks with equal features: every tag ties, so the score is flat from epoch 1.
     train = clustered(0)  # 180 train segments

@@ -43,8 +43,13 @@ class ProbeConfig:
 
 # Raised whenever a change to the trained probes' code changes their scores: a score measured by
 # another revision is never compared with this one's (it is part of the scoring fingerprint).
-# 2: the output Linear lost its bias, as in the reference's Head (1: it had one).
+# 2: the output Linear lost its bias, as in the reference's Head (1: it had one), and a track
+# gives at most TRAIN_SEGMENTS_PER_TRACK segments an epoch (1: all of them).
 PROBE_REVISION = 2
+# The reference's downstream training stream draws at most this many segments of a track on each
+# pass (DownstreamDataset's n_segments), so a long track weighs no more than that: whole-track
+# MTG-Jamendo tracks have ~55 four-second segments, some over 150. Revision 2 too.
+TRAIN_SEGMENTS_PER_TRACK = 25
 KNN_CANDIDATES = (5, 10, 20, 50)
 # The k-NN vote's similarity block, queries x bank rows, is kept under this many float32 cells
 # (128 MB): with 512 queries a chunk, a whole-track MTG-Jamendo bank (~1.9 M train segments)
@@ -206,12 +211,14 @@ def train_probe(
     loss_fn = nn.BCEWithLogitsLoss()
     generator = torch.Generator().manual_seed(cfg.seed)
     best, best_epoch, best_state, history = -np.inf, 0, copy.deepcopy(model.state_dict()), []
-    drop_last = len(x) > cfg.batch_size and len(x) % cfg.batch_size == 1  # BatchNorm needs 2+ rows
-    batch_starts = range(0, len(x) - (1 if drop_last else 0), cfg.batch_size)  # one optimizer step each
+    owner = torch.from_numpy(np.asarray(train.owner, np.int64))
+    rows = epoch_size(train)
+    drop_last = rows > cfg.batch_size and rows % cfg.batch_size == 1  # BatchNorm needs 2+ rows
+    batch_starts = range(0, rows - (1 if drop_last else 0), cfg.batch_size)  # one optimizer step each
     epoch, said = 0, time.monotonic()
     for epoch in range(1, cfg.max_epochs + 1):
         model.train()
-        order = torch.randperm(len(x), generator=generator)
+        order = epoch_rows(owner, TRAIN_SEGMENTS_PER_TRACK, generator)
         total = 0.0
         for start in batch_starts:
             idx = order[start : start + cfg.batch_size]
@@ -221,7 +228,7 @@ def train_probe(
             optimiser.step()
             total += float(loss.detach()) * len(idx)
         score = validation_score(model, val)
-        history.append({"epoch": epoch, "train_loss": total / len(x), "val_score": score})
+        history.append({"epoch": epoch, "train_loss": total / rows, "val_score": score})
         if score > best:
             best, best_epoch, best_state = score, epoch, copy.deepcopy(model.state_dict())
         elif stalled(epoch - best_epoch, len(batch_starts), cfg):
@@ -236,6 +243,28 @@ def train_probe(
     model.load_state_dict(best_state)
     model.eval()
     return ProbeResult(model, epoch, best_epoch, history)
+
+
+def epoch_size(train: SplitFeatures, cap: int | None = None) -> int:
+    """Segments a trained probe sees per epoch: each train track's, at most ``cap`` of them
+    (default :data:`TRAIN_SEGMENTS_PER_TRACK`)."""
+    counts = np.bincount(train.owner, minlength=len(train.labels))
+    return int(np.minimum(counts, cap or TRAIN_SEGMENTS_PER_TRACK).sum())
+
+
+def epoch_rows(owner: torch.Tensor, cap: int, generator: torch.Generator) -> torch.Tensor:
+    """One epoch's train rows (``owner``: each row's track), shuffled: all of a track's segments
+    when it has at most ``cap``, else ``cap`` of them drawn afresh, as the reference draws each
+    track's segments anew on every pass. With no track over ``cap``, exactly a permutation of all
+    rows (the same draw as before the cap existed)."""
+    counts = torch.bincount(owner)
+    if int(counts.max()) <= cap:
+        return torch.randperm(len(owner), generator=generator)
+    keys = owner.double() + torch.rand(len(owner), generator=generator, dtype=torch.float64)
+    grouped = torch.argsort(keys)  # each track's rows together, in a random order
+    rank = torch.arange(len(owner)) - (torch.cumsum(counts, 0) - counts)[owner[grouped]]
+    kept = grouped[rank < cap]
+    return kept[torch.randperm(len(kept), generator=generator)]
 
 
 def stalled(epochs_since_best: int, steps_per_epoch: int, cfg: ProbeConfig) -> bool:

@@ -23,9 +23,11 @@ from mvssl_dist.constants import EMBED_MAX_DURATION_S, EMBEDDING_DIM
 from mvssl_dist.evaluate.metrics import Margin, TagScore, roc_auc_margin, tagging_metrics
 from mvssl_dist.evaluate.probe import (
     PROBE_REVISION,
+    TRAIN_SEGMENTS_PER_TRACK,
     ProbeConfig,
     SplitFeatures,
     check_config,
+    epoch_size,
     track_scores,
     train_probe,
 )
@@ -447,7 +449,14 @@ def evaluate(options: EvaluateOptions, report: Callable[[str], None] = print) ->
     splits, missing, listing, features_dir = task_features(task, options, model_uri, base, report)
     warn_unlearnable(splits, task.vocabulary, report)
     verb = "fitting" if options.probe.kind == "knn" else "training"  # k-NN: no training, a vote
-    report(f"[evaluate] {verb} a {options.probe.kind} probe on {len(splits['train'].segments)} segments")
+    segments = len(splits["train"].segments)
+    per_epoch = segments if options.probe.kind == "knn" else epoch_size(splits["train"])
+    drawn = (
+        f" ({per_epoch} an epoch: at most {TRAIN_SEGMENTS_PER_TRACK} a track, drawn afresh)"
+        if per_epoch < segments
+        else ""
+    )
+    report(f"[evaluate] {verb} a {options.probe.kind} probe on {segments} segments{drawn}")
     probe = train_probe(splits["train"], splits["validation"], options.probe, report)
     test = splits["test"]
     test_scores = track_scores(probe.model, test)
