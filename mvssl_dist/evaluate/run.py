@@ -251,38 +251,46 @@ def read_features(out: Path, wanted: set[str]) -> SegmentIndex:
     return index
 
 
-def split_features(task: Task, present: dict[int, str], index: SegmentIndex) -> dict[str, SplitFeatures]:
-    """Every split's :class:`SplitFeatures` (its tracks with features, in task order; each track's
-    segments in segment order), each part's embeddings read once for all three."""
+def split_rows(task: Task, present: dict[int, str], index: SegmentIndex, split: str) -> tuple[list, np.ndarray]:
+    """One split's tracks with features, in task order, as ``(task index, uri)``, and the kept-row
+    numbers (:class:`SegmentIndex`) of their segments, track by track in segment order."""
+    chosen = [(i, present[i]) for i, t in enumerate(task.tracks) if t.split == split and present.get(i) in index.count]
+    if not chosen:
+        raise EvaluateError(f"task {task.name}: no {split} track has audio features")
+    rows = [index.order[index.start[uri] : index.start[uri] + index.count[uri]] for _, uri in chosen]
+    return chosen, np.concatenate(rows)
+
+
+def gather_embeddings(index: SegmentIndex, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``{split: [len(rows[split]), 1024]}``: the embeddings of those kept rows, each part's read
+    once for every split and copied straight into place."""
     import pyarrow.parquet as pq
 
     from mvssl_dist.embed.batch import embedding_matrix
 
-    layout, sources = {}, {}
-    for split in SPLITS:
-        chosen = [
-            (i, present[i]) for i, t in enumerate(task.tracks) if t.split == split and present.get(i) in index.count
-        ]
-        if not chosen:
-            raise EvaluateError(f"task {task.name}: no {split} track has audio features")
-        counts = np.array([index.count[uri] for _, uri in chosen])
-        rows = np.concatenate(
-            [index.order[index.start[uri] : index.start[uri] + index.count[uri]] for _, uri in chosen]
-        )
-        layout[split] = chosen, counts
-        sources[split] = (np.argsort(rows, kind="stable"), np.sort(rows))  # grouped by part: row numbers rise with it
-    matrices = {s: np.empty((len(sources[s][1]), EMBEDDING_DIM), np.float32) for s in SPLITS}
-    bounds = {s: np.searchsorted(sources[s][1], np.append(index.first, np.iinfo(np.int64).max)) for s in SPLITS}
+    matrices = {s: np.empty((len(r), EMBEDDING_DIM), np.float32) for s, r in rows.items()}
+    ends = np.append(index.first, np.iinfo(np.int64).max)
+    places = {}
+    for split, wanted in rows.items():
+        slots = np.argsort(wanted, kind="stable")  # kept-row numbers rise part by part
+        places[split] = (slots, wanted[slots], np.searchsorted(wanted[slots], ends))
     for p, part in enumerate(index.parts):
         embeddings = embedding_matrix(pq.read_table(part, columns=["embedding"]).column("embedding"))
-        for split in SPLITS:
-            slots, rows = (a[bounds[split][p] : bounds[split][p + 1]] for a in sources[split])
-            matrices[split][slots] = embeddings[index.kept[p][rows - index.first[p]]]
+        for split, (slots, wanted, bounds) in places.items():
+            mine = slice(bounds[p], bounds[p + 1])
+            matrices[split][slots[mine]] = embeddings[index.kept[p][wanted[mine] - index.first[p]]]
+    return matrices
+
+
+def split_features(task: Task, present: dict[int, str], index: SegmentIndex) -> dict[str, SplitFeatures]:
+    """Every split's :class:`SplitFeatures`: its tracks with features in task order, each track's
+    segments in segment order."""
+    layout = {s: split_rows(task, present, index, s) for s in SPLITS}
+    matrices = gather_embeddings(index, {s: rows for s, (_, rows) in layout.items()})
     splits = {}
-    for split in SPLITS:
-        chosen, counts = layout[split]
+    for split, (chosen, _) in layout.items():
+        owner = np.repeat(np.arange(len(chosen)), [index.count[uri] for _, uri in chosen])
         labels = np.stack([task.tracks[i].labels for i, _ in chosen])
-        owner = np.repeat(np.arange(len(chosen)), counts)
         splits[split] = SplitFeatures(matrices[split], owner, labels, [task.tracks[i].path for i, _ in chosen])
     return splits
 
