@@ -408,6 +408,13 @@ def test_split_features_gather_each_tracks_segments_in_order_across_parts(tmp_pa
         split_features(task, {0: "u1", 2: "u3"}, index)
 
 
+def test_only_a_tracks_first_10_minutes_are_read(tmp_path):
+    """As the reference's loader: a 640 s track gives its 150 segments that end by 600 s."""
+    write_segment_parts(tmp_path, [[("u1", g) for g in range(160)], [("u2", g) for g in range(8)]])
+    index = read_features(tmp_path, {"u1", "u2"})
+    assert index.count == {"u1": 150, "u2": 8}
+
+
 def test_split_features_copy_the_embeddings_once(tmp_path):
     """Whole-track MTG-Jamendo features are gigabytes: reading them into the three splits and
     taking the probe's statistics must not hold several copies (it held 4.4x before)."""
@@ -798,6 +805,8 @@ def test_scoring_fingerprint_names_tracks_labels_and_probe_settings(monkeypatch)
     monkeypatch.setattr(run_module, "PROBE_REVISION", run_module.PROBE_REVISION + 1)
     assert base != scoring_fingerprint(splits(rows), ["x", "y"], ProbeConfig())
     assert knn == scoring_fingerprint(splits(rows), ["x", "y"], ProbeConfig("knn"))
+    monkeypatch.setattr(run_module, "READ_SECONDS", 300.0)  # how much of a track is read: every probe
+    assert knn != scoring_fingerprint(splits(rows), ["x", "y"], ProbeConfig("knn"))
 
 
 def test_the_trained_probes_are_the_references_head_without_biases():

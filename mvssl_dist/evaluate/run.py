@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mvssl_dist.constants import EMBED_MAX_DURATION_S, EMBEDDING_DIM
+from mvssl_dist.constants import EMBED_MAX_DURATION_S, EMBEDDING_DIM, SEGMENT_SECONDS
 from mvssl_dist.evaluate.metrics import Margin, TagScore, roc_auc_margin, tagging_metrics
 from mvssl_dist.evaluate.probe import (
     PROBE_REVISION,
@@ -210,9 +210,14 @@ class SegmentIndex:
     failed: dict[str, str] = field(default_factory=dict)  # wanted uri without features -> the embed error
 
 
+# The reference reads only a track's first 10 minutes (its loader's max_dur_in_minutes), to train
+# the probe and to score the track: segments that end later are left out.
+READ_SECONDS = 600.0
+
+
 def read_features(out: Path, wanted: set[str]) -> SegmentIndex:
-    """The :class:`SegmentIndex` of the wanted URIs in ``out``'s segments parts, and the failure
-    reason of those its errors list."""
+    """The :class:`SegmentIndex` of the wanted URIs in ``out``'s segments parts (their segments
+    inside the first :data:`READ_SECONDS`), and the failure reason of those its errors list."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -221,9 +226,10 @@ def read_features(out: Path, wanted: set[str]) -> SegmentIndex:
     value_set = pa.array(names, pa.string())
     parts, kept, codes, segments = [], [], [], []
     for part in sorted(out.glob("segments-*.parquet")):
-        table = pq.read_table(part, columns=["source_uri", "segment"])
+        table = pq.read_table(part, columns=["source_uri", "segment", "start_s"])
         code = pc.index_in(table["source_uri"], value_set=value_set).combine_chunks()
-        rows = np.flatnonzero(code.is_valid().to_numpy(zero_copy_only=False))
+        read = table["start_s"].to_numpy() + SEGMENT_SECONDS <= READ_SECONDS + 1e-6
+        rows = np.flatnonzero(code.is_valid().to_numpy(zero_copy_only=False) & read)
         if not len(rows):
             continue
         parts.append(part)
@@ -326,10 +332,10 @@ def tag_columns(result: EvaluateResult, tags: Sequence[str] | None) -> np.ndarra
 
 def scoring_fingerprint(splits: dict[str, SplitFeatures], vocabulary: Sequence[str], probe: ProbeConfig) -> str:
     """16 hex digits naming what a score was measured with: every split's tracks and labels (after
-    missing audio and ``--train-fraction``), the vocabulary, the probe settings and, for a trained
-    probe, its code's revision. Two scores are compared, for an alias, only when their fingerprints
+    missing audio and ``--train-fraction``), the vocabulary, the probe settings, how much of a
+    track is read and, for a trained probe, its code's revision. Two scores are compared, for an alias, only when their fingerprints
     are equal."""
-    settings = {"tags": list(vocabulary), "probe": asdict(probe)}
+    settings = {"tags": list(vocabulary), "probe": asdict(probe), "read_seconds": READ_SECONDS}
     if probe.kind != "knn":  # the trained probes' code changed (the k-NN vote's did not)
         settings["probe_revision"] = PROBE_REVISION
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
