@@ -197,9 +197,9 @@ def embed_features(uris: list[str], model_uri: str, out: Path, listing: Path, op
 @dataclass
 class SegmentIndex:
     """Where each wanted track's segment embeddings lie in a features folder, read from the
-    ``source_uri`` and ``segment`` columns alone: the embeddings themselves are read once, by
-    :func:`split_features`, straight into the split matrices (a copy per row, never more; a
-    whole-track MTG-Jamendo split is gigabytes)."""
+    ``source_uri``, ``segment`` and ``start_s`` columns alone: the embeddings themselves are read
+    once, by :func:`split_features`, straight into the split matrices (a copy per row, never more;
+    a whole-track MTG-Jamendo split is gigabytes)."""
 
     parts: list[Path]
     kept: list[np.ndarray]  # per part: the rows that belong to a wanted track
@@ -333,8 +333,8 @@ def tag_columns(result: EvaluateResult, tags: Sequence[str] | None) -> np.ndarra
 def scoring_fingerprint(splits: dict[str, SplitFeatures], vocabulary: Sequence[str], probe: ProbeConfig) -> str:
     """16 hex digits naming what a score was measured with: every split's tracks and labels (after
     missing audio and ``--train-fraction``), the vocabulary, the probe settings, how much of a
-    track is read and, for a trained probe, its code's revision. Two scores are compared, for an alias, only when their fingerprints
-    are equal."""
+    track is read and, for a trained probe, its code's revision. Two scores are compared, for an
+    alias, only when their fingerprints are equal."""
     settings = {"tags": list(vocabulary), "probe": asdict(probe), "read_seconds": READ_SECONDS}
     if probe.kind != "knn":  # the trained probes' code changed (the k-NN vote's did not)
         settings["probe_revision"] = PROBE_REVISION
