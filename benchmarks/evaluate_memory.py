@@ -54,6 +54,7 @@ def write_features(out: Path, tracks: int) -> list[str]:
                 "start_s": [4.0 * s for _, s in rows],
                 "segment": [s for _, s in rows],
                 "embedding": fixed_list(rng.standard_normal((len(rows), 1024), dtype=np.float32)),
+                "rms_ratio": rng.uniform(0.2, 1.5, len(rows)).astype(np.float32),
             },
             schema=segment_schema(),
         )

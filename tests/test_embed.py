@@ -86,6 +86,28 @@ def test_embeddings_equal_embed_file(library, embedded, tmp_path):
         np.testing.assert_allclose(np.array(rows[str(path)]["embedding"]), np.load(single)[0], atol=1e-5)
 
 
+def test_each_segment_records_its_rms_over_the_tracks(library, embedded):
+    """The probe's silence rule (the reference's) reads it; computed here by a plain loop."""
+    from mvssl_dist.audio import decode
+    from mvssl_dist.embed.batch import rms_ratios
+
+    _, expected, _ = library
+    out, _ = embedded
+    segments = table(out, "segments")
+    for path in expected["good"][:3]:
+        audio = decode(path).astype(np.float64)
+        track = np.sqrt(np.mean(audio**2))
+        cuts = [np.pad(audio[s : s + 64000], (0, max(0, s + 64000 - len(audio)))) for s in range(0, len(audio), 64000)]
+        mine = sorted((r["segment"], r["rms_ratio"]) for r in segments if uri_to_path(r["source_uri"]) == str(path))
+        np.testing.assert_allclose([v for _, v in mine], [np.sqrt(np.mean(c**2)) / track for c in cuts], rtol=1e-4)
+    # a track with a silent second half, a padded last segment, and a silent track
+    half = np.concatenate([np.full(64000, 0.5, np.float32), np.zeros(64000, np.float32)])
+    np.testing.assert_allclose(rms_ratios(half.reshape(2, 64000), half), [np.sqrt(2), 0.0], rtol=1e-6)
+    padded = np.concatenate([np.ones(96000, np.float32), np.zeros(32000, np.float32)])
+    np.testing.assert_allclose(rms_ratios(padded.reshape(2, 64000), padded[:96000]), [1.0, np.sqrt(0.5)], rtol=1e-6)
+    assert rms_ratios(np.zeros((2, 64000), np.float32), np.zeros(100000, np.float32)).tolist() == [0.0, 0.0]
+
+
 def test_dataset_input_gives_the_same_vectors(library, embedded, tmp_path):
     root, _, weights = library
     dataset = tmp_path / "ds"

@@ -351,9 +351,11 @@ def test_compare_pairs_tracks_by_path_and_narrows_to_chosen_tags(tmp_path):
 
 
 # --------------------------------------------------------------------------- the k-NN probe
-def write_segment_parts(out, parts, errors=()):
+def write_segment_parts(out, parts, errors=(), ratio=lambda uri, segment: 1.0, levels=True):
     """A features folder as ``mvssl embed --level segment`` writes it: ``parts`` is a list of
-    lists of (uri, segment) rows; each row's embedding is filled with ``value(uri, segment)``."""
+    lists of (uri, segment) rows; each row's embedding is filled with ``segment_value(uri,
+    segment)``, its RMS ratio is ``ratio(uri, segment)``; ``levels=False`` writes the parts as
+    mvssl did before it kept ratios."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -369,8 +371,13 @@ def write_segment_parts(out, parts, errors=()):
             "start_s": [4.0 * g for _, g in rows],
             "segment": [g for _, g in rows],
             "embedding": fixed_list(np.stack([np.full(1024, segment_value(u, g), np.float32) for u, g in rows])),
+            "rms_ratio": [ratio(u, g) for u, g in rows],
         }
-        pq.write_table(pa.table(columns, schema=segment_schema()), out / f"segments-{n:03d}.parquet")
+        schema = segment_schema()
+        if not levels:
+            del columns["rms_ratio"]
+            schema = schema.remove(schema.get_field_index("rms_ratio"))
+        pq.write_table(pa.table(columns, schema=schema), out / f"segments-{n:03d}.parquet")
     table = pa.table(
         {"source_uri": [u for u, _ in errors], "reason": [r for _, r in errors], "detail": [""] * len(errors)}
     )
@@ -413,6 +420,26 @@ def test_only_a_tracks_first_10_minutes_are_read(tmp_path):
     write_segment_parts(tmp_path, [[("u1", g) for g in range(160)], [("u2", g) for g in range(8)]])
     index = read_features(tmp_path, {"u1", "u2"})
     assert index.count == {"u1": 150, "u2": 8}
+
+
+def test_split_features_carry_which_segments_are_audible(tmp_path):
+    from mvssl_dist.evaluate.tasks import Task, TaskTrack
+
+    # the reference's rule: 10 * ln(ratio) < -7.5, i.e. a ratio under exp(-0.75) = 0.472, is silent
+    levels = {("u1", 0): 1.3, ("u1", 1): 0.46, ("u1", 2): 0.48, ("u2", 0): 1.0, ("u3", 0): 0.0, ("u3", 1): 1.4}
+    write_segment_parts(tmp_path / "new", [list(levels)], ratio=lambda u, g: levels[(u, g)])
+    label = np.eye(2, dtype=np.float32)
+    task = Task("t", ["a", "b"], [TaskTrack(str(i), f"p{i}", s, label[i % 2]) for i, s in enumerate(SPLIT_NAMES)])
+    present = {0: "u1", 1: "u2", 2: "u3"}
+    got = split_features(task, present, read_features(tmp_path / "new", set(present.values())))
+    assert got["train"].audible.tolist() == [True, False, True] and got["test"].audible.tolist() == [False, True]
+    # parts written before levels were kept: not known, so every segment is trained on
+    write_segment_parts(tmp_path / "old", [list(levels)], levels=False)
+    index = read_features(tmp_path / "old", set(present.values()))
+    assert np.isnan(index.ratio).all() and split_features(task, present, index)["train"].audible is None
+
+
+SPLIT_NAMES = ("train", "validation", "test")
 
 
 def test_split_features_copy_the_embeddings_once(tmp_path):
@@ -522,6 +549,34 @@ def test_an_epoch_takes_at_most_25_segments_of_a_track_drawn_afresh():
     assert torch.equal(epoch_rows(short, 25, torch.Generator().manual_seed(7)), expected)
     split = SplitFeatures(np.zeros((93, 2), np.float32), owner.numpy(), np.eye(3, dtype=np.float32))
     assert epoch_size(split) == 53 and epoch_size(split, cap=100) == 93
+
+
+def test_an_epoch_leaves_out_near_silent_segments():
+    from mvssl_dist.evaluate.probe import epoch_rows, epoch_size
+
+    owner = torch.repeat_interleave(torch.arange(3), torch.tensor([40, 4, 3]))
+    audible = torch.ones(47, dtype=torch.bool)
+    audible[[0, 1, 2, 40]] = False  # three of track 0's, one of track 1's
+    audible[44:] = False  # all of track 2's: it sits this epoch out, as in the reference's stream
+    for seed in range(5):
+        rows = epoch_rows(owner, 25, torch.Generator().manual_seed(seed), audible)
+        assert audible[rows].all() and torch.bincount(owner[rows], minlength=3).tolist() == [25, 3, 0]
+    plain = epoch_rows(owner, 25, torch.Generator().manual_seed(3))
+    assert torch.equal(epoch_rows(owner, 25, torch.Generator().manual_seed(3), torch.ones(47, dtype=torch.bool)), plain)
+    split = SplitFeatures(
+        np.zeros((47, 2), np.float32), owner.numpy(), np.eye(3, dtype=np.float32), [], audible.numpy()
+    )
+    assert epoch_size(split) == 28
+    from mvssl_dist.evaluate.run import epoch_note
+
+    assert (
+        epoch_note(split, ProbeConfig())
+        == " (28 an epoch: 7 near-silent left out; at most 25 of a track's, drawn afresh)"
+    )
+    assert epoch_note(split, ProbeConfig("knn")) == ""
+    with pytest.raises(ValueError, match="every train segment is near-silent"):
+        silent = SplitFeatures(split.segments, split.owner, split.labels, [], np.zeros(47, bool))
+        train_probe(silent, clustered(1), ProbeConfig())
 
 
 def test_a_probe_on_long_tracks_trains_on_capped_epochs():
@@ -701,6 +756,25 @@ def test_second_probe_reuses_the_cached_features(mtat, evaluated, registered):
 
 
 @pytest.mark.slow
+def test_cached_features_without_segment_levels_are_embedded_again(mtat, evaluated):
+    """A cache written before segment levels were kept cannot apply the silence rule: its parts
+    are embedded again, and the score is the one a fresh cache gives."""
+    import pyarrow.parquet as pq
+
+    options, first = evaluated
+    options.probe, options.promote_alias, options.train_fraction = ProbeConfig(), None, 1.0
+    for part in first.features_dir.glob("segments-*.parquet"):
+        pq.write_table(pq.read_table(part).drop_columns(["rms_ratio"]), part)
+    messages = []
+    again = evaluate(options, report=messages.append)
+    assert any("predate segment levels; embedding their tracks again" in m for m in messages), messages
+    assert "[embed] 39 tracks, 0 already embedded, 39 to do" in messages, messages  # 40 less the one missing
+    assert all("rms_ratio" in pq.read_schema(p).names for p in first.features_dir.glob("segments-*.parquet"))
+    assert again.fingerprint == first.fingerprint
+    assert again.metrics["roc_auc_macro"] == pytest.approx(first.metrics["roc_auc_macro"], abs=1e-6)
+
+
+@pytest.mark.slow
 def test_promotion_scores_first_a_holder_measured_otherwise(mtat, evaluated, registered):
     """v1 holds champion with an mtat score from other data (as after the task's files were edited):
     promoting v2 scores v1 again, the same way, and only then compares."""
@@ -744,7 +818,7 @@ def test_audio_too_long_for_an_earlier_limit_is_embedded_again_under_a_higher_on
     seen = []
     monkeypatch.setattr(batch, "embed_library", lambda opts, report: seen.append(opts))
     options = EvaluateOptions("random:0", "csv:x.csv", str(tmp_path), max_duration_s=7200.0)
-    embed_features(["file:///a.mp3"], "random:0", tmp_path / "features", tmp_path / "uris.txt", options, print)
+    embed_features(["file:///a.mp3"], "random:0", tmp_path / "features", tmp_path / "uris.txt", options, print, True)
     (opts,) = seen
     assert opts.max_duration_s == 7200.0 and "too_long" in opts.retry and "unreadable" in opts.retry
 
@@ -807,6 +881,14 @@ def test_scoring_fingerprint_names_tracks_labels_and_probe_settings(monkeypatch)
     assert knn == scoring_fingerprint(splits(rows), ["x", "y"], ProbeConfig("knn"))
     monkeypatch.setattr(run_module, "READ_SECONDS", 300.0)  # how much of a track is read: every probe
     assert knn != scoring_fingerprint(splits(rows), ["x", "y"], ProbeConfig("knn"))
+    monkeypatch.undo()
+    levels = splits(rows)
+    for split in levels.values():
+        split.audible = np.ones(len(rows), bool)
+    # ``splits`` leaves audible None, as features embedded before levels were kept (every segment
+    # trained on): not comparable with a score trained under the silence rule
+    assert scoring_fingerprint(levels, ["x", "y"], ProbeConfig()) != base
+    assert scoring_fingerprint(levels, ["x", "y"], ProbeConfig("knn")) == knn
 
 
 def test_the_trained_probes_are_the_references_head_without_biases():

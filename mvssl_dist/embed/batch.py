@@ -147,7 +147,7 @@ def prepare_tracks(batch: dict, segment_s: float, hop_s: float, max_duration_s: 
     from mvssl_dist.audio import AudioDecodeError
 
     segment, hop = int(segment_s * SAMPLE_RATE), int(hop_s * SAMPLE_RATE)
-    fields = ("key", "duration_s", "num_segments", "segments", "reason", "detail", *STAMP)
+    fields = ("key", "duration_s", "num_segments", "segments", "rms_ratios", "reason", "detail", *STAMP)
     out = {k: [] for k in ("uri", *fields)}
     for i in range(len(batch["uri"])):
         item = {k: batch[k][i] for k in ("uri", "key", "shard", *STAMP)}
@@ -156,20 +156,35 @@ def prepare_tracks(batch: dict, segment_s: float, hop_s: float, max_duration_s: 
             duration_s = len(audio) / SAMPLE_RATE
             # normalised after cutting (the same values: padding is zeros), in place, and the decoded
             # array let go before serialising: a long track is hundreds of MB a copy
-            segments = peak_normalise(cut_segments(audio, segment, hop), in_place=True)
+            segments = cut_segments(audio, segment, hop)
+            ratios = rms_ratios(segments, audio)
+            segments = peak_normalise(segments, in_place=True)
             del audio
-            row = (key, duration_s, len(segments), segments.tobytes(), "", "", *stamp)
+            row = (key, duration_s, len(segments), segments.tobytes(), ratios.tobytes(), "", "", *stamp)
         except AudioDecodeError as err:
-            row = ("", 0.0, 0, b"", err.reason, str(err), UNKNOWN, UNKNOWN)
+            row = ("", 0.0, 0, b"", b"", err.reason, str(err), UNKNOWN, UNKNOWN)
         except (OSError, ValueError) as err:
-            row = ("", 0.0, 0, b"", "unreadable", f"{item['uri']}: {err}", UNKNOWN, UNKNOWN)
+            row = ("", 0.0, 0, b"", b"", "unreadable", f"{item['uri']}: {err}", UNKNOWN, UNKNOWN)
         out["uri"].append(item["uri"])
         for name, value in zip(fields, row, strict=True):
             out[name].append(value)
     return {
-        k: np.array(v, dtype=object) if k in ("segments", "uri", "key", "reason", "detail") else np.array(v)
+        k: np.array(v, dtype=object)
+        if k in ("segments", "rms_ratios", "uri", "key", "reason", "detail")
+        else np.array(v)
         for k, v in out.items()
     }
+
+
+def rms_ratios(segments: np.ndarray, audio: np.ndarray) -> np.ndarray:
+    """``[n]`` float32: each segment's RMS over the whole track's (a padded last segment counted
+    with its zeros; 0 for a silent track). The reference's silence rule,
+    ``10 * ln(ratio) < -7.5``, reads it (:mod:`mvssl_dist.evaluate.probe`)."""
+    track = float(np.dot(audio, audio)) / max(1, len(audio))
+    energy = np.einsum("ij,ij->i", segments, segments) / segments.shape[1]
+    if not track > 0:
+        return np.zeros(len(segments), np.float32)
+    return np.sqrt(energy / track).astype(np.float32)
 
 
 class EmbedActor:
@@ -207,7 +222,9 @@ class EmbedActor:
                 chunk = torch.from_numpy(clip_batch).to(self.device)
                 embeddings[done : done + len(chunk)] = self.model(chunk).float().cpu().numpy()
                 done += len(chunk)
-        out = {k: batch[k] for k in ("uri", "key", "duration_s", "num_segments", "reason", "detail", *STAMP)}
+        out = {
+            k: batch[k] for k in ("uri", "key", "duration_s", "num_segments", "rms_ratios", "reason", "detail", *STAMP)
+        }
         out["segment_embeddings"] = np.array(
             [b.tobytes() for b in np.split(embeddings, np.cumsum(counts)[:-1])], dtype=object
         )
@@ -260,6 +277,7 @@ def segment_schema() -> pa.Schema:
             ("start_s", pa.float64()),
             ("segment", pa.int32()),
             ("embedding", pa.list_(pa.float32(), EMBEDDING_DIM)),
+            ("rms_ratio", pa.float32()),  # the segment's RMS over the track's (parts written before: absent)
         ]
     )
 
@@ -425,6 +443,7 @@ class PartWriter:
                         "start_s": [i * hop for s in segs for i in range(len(s))],
                         "segment": [i for s in segs for i in range(len(s))],
                         "embedding": fixed_list(np.concatenate(segs)),
+                        "rms_ratio": np.concatenate([np.frombuffer(r["rms_ratios"], np.float32) for r in rows]),
                     },
                     schema=segment_schema(),
                 )

@@ -43,8 +43,9 @@ class ProbeConfig:
 
 # Raised whenever a change to the trained probes' code changes their scores: a score measured by
 # another revision is never compared with this one's (it is part of the scoring fingerprint).
-# 2: the output Linear lost its bias, as in the reference's Head (1: it had one), and a track
-# gives at most TRAIN_SEGMENTS_PER_TRACK segments an epoch (1: all of them).
+# 2: the output Linear lost its bias, as in the reference's Head (1: it had one), a track gives
+# at most TRAIN_SEGMENTS_PER_TRACK segments an epoch (1: all of them), and near-silent segments
+# (the reference's rule) are not trained on (1: they were).
 PROBE_REVISION = 2
 # The reference's downstream training stream draws at most this many segments of a track on each
 # pass (DownstreamDataset's n_segments), so a long track weighs no more than that: whole-track
@@ -66,6 +67,9 @@ class SplitFeatures:
     owner: np.ndarray  # [segments] int, index into labels
     labels: np.ndarray  # [tracks, tags] float32
     tracks: list[str] = field(default_factory=list)  # the task path of each row of labels
+    # [segments] bool: passes the reference's silence rule, so a trained probe may train on it;
+    # None: not known (all are used)
+    audible: np.ndarray | None = None
 
     def segment_labels(self) -> np.ndarray:
         return self.labels[self.owner]
@@ -212,13 +216,16 @@ def train_probe(
     generator = torch.Generator().manual_seed(cfg.seed)
     best, best_epoch, best_state, history = -np.inf, 0, copy.deepcopy(model.state_dict()), []
     owner = torch.from_numpy(np.asarray(train.owner, np.int64))
+    audible = None if train.audible is None else torch.from_numpy(np.asarray(train.audible, bool))
     rows = epoch_size(train)
+    if rows == 0:
+        raise ValueError("every train segment is near-silent (under 0.47 of its track's RMS): nothing to train on")
     drop_last = rows > cfg.batch_size and rows % cfg.batch_size == 1  # BatchNorm needs 2+ rows
     batch_starts = range(0, rows - (1 if drop_last else 0), cfg.batch_size)  # one optimizer step each
     epoch, said = 0, time.monotonic()
     for epoch in range(1, cfg.max_epochs + 1):
         model.train()
-        order = epoch_rows(owner, TRAIN_SEGMENTS_PER_TRACK, generator)
+        order = epoch_rows(owner, TRAIN_SEGMENTS_PER_TRACK, generator, audible)
         total = 0.0
         for start in batch_starts:
             idx = order[start : start + cfg.batch_size]
@@ -246,17 +253,24 @@ def train_probe(
 
 
 def epoch_size(train: SplitFeatures, cap: int | None = None) -> int:
-    """Segments a trained probe sees per epoch: each train track's, at most ``cap`` of them
-    (default :data:`TRAIN_SEGMENTS_PER_TRACK`)."""
-    counts = np.bincount(train.owner, minlength=len(train.labels))
+    """Segments a trained probe sees per epoch: each train track's audible ones, at most ``cap``
+    of them (default :data:`TRAIN_SEGMENTS_PER_TRACK`)."""
+    owner = train.owner if train.audible is None else train.owner[train.audible]
+    counts = np.bincount(owner, minlength=len(train.labels))
     return int(np.minimum(counts, cap or TRAIN_SEGMENTS_PER_TRACK).sum())
 
 
-def epoch_rows(owner: torch.Tensor, cap: int, generator: torch.Generator) -> torch.Tensor:
-    """One epoch's train rows (``owner``: each row's track), shuffled: all of a track's segments
-    when it has at most ``cap``, else ``cap`` of them drawn afresh, as the reference draws each
-    track's segments anew on every pass. With no track over ``cap``, exactly a permutation of all
-    rows (the same draw as before the cap existed)."""
+def epoch_rows(
+    owner: torch.Tensor, cap: int, generator: torch.Generator, audible: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One epoch's train rows (``owner``: each row's track), shuffled: a track's ``audible``
+    segments (all when None), every one when it has at most ``cap``, else ``cap`` of them drawn
+    afresh, as the reference draws each track's segments anew on every pass. With every row
+    audible and no track over ``cap``, exactly a permutation of all rows (the same draw as before
+    the cap existed)."""
+    if audible is not None and not bool(audible.all()):
+        rows = torch.nonzero(audible).squeeze(1)
+        return rows[epoch_rows(owner[rows], cap, generator)]
     counts = torch.bincount(owner)
     if int(counts.max()) <= cap:
         return torch.randperm(len(owner), generator=generator)

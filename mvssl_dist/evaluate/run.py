@@ -167,7 +167,18 @@ def write_missing(path: Path, missing: list) -> None:
 
 
 # --------------------------------------------------------------------------- features
-def embed_features(uris: list[str], model_uri: str, out: Path, listing: Path, options: EvaluateOptions, report) -> None:
+def parts_without_levels(out: Path) -> list[Path]:
+    """Segments parts written before ``rms_ratio`` was kept (the probe's silence rule needs it)."""
+    import pyarrow.parquet as pq
+
+    return [p for p in sorted(out.glob("segments-*.parquet")) if "rms_ratio" not in pq.read_schema(p).names]
+
+
+def embed_features(
+    uris: list[str], model_uri: str, out: Path, listing: Path, options: EvaluateOptions, report, own_cache: bool
+) -> None:
+    """Embed what ``out`` lacks of ``uris``. In the evaluation's ``own_cache`` (not a
+    ``--features-dir``), parts written before segment levels were kept are embedded again."""
     from mvssl_dist.embed.batch import EmbedError, EmbedOptions, embed_library
     from mvssl_dist.folder_lock import exclusive
 
@@ -187,6 +198,12 @@ def embed_features(uris: list[str], model_uri: str, out: Path, listing: Path, op
     )
     # Two evaluations of one model share its features: the second waits for the first's, then reuses them.
     with exclusive(out, "mvssl evaluate", wait=True, report=report):
+        if own_cache and (stale := parts_without_levels(out)):
+            report(
+                f"[evaluate] {len(stale)} cached features part(s) predate segment levels; embedding their tracks again"
+            )
+            for part in stale:
+                part.unlink()
         listing.write_text("".join(u + "\n" for u in uris))
         try:
             embed_library(opts, report=report)
@@ -197,7 +214,7 @@ def embed_features(uris: list[str], model_uri: str, out: Path, listing: Path, op
 @dataclass
 class SegmentIndex:
     """Where each wanted track's segment embeddings lie in a features folder, read from the
-    ``source_uri``, ``segment`` and ``start_s`` columns alone: the embeddings themselves are read
+    ``source_uri``, ``segment``, ``start_s`` and ``rms_ratio`` columns alone: the embeddings themselves are read
     once, by :func:`split_features`, straight into the split matrices (a copy per row, never more;
     a whole-track MTG-Jamendo split is gigabytes)."""
 
@@ -207,6 +224,7 @@ class SegmentIndex:
     order: np.ndarray  # kept-row numbers sorted by track, then segment
     start: dict[str, int]  # track uri -> its rows' start in ``order``
     count: dict[str, int]  # track uri -> its number of segments (only tracks with features)
+    ratio: np.ndarray  # per kept-row number: its segment's RMS over its track's (NaN: not recorded)
     failed: dict[str, str] = field(default_factory=dict)  # wanted uri without features -> the embed error
 
 
@@ -224,9 +242,10 @@ def read_features(out: Path, wanted: set[str]) -> SegmentIndex:
 
     names = sorted(wanted)
     value_set = pa.array(names, pa.string())
-    parts, kept, codes, segments = [], [], [], []
+    parts, kept, codes, segments, ratios = [], [], [], [], []
     for part in sorted(out.glob("segments-*.parquet")):
-        table = pq.read_table(part, columns=["source_uri", "segment", "start_s"])
+        levels = "rms_ratio" in pq.read_schema(part).names  # parts written before levels were kept: NaN
+        table = pq.read_table(part, columns=["source_uri", "segment", "start_s"] + ["rms_ratio"] * levels)
         code = pc.index_in(table["source_uri"], value_set=value_set).combine_chunks()
         read = table["start_s"].to_numpy() + SEGMENT_SECONDS <= READ_SECONDS + 1e-6
         rows = np.flatnonzero(code.is_valid().to_numpy(zero_copy_only=False) & read)
@@ -236,6 +255,7 @@ def read_features(out: Path, wanted: set[str]) -> SegmentIndex:
         kept.append(rows)
         codes.append(code.fill_null(0).to_numpy()[rows])
         segments.append(table["segment"].to_numpy()[rows])
+        ratios.append(table["rms_ratio"].to_numpy()[rows] if levels else np.full(len(rows), np.nan, np.float32))
     code_all = np.concatenate(codes) if codes else np.zeros(0, np.int64)
     order = np.lexsort((np.concatenate(segments) if segments else code_all, code_all))  # stable
     counts = np.bincount(code_all, minlength=len(names))
@@ -248,6 +268,7 @@ def read_features(out: Path, wanted: set[str]) -> SegmentIndex:
         order,
         {names[c]: int(starts[c]) for c in present},
         {names[c]: int(counts[c]) for c in present},
+        np.concatenate(ratios) if ratios else np.zeros(0, np.float32),
     )
     errors = out / "errors.parquet"
     if errors.is_file():
@@ -297,8 +318,19 @@ def split_features(task: Task, present: dict[int, str], index: SegmentIndex) -> 
     for split, (chosen, _) in layout.items():
         owner = np.repeat(np.arange(len(chosen)), [index.count[uri] for _, uri in chosen])
         labels = np.stack([task.tracks[i].labels for i, _ in chosen])
-        splits[split] = SplitFeatures(matrices[split], owner, labels, [task.tracks[i].path for i, _ in chosen])
+        paths = [task.tracks[i].path for i, _ in chosen]
+        splits[split] = SplitFeatures(matrices[split], owner, labels, paths, audible(index.ratio[layout[split][1]]))
     return splits
+
+
+def audible(ratios: np.ndarray) -> np.ndarray | None:
+    """Which segments pass the reference's silence rule (``10 * ln(ratio) >= -7.5``); None when
+    a segment's level was not recorded (features embedded before levels were kept)."""
+    from mvssl_dist.views.sampling import SILENCE_THRESHOLD
+
+    if np.isnan(ratios).any():
+        return None
+    return ratios >= np.exp(SILENCE_THRESHOLD / 10)
 
 
 def compare(a: EvaluateResult, b: EvaluateResult, tags: Sequence[str] | None = None, **bootstrap) -> Margin:
@@ -333,11 +365,14 @@ def tag_columns(result: EvaluateResult, tags: Sequence[str] | None) -> np.ndarra
 def scoring_fingerprint(splits: dict[str, SplitFeatures], vocabulary: Sequence[str], probe: ProbeConfig) -> str:
     """16 hex digits naming what a score was measured with: every split's tracks and labels (after
     missing audio and ``--train-fraction``), the vocabulary, the probe settings, how much of a
-    track is read and, for a trained probe, its code's revision. Two scores are compared, for an
+    track is read and, for a trained probe, its code's revision and whether the silence rule could
+    be applied. Two scores are compared, for an
     alias, only when their fingerprints are equal."""
     settings = {"tags": list(vocabulary), "probe": asdict(probe), "read_seconds": READ_SECONDS}
     if probe.kind != "knn":  # the trained probes' code changed (the k-NN vote's did not)
         settings["probe_revision"] = PROBE_REVISION
+        if splits["train"].audible is None:  # trained on every segment: no silence rule applied
+            settings["train_levels"] = "unknown"
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for name in SPLITS:
         split = splits[name]
@@ -420,8 +455,16 @@ def task_features(task: Task, options: EvaluateOptions, model_uri: str, base: Pa
     check_missing(missing, len(task.tracks), options.max_missing, listing, options.audio_root)
     features_dir = Path(options.features_dir).resolve() if options.features_dir else base / "features"
     report(f"[evaluate] features of {model_uri} in {features_dir}")
-    embed_features(sorted(set(present.values())), model_uri, features_dir, base / "inputs.txt", options, report)
+    own_cache = not options.features_dir
+    embed_features(
+        sorted(set(present.values())), model_uri, features_dir, base / "inputs.txt", options, report, own_cache
+    )
     index = read_features(features_dir, set(present.values()))
+    if np.isnan(index.ratio).any():
+        report(
+            f"[evaluate] {features_dir} holds segments embedded before their levels were kept: the probe trains on "
+            "every segment, near-silent ones too (embed again into a new --features-dir for the reference's rule)"
+        )
     for i, uri in list(present.items()):
         if uri not in index.count:
             missing.append((task.tracks[i].path, index.failed.get(uri, "no_features")))
@@ -441,6 +484,17 @@ def warn_unlearnable(splits: dict, vocabulary: Sequence[str], report) -> None:
             f"({', '.join(unlearnable[:8])}{', …' if len(unlearnable) > 8 else ''}): the probe cannot learn "
             "them, so their test scores are at chance (a larger --train-fraction gives it both kinds)"
         )
+
+
+def epoch_note(train: SplitFeatures, probe: ProbeConfig) -> str:
+    """What a trained probe's epoch leaves out of the train segments, if anything, for its line."""
+    if probe.kind == "knn":
+        return ""
+    silent = 0 if train.audible is None else int((~train.audible).sum())
+    notes = [f"{silent} near-silent left out"] if silent else []
+    if (per_epoch := epoch_size(train)) < len(train.segments) - silent:
+        notes.append(f"at most {TRAIN_SEGMENTS_PER_TRACK} of a track's, drawn afresh")
+    return f" ({per_epoch} an epoch: {'; '.join(notes)})" if notes else ""
 
 
 def evaluate(options: EvaluateOptions, report: Callable[[str], None] = print) -> EvaluateResult:
@@ -464,14 +518,13 @@ def evaluate(options: EvaluateOptions, report: Callable[[str], None] = print) ->
     warn_unlearnable(splits, task.vocabulary, report)
     verb = "fitting" if options.probe.kind == "knn" else "training"  # k-NN: no training, a vote
     segments = len(splits["train"].segments)
-    per_epoch = segments if options.probe.kind == "knn" else epoch_size(splits["train"])
-    drawn = (
-        f" ({per_epoch} an epoch: at most {TRAIN_SEGMENTS_PER_TRACK} a track, drawn afresh)"
-        if per_epoch < segments
-        else ""
+    report(
+        f"[evaluate] {verb} a {options.probe.kind} probe on {segments} segments{epoch_note(splits['train'], options.probe)}"
     )
-    report(f"[evaluate] {verb} a {options.probe.kind} probe on {segments} segments{drawn}")
-    probe = train_probe(splits["train"], splits["validation"], options.probe, report)
+    try:
+        probe = train_probe(splits["train"], splits["validation"], options.probe, report)
+    except ValueError as err:  # e.g. nothing to train on
+        raise EvaluateError(f"task {task.name}: {err}") from None
     test = splits["test"]
     test_scores = track_scores(probe.model, test)
     try:
