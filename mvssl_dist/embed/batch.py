@@ -179,7 +179,7 @@ def prepare_tracks(batch: dict, segment_s: float, hop_s: float, max_duration_s: 
 def rms_ratios(segments: np.ndarray, audio: np.ndarray) -> np.ndarray:
     """``[n]`` float32: each segment's RMS over the whole track's (a padded last segment counted
     with its zeros; 0 for a silent track). The reference's silence rule,
-    ``10 * ln(ratio) < -7.5``, reads it (:mod:`mvssl_dist.evaluate.probe`)."""
+    ``10 * ln(ratio) < -7.5``, reads it when the probe trains (:func:`mvssl_dist.evaluate.run.audible`)."""
     track = float(np.dot(audio, audio)) / max(1, len(audio))
     energy = np.einsum("ij,ij->i", segments, segments) / segments.shape[1]
     if not track > 0:
