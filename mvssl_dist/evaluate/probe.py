@@ -219,7 +219,12 @@ def train_probe(
     audible = None if train.audible is None else torch.from_numpy(np.asarray(train.audible, bool))
     rows = epoch_size(train)
     if rows == 0:
-        raise ValueError("every train segment is near-silent (under 0.47 of its track's RMS): nothing to train on")
+        from mvssl_dist.views.sampling import SILENCE_THRESHOLD
+
+        level = np.exp(SILENCE_THRESHOLD / 10)
+        raise ValueError(
+            f"every train segment is near-silent (under {level:.2f} of its track's RMS): nothing to train on"
+        )
     drop_last = rows > cfg.batch_size and rows % cfg.batch_size == 1  # BatchNorm needs 2+ rows
     batch_starts = range(0, rows - (1 if drop_last else 0), cfg.batch_size)  # one optimizer step each
     epoch, said = 0, time.monotonic()

@@ -214,9 +214,9 @@ def embed_features(
 @dataclass
 class SegmentIndex:
     """Where each wanted track's segment embeddings lie in a features folder, read from the
-    ``source_uri``, ``segment``, ``start_s`` and ``rms_ratio`` columns alone: the embeddings themselves are read
-    once, by :func:`split_features`, straight into the split matrices (a copy per row, never more;
-    a whole-track MTG-Jamendo split is gigabytes)."""
+    ``source_uri``, ``segment``, ``start_s`` and ``rms_ratio`` columns alone: the embeddings
+    themselves are read once, by :func:`split_features`, straight into the split matrices (a copy
+    per row, never more; a whole-track MTG-Jamendo split is gigabytes)."""
 
     parts: list[Path]
     kept: list[np.ndarray]  # per part: the rows that belong to a wanted track
@@ -244,8 +244,9 @@ def read_features(out: Path, wanted: set[str]) -> SegmentIndex:
     value_set = pa.array(names, pa.string())
     parts, kept, codes, segments, ratios = [], [], [], [], []
     for part in sorted(out.glob("segments-*.parquet")):
-        levels = "rms_ratio" in pq.read_schema(part).names  # parts written before levels were kept: NaN
-        table = pq.read_table(part, columns=["source_uri", "segment", "start_s"] + ["rms_ratio"] * levels)
+        parquet = pq.ParquetFile(part)
+        levels = "rms_ratio" in parquet.schema_arrow.names  # parts written before levels were kept: NaN
+        table = parquet.read(columns=["source_uri", "segment", "start_s"] + ["rms_ratio"] * levels)
         code = pc.index_in(table["source_uri"], value_set=value_set).combine_chunks()
         read = table["start_s"].to_numpy() + SEGMENT_SECONDS <= READ_SECONDS + 1e-6
         rows = np.flatnonzero(code.is_valid().to_numpy(zero_copy_only=False) & read)
@@ -366,8 +367,7 @@ def scoring_fingerprint(splits: dict[str, SplitFeatures], vocabulary: Sequence[s
     """16 hex digits naming what a score was measured with: every split's tracks and labels (after
     missing audio and ``--train-fraction``), the vocabulary, the probe settings, how much of a
     track is read and, for a trained probe, its code's revision and whether the silence rule could
-    be applied. Two scores are compared, for an
-    alias, only when their fingerprints are equal."""
+    be applied. Two scores are compared, for an alias, only when their fingerprints are equal."""
     settings = {"tags": list(vocabulary), "probe": asdict(probe), "read_seconds": READ_SECONDS}
     if probe.kind != "knn":  # the trained probes' code changed (the k-NN vote's did not)
         settings["probe_revision"] = PROBE_REVISION
