@@ -48,6 +48,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "warmup_epochs": 10,
         "weight_decay": 0.04,
         "weight_decay_end": 0.4,
+        # BYOL/clustering teacher: cosine from this to 1.0 over the run (DINO's schedule, which the
+        # reference's get_network_momentum describes; its default stretches the cosine over 999
+        # epochs whatever the run's length, holding ~0.996 through 100, and its configs are unreleased)
         "ema_momentum": 0.996,
         "teacher_temp_warmup_epochs": 10,
         "grad_clip": 0.0,  # 0: off

@@ -53,7 +53,10 @@ class Schedules:
         return cosine(step, self.total_steps, self.weight_decay, self.weight_decay_end)
 
     def momentum(self, step: int) -> float:
-        """EMA momentum of the teacher: cosine ``ema_momentum`` -> ``ema_momentum_end``, per step."""
+        """EMA momentum of the teacher: cosine ``ema_momentum`` -> ``ema_momentum_end``, per step,
+        over the whole run, as the reference's docstring says ("increased to 1 during training").
+        Its function's default cosine spans 999 epochs, unclipped by the run's length (its other
+        schedules are clipped); its gin configs were not released, so the stated intent is kept."""
         return cosine(step, self.total_steps, self.ema_momentum, self.ema_momentum_end)
 
     def teacher_temperature(self, step: int) -> float:
