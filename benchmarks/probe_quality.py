@@ -1,7 +1,7 @@
 """Probe quality: a briefly pre-trained contrastive backbone vs. a random one vs. the shared fixture weights.
 
     python benchmarks/probe_quality.py [--workdir mvssl-quickstart] [--steps 0] [--seeds 3] [--probes mlp,knn]
-                                       [--layers 0] [--pretrain KEY=VALUE ...]
+                                       [--layers 0] [--method contrastive] [--pretrain KEY=VALUE ...]
 
 Runs (or reuses) the quickstart in WORKDIR: its labelled synthetic library (tags for lead timbre,
 tempo, mode, drums and bass, drawn independently per track) and its pre-trained contrastive model.
@@ -13,7 +13,9 @@ training-free weighted k-NN vote (DINO's / solo-learn's k = 20, T = 0.07), which
 embedding itself groups tracks by tag. The k-NN probe is deterministic: it runs once.
 ``--layers 0.5`` runs on a harder library (the quickstart's ``--layers``: untagged pad and
 arpeggio layers that change every section) where random features are far from the ceiling; use a
-fresh workdir for it. ``--pretrain`` adds pre-training overrides to the quickstart's (for a long
+fresh workdir for it. ``--method`` pre-trains another of the five methods from its ``configs/``
+file under the quickstart's settings and time box (again in a fresh workdir; the quickstart itself
+is the contrastive run). ``--pretrain`` adds pre-training overrides to the quickstart's (for a long
 run on a GPU: ``--steps 3000 --pretrain train.use_gpu=true --pretrain train.num_workers=1
 --pretrain data.batch_size=256``; ``benchmarks/device/gpu_probe.sh`` runs that on the device).
 The shared fixture is a release-format file with non-trivial but untrained weights: a second
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="probe seeds per backbone (trained probes)")
     parser.add_argument("--probes", default="mlp,knn", help="comma-separated: mlp, linear, knn")
     parser.add_argument("--layers", type=float, default=0.0, help="the library's untagged layers (quickstart --layers)")
+    parser.add_argument("--method", default="contrastive", help="the SSL method pre-trained (a fresh --workdir each)")
     parser.add_argument(
         "--pretrain",
         action="append",
@@ -92,10 +95,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     work = Path(args.workdir).resolve()
     options = QuickstartOptions(
-        str(work), args.tracks, steps=args.steps, layers=args.layers, pretrain_overrides=tuple(args.pretrain)
+        str(work),
+        args.tracks,
+        steps=args.steps,
+        layers=args.layers,
+        method=args.method,
+        pretrain_overrides=tuple(args.pretrain),
     )
     state = run_quickstart(options, say=lambda m: None).state
-    candidates = [(f"pre-trained contrastive ({state['pretrain']['steps']} steps)", state["pretrain"]["model_uri"])]
+    trained = f"pre-trained {options.method} ({state['pretrain']['steps']} steps)"
+    candidates = [(trained, state["pretrain"]["model_uri"])]
     candidates.append(("random initialisation", "random:0"))
     candidates.append((CALIBRATED, str(normalised_control(work))))  # the quickstart's control
     if FIXTURE.is_file():

@@ -34,6 +34,9 @@ class QuickstartOptions:
     steps: int = 0  # > 0: pre-training steps (else sized from --minutes)
     workers: int = 2  # Ray Train workers
     layers: float = 0.0  # > 0: a harder library, with untagged layers that change every section
+    # the SSL method pre-trained, from configs/<method>.yaml; not offered by the CLI (the quickstart
+    # is the contrastive run), used by benchmarks/probe_quality.py --method
+    method: str = "contrastive"
     ray_address: str | None = None
     # KEY=VALUE pre-training overrides applied after the quickstart's own (e.g. train.use_gpu=true
     # data.batch_size=256 for benchmarks/probe_quality.py on a GPU); not offered by the CLI
@@ -76,8 +79,14 @@ def make_library(opts: QuickstartOptions, work: Path, say) -> dict:
     return {"tracks": len(tracks), "labels": str(work / "library" / "labels.csv"), "layers": opts.layers}
 
 
-def check_reuse(opts: QuickstartOptions, made: dict | None, work: Path) -> None:
-    """Refuse options that disagree with the library ``work`` already holds (it would be reused)."""
+def check_reuse(opts: QuickstartOptions, state: State, work: Path) -> None:
+    """Refuse options that disagree with what ``work`` already holds (it would be reused)."""
+    trained = state.get("pretrain_method") or ("contrastive" if state.get("pretrain_budget") else None)
+    if trained is not None and trained != opts.method:
+        raise QuickstartError(
+            f"method {opts.method}: {work} holds a model pre-trained with {trained}; use another --workdir"
+        )
+    made = state.get("library")
     if made is None:
         return
     for option, asked, had in (
@@ -140,8 +149,13 @@ def pretrain_config(opts: QuickstartOptions, work: Path, tracking_uri: str, budg
         f"tracking.register_as={MODEL_NAME}",
         *opts.pretrain_overrides,
     ]
-    root = Path(__file__).resolve().parents[1] / "configs" / "contrastive.yaml"
-    return load_config(root if root.is_file() else None, overrides)
+    root = METHOD_CONFIGS / f"{opts.method}.yaml"
+    if not root.is_file():  # a package installed without the repository's configs/
+        return load_config(None, [f"method.name={opts.method}", *overrides])
+    return load_config(root, overrides)
+
+
+METHOD_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def pretrain_model(opts: QuickstartOptions, work: Path, cfg: dict, say) -> dict:
@@ -253,6 +267,13 @@ def check_options(opts: QuickstartOptions) -> None:
         raise QuickstartError(f"--steps {opts.steps}: must be >= 0 (0 sizes pre-training from --minutes)")
     if opts.layers < 0:
         raise QuickstartError(f"--layers {opts.layers:g}: must be >= 0")
+    if opts.method != "contrastive":
+        from mvssl_dist.methods import canonical_name
+
+        try:
+            opts.method = canonical_name(opts.method)  # configs/ names each method by this name
+        except ValueError as err:
+            raise QuickstartError(f"method: {err}") from None
     if opts.seconds * 0.9 < 12:  # track lengths vary by +-10% around --seconds
         raise QuickstartError(
             f"--seconds {opts.seconds:g}: at least 13.4 (tracks vary by 10% and ingest keeps tracks of 12 s and more)"
@@ -297,7 +318,9 @@ def pretrain_title(cfg: dict) -> str:
             f" at most, fitted to {box} at this machine's pace" if train["fit_to_max_minutes"] else f" (at most {box})"
         )
     workers = f"{train['num_workers']} Ray Train {'GPU ' if train['use_gpu'] else ''}workers"
-    return f"pre-training contrastive, {workers}, {train['max_steps']} steps{limit}; registering the backbone"
+    return (
+        f"pre-training {cfg['method']['name']}, {workers}, {train['max_steps']} steps{limit}; registering the backbone"
+    )
 
 
 def evaluate_all(opts: QuickstartOptions, work: Path, model_uri: str, tracking_uri: str, say) -> dict:
@@ -351,7 +374,7 @@ def run_stages(opts: QuickstartOptions, work: Path, say: Callable[[str], None]) 
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(work)
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     state = State(work / STATE_FILE)
-    check_reuse(opts, state.get("library"), work)
+    check_reuse(opts, state, work)
     result = QuickstartResult(work, state.data)
     import ray.data  # noqa: F401  (configures its loggers on import; quieten them after)
 
@@ -362,6 +385,7 @@ def run_stages(opts: QuickstartOptions, work: Path, say: Callable[[str], None]) 
     stages.run(2, "ingest", "ingesting it into WebDataset shards (Ray Data)", lambda: ingest_library(opts, work, say))
     budget = state.get("pretrain_budget") or pretrain_budget(opts, time.perf_counter() - start)
     state.set("pretrain_budget", list(budget))  # a resumed run keeps the length it started with
+    state.set("pretrain_method", opts.method)
     cfg = pretrain_config(opts, work, tracking_uri, budget)
     trained = stages.run(3, "pretrain", pretrain_title(cfg), lambda: pretrain_model(opts, work, cfg, say))
     model_uri = trained["model_uri"]

@@ -223,6 +223,36 @@ def test_quickstart_pretrain_overrides_come_last(tmp_path):
     assert plain["data"]["batch_size"] == 32 and plain["train"]["num_workers"] == 2 and not plain["train"]["use_gpu"]
 
 
+def test_quickstart_pretrains_another_method_from_its_config_in_its_own_workdir(tmp_path):
+    """benchmarks/probe_quality.py --method: the method's configs/ file under the quickstart's
+    settings; a workdir that holds another method's model is refused in one line, not reused."""
+    from mvssl_dist.quickstart import (
+        QuickstartError,
+        QuickstartOptions,
+        State,
+        check_options,
+        check_reuse,
+        pretrain_config,
+    )
+
+    byol = QuickstartOptions(str(tmp_path), method="BYOL")
+    check_options(byol)  # aliases and case as `method.name` takes them
+    cfg = pretrain_config(byol, tmp_path, "sqlite:///x.db", (120, 4.1))
+    assert cfg["method"] == {"name": "byol", "options": {}} and cfg["train"]["ema_momentum"] == 0.996
+    assert cfg["data"]["batch_size"] == 32 and cfg["train"]["max_steps"] == 120  # the quickstart's own
+    dino = pretrain_config(QuickstartOptions(method="clustering"), tmp_path, "sqlite:///x.db", (120, 4.1))
+    assert dino["train"]["lr"] == 5e-4 and dino["train"]["grad_clip"] == 3.0  # configs/clustering.yaml
+    with pytest.raises(QuickstartError, match=r"^method: unknown method 'mae' \(known: barlow_twins, byol"):
+        check_options(QuickstartOptions(method="mae"))
+    state = State(tmp_path / "quickstart.json")
+    state.set("pretrain_budget", [400, 4.2])  # a workdir from before methods were recorded: contrastive
+    with pytest.raises(QuickstartError, match="^method byol: .* holds a model pre-trained with contrastive; use"):
+        check_reuse(byol, state, tmp_path)
+    check_reuse(QuickstartOptions(str(tmp_path)), state, tmp_path)
+    state.set("pretrain_method", "byol")
+    check_reuse(byol, state, tmp_path)
+
+
 def test_quickstart_gives_pretraining_the_minutes_left_and_lets_the_run_fit_its_steps(tmp_path):
     """--minutes leaves the loop what the other stages do not need; the run plans 400 steps and
     fits them to that box at the pace it keeps (tests/test_timebox.py, tests/test_pretrain.py)."""
