@@ -84,8 +84,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_minutes": 0.0,
         # With max_minutes: once a quarter of it has passed, the steps that fit in the rest at the
         # pace kept since a tenth of it become the last step (never more than max_steps / epochs),
-        # so the learning rate and the other schedules end inside the box. false: the schedules
-        # follow max_steps / epochs and the box only stops the run.
+        # so the learning rate and the other schedules end inside the box; at a half and three
+        # quarters the fit is made again and may only bring the last step forward. false: the
+        # schedules follow max_steps / epochs and the box only stops the run.
         "fit_to_max_minutes": True,
     },
     "tracking": {

@@ -120,9 +120,9 @@ MAX_STEPS = 400  # what the quickstart plans; the time box fits it to this machi
 
 def pretrain_budget(opts: QuickstartOptions, elapsed_s: float) -> tuple[int, float]:
     """Steps, and minutes of training loop, for the time left (~2.5 min go to the later stages,
-    ~45 s to Ray Train's start-up). The run plans ``MAX_STEPS`` and, a quarter of the way into its
-    minutes, brings its last step forward to what fits at the pace it keeps
-    (``train.fit_to_max_minutes``), so its schedules end inside the box on a slow machine and a
+    ~45 s to Ray Train's start-up). The run plans ``MAX_STEPS`` and, a quarter, a half and three
+    quarters of the way into its minutes, brings its last step forward to what fits at the pace it
+    keeps (``train.fit_to_max_minutes``), so its schedules end inside the box on a slow machine and a
     fast one stops at the cap. ``--steps``: exactly those steps, no time limit."""
     if opts.steps > 0:
         return opts.steps, 0.0

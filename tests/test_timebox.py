@@ -30,7 +30,7 @@ class Clock:
         return self.now
 
 
-def test_the_last_step_is_fitted_once_from_the_pace_after_start_up(monkeypatch):
+def test_the_last_step_is_fitted_from_the_pace_after_start_up(monkeypatch):
     clock = Clock()
     monkeypatch.setattr("mvssl_dist.train.loop.time.monotonic", clock)
     box = TimeBox(100 / 60, CPU)  # 100 s
@@ -46,6 +46,30 @@ def test_the_last_step_is_fitted_once_from_the_pace_after_start_up(monkeypatch):
     assert box.check(80, 100) == (False, 100)
     clock.now += 60
     assert box.check(99, 100) == (True, 100)  # and the deadline still stops a slower one
+
+
+def test_a_run_that_slows_after_the_first_fit_is_brought_forward_and_never_pushed_back(monkeypatch):
+    """The quickstart's 400 steps were fitted to 266 from the pace before its first checkpoint and
+    met the box at step 225, its learning rate at 6 % of the peak. At half and three quarters of
+    the box the fit is made again from the pace since the one before: fewer steps if they have
+    slowed, never more if they have quickened, and no change when the pace holds."""
+    clock = Clock()
+    monkeypatch.setattr("mvssl_dist.train.loop.time.monotonic", clock)
+    slowing, steady = TimeBox(100 / 60, CPU), TimeBox(100 / 60, CPU)
+    for box in (slowing, steady):  # 100 s; as above: 0.9 s a step from 12 s in, fitted to step 100 at 30 s
+        clock.now = 1000.0
+        box.started, box.deadline = clock.now, clock.now + 100
+        clock.now += 12
+        box.check(10, 1000)
+        clock.now += 18
+        assert box.check(30, 1000) == (False, 100)
+    clock.now = 1050.0  # half the box: 15 steps in 20 s since the fit, 50 s left
+    assert slowing.check(45, 100) == (False, 45 + int(0.9 * 50 / (20 / 15)))  # 78
+    assert steady.check(52, 100) == (False, 100)  # 22 steps in 20 s: step 100 still fits
+    clock.now = 1075.0  # three quarters: quicker again (25 steps in 25 s), the last step stays put
+    assert slowing.check(70, 78) == (False, 78)
+    clock.now = 1100.0
+    assert slowing.check(77, 78) == (True, 78)  # past the last fit the deadline still stops it
 
 
 def test_fitting_never_adds_steps_and_can_be_switched_off(monkeypatch):

@@ -223,16 +223,19 @@ class TimeBox:
     """``train.max_minutes`` as a stop every rank agrees on, and the schedules fitted to it.
 
     Rank 0's clock decides, broadcast (two scalars), so that all workers change course at the same
-    step. With ``fit``, once ``FIT_AFTER`` of the minutes have passed, the steps that fit in the time
-    left at the pace kept since ``PACE_FROM`` of them become the run's last step (never more than
-    planned), so the learning rate and the other schedules finish their course inside the box
-    wherever the step time was mis-guessed; the stop still holds if the machine slows down later.
-    A no-op at 0. The loop asks on logged steps only (every ``train.log_every``): reading the
-    answer waits for the device.
+    step. With ``fit``, once ``FIT_AT[0]`` of the minutes have passed, the steps that fit in the
+    time left at the pace kept since ``PACE_FROM`` of them become the run's last step (never more
+    than planned), so the learning rate and the other schedules finish their course inside the box
+    wherever the step time was mis-guessed. At each later share of ``FIT_AT`` the fit is made again
+    from the pace since the one before, and only ever brings the last step forward: the first
+    pace can be quicker than the rest (batches the views made during start-up, no checkpoint yet;
+    the quickstart's 266 fitted steps once met the box at step 225). The stop still holds if the
+    machine slows down after the last fit. A no-op at 0. The loop asks on logged steps only (every
+    ``train.log_every``): reading the answer waits for the device.
     """
 
     PACE_FROM = 0.1  # share of the minutes from which the pace is measured (the warm-up left out)
-    FIT_AFTER = 0.25  # share of the minutes from which it is trusted
+    FIT_AT = (0.25, 0.5, 0.75)  # shares of the minutes at which the last step is fitted
     MARGIN = 0.9  # of the time left: checkpoints and slower stretches (0.95 ran 6 steps over once)
 
     def __init__(self, minutes: float, device: torch.device, fit: bool = True) -> None:
@@ -241,28 +244,31 @@ class TimeBox:
         self.deadline = self.started + self.seconds if minutes > 0 else None
         self.device = device
         self.mark: tuple[float, int] | None = None  # (time, step) the pace is measured from
-        self.fitting = fit  # until the last step has been fitted once
+        self.fits = list(self.FIT_AT) if fit else []  # the shares not fitted at yet
 
     def check(self, step: int, total_steps: int) -> tuple[bool, int]:
         """(out of time, the run's last step), the same on every rank."""
         if self.deadline is None:
             return False, total_steps
         now = time.monotonic()
-        total = min(total_steps, self.fit(now, step)) if self.fitting else total_steps
+        total = self.fit(now, step, total_steps) if self.fits else total_steps
         out_of_time, total = rank0_values([float(now >= self.deadline), float(total)], self.device)
         return bool(out_of_time), int(total)
 
-    def fit(self, now: float, step: int) -> int:
-        """The last step that fits at the pace so far, once enough of the box has passed (else no limit)."""
+    def fit(self, now: float, step: int, total: int) -> int:
+        """The last step: ``total``, or fewer once a share of ``FIT_AT`` has passed and the pace
+        since the mark says they would not fit in ``MARGIN`` of the time left."""
         elapsed = now - self.started
         if self.mark is None and elapsed >= self.PACE_FROM * self.seconds:
             self.mark = (now, step)
-        if self.mark is None or elapsed < self.FIT_AFTER * self.seconds or step <= self.mark[1]:
-            return 2**53
+        if self.mark is None or elapsed < self.fits[0] * self.seconds or step <= self.mark[1]:
+            return total
+        while self.fits and elapsed >= self.fits[0] * self.seconds:
+            self.fits.pop(0)
         mark_time, mark_step = self.mark
-        self.fitting = False
         pace = (now - mark_time) / (step - mark_step)
-        return step + max(1, int(self.MARGIN * (self.deadline - now) / pace))
+        self.mark = (now, step)  # the next fit's pace: from here
+        return min(total, step + max(1, int(self.MARGIN * (self.deadline - now) / pace)))
 
 
 def rank0_values(values: list[float], device: torch.device) -> list[float]:
