@@ -19,6 +19,7 @@ from pathlib import Path
 
 MODEL_NAME = "mvssl-quickstart"
 STATE_FILE = "quickstart.json"
+METHOD_CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # <method>.yaml, the repository's
 
 
 class QuickstartError(RuntimeError):
@@ -153,9 +154,6 @@ def pretrain_config(opts: QuickstartOptions, work: Path, tracking_uri: str, budg
     if not root.is_file():  # a package installed without the repository's configs/
         return load_config(None, [f"method.name={opts.method}", *overrides])
     return load_config(root, overrides)
-
-
-METHOD_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def pretrain_model(opts: QuickstartOptions, work: Path, cfg: dict, say) -> dict:
