@@ -503,7 +503,9 @@ def weights_identity(model: str, facts: dict) -> dict:
         if facts.get("model_source"):
             identity["model_source"] = facts["model_source"]
         return identity
-    if model == "random" or model.startswith("random:"):
+    from mvssl_dist.models import names_random
+
+    if names_random(model):
         return {"random_seed": int(model.partition(":")[2] or 0)}
     path = Path(model)
     path = path / "state.pt" if path.is_dir() else path

@@ -87,7 +87,7 @@ class EvaluateResult:
 def model_identity(model: str) -> tuple[str, str, dict]:
     """``(pinned model URI, cache folder name, registry facts)``; an alias is pinned to its version."""
     from mvssl_dist.embed.batch import model_facts, weights_identity
-    from mvssl_dist.models import WeightsError, load_backbone
+    from mvssl_dist.models import WeightsError, load_backbone, names_random
     from mvssl_dist.tracking import quick_requests
 
     # A registry version's weights are loaded (a bad one said in one line) by embed_library, in the
@@ -104,7 +104,7 @@ def model_identity(model: str) -> tuple[str, str, dict]:
         load_backbone(model)
     except WeightsError as err:
         raise EvaluateError(str(err)) from None
-    if model == "random" or model.startswith("random:"):
+    if names_random(model):
         return model, model.replace(":", "-"), facts
     # a weights file by its content; a checkpoint folder by its state.pt's (rewritten in place by training)
     try:

@@ -74,12 +74,18 @@ def backbone_from_state(state: Mapping[str, torch.Tensor], device: str | torch.d
     return model.to(device).eval()
 
 
+def names_random(source: str | os.PathLike) -> bool:
+    """Whether ``source`` asks for an untrained backbone (``random`` or ``random:SEED``)."""
+    text = os.fspath(source)
+    return isinstance(text, str) and (text == "random" or text.startswith("random:"))
+
+
 def absolute_source(source: str) -> str:
     """``source`` as :func:`load_backbone` takes it, a weights file or checkpoint folder made
     absolute: Ray's workers on a running cluster do not share the driver's working folder."""
     from mvssl_dist.shards.uris import local_dir
 
-    if source == "random" or source.startswith(("random:", "models:/")) or "://" in source:
+    if names_random(source) or source.startswith("models:/") or "://" in source:
         return source
     return str(local_dir(source))
 
@@ -93,7 +99,7 @@ def load_backbone(source: str | os.PathLike, device: str | torch.device = "cpu")
     untrained, seeded backbone: the baseline). Loading is strict.
     """
     text = os.fspath(source)
-    if isinstance(text, str) and (text == "random" or text.startswith("random:")):
+    if names_random(text):
         # A seeded, untrained backbone: for smoke runs and as the baseline probes compare against.
         seed = text.partition(":")[2] or "0"
         if not seed.isdigit():
