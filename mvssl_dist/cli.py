@@ -652,6 +652,12 @@ def add_quickstart(sub: argparse._SubParsersAction) -> None:
         help="a harder library: untagged pad and arpeggio layers that change every section, at this level "
         "relative to the tagged music (e.g. 0.5; default 0: none)",
     )
+    p.add_argument(
+        "--method",
+        default="contrastive",
+        help="the SSL method pre-trained, with its configs/ file's settings: contrastive, byol, clustering, "
+        "barlow_twins or vicreg (default: %(default)s; another method needs a --workdir of its own)",
+    )
     p.add_argument("--ray-address", help=RAY_ADDRESS_HELP)
     p.set_defaults(run=run_quickstart)
 
@@ -668,6 +674,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
         args.steps,
         ray_address=args.ray_address,
         layers=args.layers,
+        method=args.method,
     )
     try:
         result = run(options)

@@ -35,8 +35,7 @@ class QuickstartOptions:
     steps: int = 0  # > 0: pre-training steps (else sized from --minutes)
     workers: int = 2  # Ray Train workers
     layers: float = 0.0  # > 0: a harder library, with untagged layers that change every section
-    # the SSL method pre-trained, from configs/<method>.yaml; not offered by the CLI (the quickstart
-    # is the contrastive run), used by benchmarks/probe_quality.py --method
+    # the SSL method pre-trained, from configs/<method>.yaml under the quickstart's settings
     method: str = "contrastive"
     ray_address: str | None = None
     # KEY=VALUE pre-training overrides applied after the quickstart's own (e.g. train.use_gpu=true
@@ -85,7 +84,7 @@ def check_reuse(opts: QuickstartOptions, state: State, work: Path) -> None:
     trained = state.get("pretrain_method") or ("contrastive" if state.get("pretrain_budget") else None)
     if trained is not None and trained != opts.method:
         raise QuickstartError(
-            f"method {opts.method}: {work} holds a model pre-trained with {trained}; use another --workdir"
+            f"--method {opts.method}: {work} holds a model pre-trained with {trained}; use another --workdir"
         )
     made = state.get("library")
     if made is None:
@@ -271,7 +270,7 @@ def check_options(opts: QuickstartOptions) -> None:
         try:
             opts.method = canonical_name(opts.method)  # configs/ names each method by this name
         except ValueError as err:
-            raise QuickstartError(f"method: {err}") from None
+            raise QuickstartError(f"--method: {err}") from None
     if opts.seconds * 0.9 < 12:  # track lengths vary by +-10% around --seconds
         raise QuickstartError(
             f"--seconds {opts.seconds:g}: at least 13.4 (tracks vary by 10% and ingest keeps tracks of 12 s and more)"

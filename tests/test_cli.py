@@ -242,15 +242,33 @@ def test_quickstart_pretrains_another_method_from_its_config_in_its_own_workdir(
     assert cfg["data"]["batch_size"] == 32 and cfg["train"]["max_steps"] == 120  # the quickstart's own
     dino = pretrain_config(QuickstartOptions(method="clustering"), tmp_path, "sqlite:///x.db", (120, 4.1))
     assert dino["train"]["lr"] == 5e-4 and dino["train"]["grad_clip"] == 3.0  # configs/clustering.yaml
-    with pytest.raises(QuickstartError, match=r"^method: unknown method 'mae' \(known: barlow_twins, byol"):
+    with pytest.raises(QuickstartError, match=r"^--method: unknown method 'mae' \(known: barlow_twins, byol"):
         check_options(QuickstartOptions(method="mae"))
     state = State(tmp_path / "quickstart.json")
     state.set("pretrain_budget", [400, 4.2])  # a workdir from before methods were recorded: contrastive
-    with pytest.raises(QuickstartError, match="^method byol: .* holds a model pre-trained with contrastive; use"):
+    with pytest.raises(QuickstartError, match="^--method byol: .* holds a model pre-trained with contrastive; use"):
         check_reuse(byol, state, tmp_path)
     check_reuse(QuickstartOptions(str(tmp_path)), state, tmp_path)
     state.set("pretrain_method", "byol")
     check_reuse(byol, state, tmp_path)
+
+
+def test_quickstart_method_is_checked_in_one_line_before_anything_runs(tmp_path, capsys):
+    """`mvssl quickstart --method`: an unknown method, or a workdir that holds another method's
+    model, is one line and exit 1, with nothing generated."""
+    work = tmp_path / "work"
+    assert main(["quickstart", "--workdir", str(work), "--method", "mae"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mvssl: error: --method: unknown method 'mae' (known: barlow_twins, byol") and "\n" not in err
+    assert not work.exists()
+    work.mkdir()
+    (work / "quickstart.json").write_text(json.dumps({"pretrain_method": "contrastive"}))
+    assert main(["quickstart", "--workdir", str(work), "--method", "VICReg"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"mvssl: error: --method vicreg: {work} holds a model pre-trained with contrastive; use another --workdir"
+    )
+    assert sorted(p.name for p in work.iterdir()) == [".mvssl.lock", "quickstart.json"]
 
 
 def test_quickstart_gives_pretraining_the_minutes_left_and_lets_the_run_fit_its_steps(tmp_path):
