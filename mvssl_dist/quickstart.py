@@ -405,12 +405,13 @@ def run_stages(opts: QuickstartOptions, work: Path, say: Callable[[str], None]) 
 def summary_lines(work: Path, state: dict, tracking_uri: str) -> list[str]:
     ing, tr, emb, ev = state["ingest"], state["pretrain"], state["embed"], state["evaluate"]
     ours, rnd = ev["model"], ev["random"]
+    method = state.get("pretrain_method", "contrastive")  # unrecorded in workdirs made before --method
     key = first_key(work / "embeddings")
     ui = f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --port 5000"  # quoted: copied into a shell
     return [
         f"  dataset   {work / 'dataset'}: {ing['tracks']} tracks; {ing['rejects']} rejected, "
         f"listed with reasons in {work / 'dataset' / 'rejects.parquet'}",
-        f"  model     {MODEL_NAME} v{tr['model_version']} (MLflow run {tr['run_id']}, {tr['steps']} steps); "
+        f"  model     {MODEL_NAME} v{tr['model_version']} ({method}, {tr['steps']} steps, MLflow run {tr['run_id']}); "
         f"load it with load_backbone('models:/{MODEL_NAME}@champion') "
         f"(from another folder: MLFLOW_TRACKING_URI={shlex.quote(tracking_uri)})",
         f"  probe     ROC-AUC macro {ours['roc_auc_macro']:.4f} vs. random backbone {rnd['roc_auc_macro']:.4f} "

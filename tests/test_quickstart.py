@@ -110,5 +110,6 @@ def test_a_second_run_reuses_everything_and_says_where_to_look(quickstart):
     assert again == 0 and rerun_s < 60 and printed.count("already done") == 5, printed
     assert f"mlflow ui --backend-store-uri {tracking}" in printed and f"MLFLOW_TRACKING_URI={tracking}" in printed
     assert "model - random: " in printed and "interval" in printed and "k-NN probe" in printed
+    assert f"(contrastive, {STEPS} steps, MLflow run " in printed, printed
     assert printed.count("model - control: ") == 2, printed
     assert f"mvssl neighbours --embeddings {work / 'embeddings'} --key " in printed
