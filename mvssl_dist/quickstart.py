@@ -84,7 +84,8 @@ def check_reuse(opts: QuickstartOptions, state: State, work: Path) -> None:
     trained = state.get("pretrain_method") or ("contrastive" if state.get("pretrain_budget") else None)
     if trained is not None and trained != opts.method:
         raise QuickstartError(
-            f"--method {opts.method}: {work} holds a model pre-trained with {trained}; use another --workdir"
+            f"--method {opts.method}: {work} holds a model pre-trained with {trained}; "
+            f"continue it with --method {trained}, or use another --workdir"
         )
     made = state.get("library")
     if made is None:

@@ -246,7 +246,9 @@ def test_quickstart_pretrains_another_method_from_its_config_in_its_own_workdir(
         check_options(QuickstartOptions(method="mae"))
     state = State(tmp_path / "quickstart.json")
     state.set("pretrain_budget", [400, 4.2])  # a workdir from before methods were recorded: contrastive
-    with pytest.raises(QuickstartError, match="^--method byol: .* holds a model pre-trained with contrastive; use"):
+    with pytest.raises(
+        QuickstartError, match="^--method byol: .* with contrastive; continue it with --method contrastive, or"
+    ):
         check_reuse(byol, state, tmp_path)
     check_reuse(QuickstartOptions(str(tmp_path)), state, tmp_path)
     state.set("pretrain_method", "byol")
@@ -266,7 +268,8 @@ def test_quickstart_method_is_checked_in_one_line_before_anything_runs(tmp_path,
     assert main(["quickstart", "--workdir", str(work), "--method", "VICReg"]) == 1
     err = capsys.readouterr().err.strip()
     assert err == (
-        f"mvssl: error: --method vicreg: {work} holds a model pre-trained with contrastive; use another --workdir"
+        f"mvssl: error: --method vicreg: {work} holds a model pre-trained with contrastive; "
+        "continue it with --method contrastive, or use another --workdir"
     )
     assert sorted(p.name for p in work.iterdir()) == [".mvssl.lock", "quickstart.json"]
 
