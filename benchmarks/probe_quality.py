@@ -14,8 +14,8 @@ embedding itself groups tracks by tag. The k-NN probe is deterministic: it runs 
 ``--layers 0.5`` runs on a harder library (the quickstart's ``--layers``: untagged pad and
 arpeggio layers that change every section) where random features are far from the ceiling; use a
 fresh workdir for it. ``--method`` pre-trains another of the five methods from its ``configs/``
-file under the quickstart's settings and time box (again in a fresh workdir; the quickstart itself
-is the contrastive run). ``--pretrain`` adds pre-training overrides to the quickstart's (for a long
+file under the quickstart's settings and time box, as ``mvssl quickstart --method`` does (again in
+a fresh workdir). ``--pretrain`` adds pre-training overrides to the quickstart's (for a long
 run on a GPU: ``--steps 3000 --pretrain train.use_gpu=true --pretrain train.num_workers=1
 --pretrain data.batch_size=256``; ``benchmarks/device/gpu_probe.sh`` runs that on the device).
 The shared fixture is a release-format file with non-trivial but untrained weights: a second
