@@ -79,9 +79,15 @@ def make_library(opts: QuickstartOptions, work: Path, say) -> dict:
     return {"tracks": len(tracks), "labels": str(work / "library" / "labels.csv"), "layers": opts.layers}
 
 
+def trained_method(state: dict) -> str | None:
+    """The method a workdir's pre-training stage uses (``None`` before that stage began); workdirs
+    made before methods were recorded pre-trained contrastive."""
+    return state.get("pretrain_method") or ("contrastive" if state.get("pretrain_budget") else None)
+
+
 def check_reuse(opts: QuickstartOptions, state: State, work: Path) -> None:
     """Refuse options that disagree with what ``work`` already holds (it would be reused)."""
-    trained = state.get("pretrain_method") or ("contrastive" if state.get("pretrain_budget") else None)
+    trained = trained_method(state.data)
     if trained is not None and trained != opts.method:
         raise QuickstartError(
             f"--method {opts.method}: {work} holds a model pre-trained with {trained}; "
@@ -406,7 +412,7 @@ def run_stages(opts: QuickstartOptions, work: Path, say: Callable[[str], None]) 
 def summary_lines(work: Path, state: dict, tracking_uri: str) -> list[str]:
     ing, tr, emb, ev = state["ingest"], state["pretrain"], state["embed"], state["evaluate"]
     ours, rnd = ev["model"], ev["random"]
-    method = state.get("pretrain_method", "contrastive")  # unrecorded in workdirs made before --method
+    method = trained_method(state) or "contrastive"  # a workdir older than the recorded budget
     key = first_key(work / "embeddings")
     ui = f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --port 5000"  # quoted: copied into a shell
     return [
