@@ -59,9 +59,11 @@ def tiny(dataset, method="contrastive", **extra) -> list[str]:
 
 def test_views_that_run_out_keep_every_trained_step(dataset, workdir, monkeypatch):
     """Skipped views make epochs shorter than planned. A 1,600-step run used to stop short and
-    register its last periodic checkpoint, 40-odd trained steps earlier. Now the spare is 10 % + 1
-    epoch, and if the views still run out, the last step is checkpointed and registered."""
-    assert epochs_to_read(1600, 15) * 15 >= 1.1 * 1600 + 15 and epochs_to_read(3, 15) == 2
+    register its last periodic checkpoint, 40-odd trained steps earlier, and with 10 % + 1 spare an
+    800-step run whose epochs gave 85 % of their rows stopped at step 758. Now twice the planned
+    epochs are streamed, and if the views still run out, the last step is checkpointed and registered."""
+    assert epochs_to_read(1600, 15) * 15 >= 2 * 1600 + 15 and epochs_to_read(3, 15) == 2
+    assert epochs_to_read(800, 15) * round(15 * 407 / 480) >= 800
     monkeypatch.setattr("mvssl_dist.train.pretrain.epochs_to_read", lambda total, per_epoch: 1)
     said = []
     # data.path relative to this folder, not Ray's: the workers read the shards by their absolute path
