@@ -21,7 +21,7 @@ from registry_checks import assert_registered_as_trained
 
 from mvssl_dist.cli import main
 from mvssl_dist.config import ConfigError, load_config
-from mvssl_dist.train.pretrain import epochs_to_read, latest_checkpoint, pretrain
+from mvssl_dist.train.pretrain import epochs_to_read, latest_checkpoint, pretrain, short_epochs_line
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -263,6 +263,21 @@ def test_a_failed_run_says_what_it_kept_and_the_command_that_continues_it(datase
     ), said
     run_id = json.loads((workdir / "mvssl_runs" / "fails" / "mvssl_run.json").read_text())["run_id"]
     assert mlflow.MlflowClient().get_run(run_id).info.status == "FAILED"
+
+
+def test_epochs_shorter_than_planned_are_said_with_why():
+    """The views of a library with quiet sections gave 407 of 480 rows an epoch, and nothing said
+    why a run's epochs were short (or, with the old spare, why it ran out of views)."""
+    full = {"tracks": 120, "rows": 476, "silent": 1, "too_short": 0}
+    assert short_epochs_line(full, 4, 15) is None  # the quickstart's library: 99 %
+    line = short_epochs_line({"tracks": 120, "rows": 407, "silent": 21, "too_short": 0}, 4, 15)
+    assert line == (
+        "[pretrain] the views gave 85% of the rows planned (407 of 480 drawn): 21 times a track stopped at a "
+        "near-silent segment, so an epoch was about 12.7 steps, not 15"
+    )
+    line = short_epochs_line({"tracks": 2000, "rows": 1000, "silent": 0, "too_short": 1000}, 1, 10)
+    assert "(1,000 of 2,000 drawn): 1,000 times a track was too short for the views and their gap, so" in line, line
+    assert short_epochs_line({}, 4, 15) is None
 
 
 def hold_elsewhere(folder: Path) -> int:

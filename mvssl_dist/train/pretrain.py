@@ -600,12 +600,36 @@ def report_lost_views(cfg: dict, stats_name: str, report: Callable[[str], None])
         lines = [
             log_lost(cfg, unreadable, "views/unreadable.txt", "could not be read from their shards and gave no views"),
             log_lost(cfg, silent, "views/silent.txt", silent_why),
+            short_epochs_line(stats, cfg["data"]["pairs_per_track"], cfg["steps_per_epoch"]),
         ]
     except Exception as err:  # Ray or the tracking server gone (an interrupt): the line still goes out
         report(f"[pretrain] could not collect the tracks that gave no views: {first_line(err, cfg['tracking_uri'])}")
         return
     for line in filter(None, lines):
         report(line)
+
+
+def short_epochs_line(stats: dict, pairs_per_track: int, steps_per_epoch: int) -> str | None:
+    """Why epochs ran shorter than planned, when the views drawn gave under 95 % of their rows.
+
+    ``stats`` as :func:`mvssl_dist.views.dataset.view_stats` gives it, over every shard drawn.
+    A track stops giving rows in a pass when a draw stays near-silent after its redraws (music
+    with quiet passages), or gives none when it is shorter than the views and their gap.
+    """
+    planned = stats.get("tracks", 0) * pairs_per_track
+    rows = stats.get("rows", 0)
+    if not planned or rows >= 0.95 * planned:
+        return None
+    why = []
+    if stats.get("silent"):
+        why.append(f"{stats['silent']:,} times a track stopped at a near-silent segment")
+    if stats.get("too_short"):
+        why.append(f"{stats['too_short']:,} times a track was too short for the views and their gap")
+    return (
+        f"[pretrain] the views gave {rows / planned:.0%} of the rows planned ({rows:,} of {planned:,} drawn): "
+        f"{' and '.join(why)}, so an epoch was about {rows / planned * steps_per_epoch:.1f} steps, "
+        f"not {steps_per_epoch}"
+    )
 
 
 def silent_sources(dataset_dir: str, names: list[str]) -> list[str]:
