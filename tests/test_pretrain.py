@@ -424,10 +424,11 @@ def test_tracks_that_gave_no_views_are_said_and_listed(dataset, workdir, monkeyp
     index = load_index(dataset).to_pylist()
     quiet = [f"{Path(row['shard']).name}:{row['key']}" for row in index[:2]]
     bad = ["s1.tar:k2 (not in the shard)", "s1.tar:k1 (corrupt tar)"]
-    stats = {"malformed_keys": bad + bad, "silent_keys": quiet[::-1]}  # two epochs
+    stats = {"malformed_keys": bad + bad, "silent_keys": quiet[::-1], "tracks": 40, "rows": 158}  # two epochs
     monkeypatch.setattr(views, "view_stats", lambda name, timeout_s: stats)
     run = mlflow.MlflowClient().create_run(mlflow.set_experiment("views").experiment_id)
-    cfg = {"run_id": run.info.run_id, "tracking_uri": "", "data": {"path": str(dataset)}}
+    cfg = {"run_id": run.info.run_id, "tracking_uri": "", "data": {"path": str(dataset), "pairs_per_track": 4}}
+    cfg["steps_per_epoch"] = 5
     lines: list[str] = []
     module.report_lost_views(cfg, "views-x", lines.append)
     named = sorted(f"{display_uri(row['source_uri'])} ({name})" for row, name in zip(index, quiet, strict=False))
