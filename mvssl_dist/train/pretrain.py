@@ -600,11 +600,11 @@ def report_lost_views(cfg: dict, stats_name: str, report: Callable[[str], None])
         lines = [
             log_lost(cfg, unreadable, "views/unreadable.txt", "could not be read from their shards and gave no views"),
             log_lost(cfg, silent, "views/silent.txt", silent_why),
-            short_epochs_line(stats, cfg["data"]["pairs_per_track"], cfg["steps_per_epoch"]),
         ]
     except Exception as err:  # Ray or the tracking server gone (an interrupt): the line still goes out
         report(f"[pretrain] could not collect the tracks that gave no views: {first_line(err, cfg['tracking_uri'])}")
         return
+    lines.append(short_epochs_line(stats, cfg["data"]["pairs_per_track"], cfg["steps_per_epoch"]))
     for line in filter(None, lines):
         report(line)
 
