@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from mvssl_dist.config import load_config
+from mvssl_dist.methods import build_method
 from mvssl_dist.models import (
     SEGMENT_SAMPLES,
     Backbone,
@@ -16,6 +18,7 @@ from mvssl_dist.models import (
     save_backbone,
 )
 from mvssl_dist.models.loading import RELEASE_PREFIXES
+from mvssl_dist.train.loop import save_state
 
 
 def release_rows(seed_compat: Path) -> dict[str, dict[str, list[int]]]:
@@ -62,6 +65,45 @@ def test_load_detects_student_prefix_and_round_trips(tmp_path):
     save_backbone(loaded, tmp_path / "ours.pt", note="x")
     with torch.no_grad():
         torch.testing.assert_close(load_backbone(tmp_path / "ours.pt")(x), model(x))
+
+
+def test_a_backbone_is_found_in_the_layouts_people_save(tmp_path):
+    """A bare state dict, one saved from DDP (`module.`), one under the keys Lightning and PyTorch's
+    tutorials use, our SSL model's state and a pre-training checkpoint (student and teacher: the
+    student's). Each used to fail, the DDP one with "missing backbone key 'spec…' (341 missing)"."""
+    model = Backbone().eval()
+    state = model.state_dict()
+    method = build_method("clustering")  # a student and a teacher backbone, not the same weights
+    with torch.no_grad():
+        next(method.teacher.parameters()).add_(1.0)
+    save_state(tmp_path, method, torch.optim.SGD(method.parameters(), lr=0.1), 3, 1, load_config(None), {})
+    layouts = {
+        "bare": state,
+        "ddp": {f"module.{k}": v for k, v in state.items()},
+        "lightning": {"state_dict": {f"model.backbone.{k}": v for k, v in state.items()}, "epoch": 2},
+        "tutorial": {"model_state_dict": state, "optimizer_state_dict": {"state": {}, "param_groups": []}},
+    }
+    x = torch.randn(2, 64000)
+    with torch.no_grad():
+        for name, obj in layouts.items():
+            torch.save(obj, tmp_path / f"{name}.pt")
+            torch.testing.assert_close(load_backbone(tmp_path / f"{name}.pt")(x), model(x), msg=name)
+        method.eval()
+        for source in (tmp_path, tmp_path / "state.pt"):  # a checkpoint folder, or its file
+            torch.testing.assert_close(load_backbone(source)(x), method.student.backbone(x))
+    two = {f"a.{k}": v for k, v in state.items()} | {f"b.{k}": v for k, v in state.items()}
+    torch.save(two, tmp_path / "two.pt")
+    with pytest.raises(WeightsError, match=r"two.pt: 2 backbones \(key prefixes a., b.\): save the one"):
+        load_backbone(tmp_path / "two.pt")
+    torch.save({"head.weight": torch.zeros(2)}, tmp_path / "head.pt")
+    with pytest.raises(WeightsError, match="head.pt: no backbone keys .*; the first keys: head.weight"):
+        load_backbone(tmp_path / "head.pt")
+    torch.save([state], tmp_path / "list.pt")
+    with pytest.raises(WeightsError, match="list.pt: expected a dict, found list"):
+        load_backbone(tmp_path / "list.pt")
+    torch.save({"epoch": 3}, tmp_path / "none.pt")
+    with pytest.raises(WeightsError, match=r"none.pt: unrecognised checkpoint layout \(top-level keys: \['epoch'\]\)"):
+        load_backbone(tmp_path / "none.pt")
 
 
 def test_strict_loading_names_the_key(tmp_path):

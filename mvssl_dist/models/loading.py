@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -14,40 +16,56 @@ from mvssl_dist.models.backbone import Backbone
 # ("module.backbone." is a substring of "student.module.backbone.").
 RELEASE_PREFIXES = ("student.module.backbone.", "module.backbone.")
 BACKBONE_FORMAT = "mvssl-backbone"
-TRAIN_CHECKPOINT_FORMAT = "mvssl-train-checkpoint"
+# Where checkpoints commonly keep a state dict: ours and the release's, Lightning's, PyTorch's
+# tutorials', a student/teacher pair's.
+CONTAINER_KEYS = ("backbone", "model", "state_dict", "model_state_dict", "student")
 
 
 class WeightsError(ValueError):
     """Weights that cannot be loaded into a :class:`Backbone`; the message names file and key."""
 
 
-def backbone_state_from_release(model_state: Mapping[str, torch.Tensor]) -> tuple[dict, str]:
-    """Strip the release prefix; returns ``(backbone_state, prefix)``."""
-    for prefix in RELEASE_PREFIXES:
-        if any(k.startswith(prefix) for k in model_state):
-            state = {k[len(prefix) :]: v for k, v in model_state.items() if k.startswith(prefix)}
-            return state, prefix
-    raise WeightsError("no backbone keys (expected a 'module.backbone.' or 'student.module.backbone.' prefix)")
+@functools.cache
+def backbone_keys() -> frozenset[str]:
+    return frozenset(Backbone().state_dict())
+
+
+def backbone_prefix(keys: Iterable[str]) -> str:
+    """The prefix the backbone's keys carry among ``keys``: "" for a bare backbone, "module." for
+    one saved from DDP, "module.backbone." in a release file, "student.backbone." in our SSL
+    models. Of a student and a teacher (the release's BYOL and clustering files), the student's."""
+    keys, counts = list(keys), Counter()
+    for key in keys:  # each key's longest ending that is a backbone key
+        parts = key.split(".")
+        start = next((i for i in range(len(parts)) if ".".join(parts[i:]) in backbone_keys()), None)
+        if start is not None:
+            counts["".join(part + "." for part in parts[:start])] += 1
+    if not counts:
+        raise WeightsError(
+            f"no backbone keys (such as 'embedding.conv1.weight'); the first keys: {', '.join(keys[:3])}"
+        )
+    found = [prefix for prefix, n in counts.items() if 2 * n > max(counts.values())]
+    if len(found) > 1:
+        found = [prefix for prefix in found if "teacher" not in prefix] or found
+    if len(found) > 1:
+        raise WeightsError(f"{len(found)} backbones (key prefixes {', '.join(found)}): save the one to load on its own")
+    return found[0]
 
 
 def extract_backbone_state(obj: object) -> dict:
-    """Find the backbone state dict in any supported checkpoint layout."""
+    """Find the backbone state dict in any supported checkpoint layout: ours (under "backbone"),
+    a training checkpoint's and the release's (the SSL model under "model"), or a state dict with
+    any prefix, alone or in one of ``CONTAINER_KEYS``."""
     if not isinstance(obj, Mapping):
         raise WeightsError(f"expected a dict, found {type(obj).__name__}")
-    if obj.get("format") == BACKBONE_FORMAT:
-        return dict(obj["backbone"])
-    if obj.get("format") == TRAIN_CHECKPOINT_FORMAT:  # a pre-training checkpoint's state.pt
-        prefix = "student.backbone."
-        return {k[len(prefix) :]: v for k, v in obj["model"].items() if k.startswith(prefix)}
-    if "backbone" in obj and isinstance(obj["backbone"], Mapping):
-        return dict(obj["backbone"])
-    if "model" in obj and isinstance(obj["model"], Mapping):
-        return backbone_state_from_release(obj["model"])[0]
-    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        if any(k.startswith(p) for k in obj for p in RELEASE_PREFIXES):
-            return backbone_state_from_release(obj)[0]
-        return dict(obj)
-    raise WeightsError(f"unrecognised checkpoint layout (top-level keys: {sorted(obj)[:8]})")
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if tensors:
+        prefix = backbone_prefix(tensors)
+        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    for key in CONTAINER_KEYS:
+        if isinstance(obj.get(key), Mapping) and obj[key]:
+            return extract_backbone_state(obj[key])
+    raise WeightsError(f"unrecognised checkpoint layout (top-level keys: {sorted(map(str, obj))[:8]})")
 
 
 def check_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
