@@ -17,7 +17,7 @@ from mvssl_dist.models import (
     load_backbone,
     save_backbone,
 )
-from mvssl_dist.models.loading import RELEASE_PREFIXES
+from mvssl_dist.models.loading import RELEASE_PREFIXES, absolute_source
 from mvssl_dist.train.loop import save_state
 
 
@@ -138,6 +138,18 @@ def test_bad_weight_files_are_one_clear_error(tmp_path):
     assert "\n" not in str(err.value) and "weights_only" not in str(err.value), err.value
     with pytest.raises(WeightsError, match="nope.pt: no such weights file"):
         load_backbone(tmp_path / "nope.pt")
+    # An MLflow run's artifact, a bucket, a file URI: each said as such, not "no such weights file"
+    # (and `mvssl embed` no longer makes a runs:/ URI a path under the working folder)
+    for uri, hint in (
+        ("runs:/0123abcd/export/contrastive_release.pt", "download it first .*mlflow artifacts download -u runs:/"),
+        ("s3://bucket/w.pt", "download it first"),
+        (f"file://{tmp_path}/w.pt", "give its path instead"),
+    ):
+        scheme = uri.split(":")[0]
+        with pytest.raises(WeightsError, match=f"{uri}: weights are read from .*not from {scheme}: URIs; {hint}"):
+            load_backbone(uri)
+        assert absolute_source(uri) == uri
+    assert absolute_source("w.pt") == str(Path("w.pt").resolve())
     for seed in ("abc", "-1", "1.5"):  # int() raised a ValueError traceback from every command
         with pytest.raises(WeightsError, match=f"random:{seed}: the seed after 'random:' must be a whole number"):
             load_backbone(f"random:{seed}")

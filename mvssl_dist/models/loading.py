@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -103,9 +104,30 @@ def absolute_source(source: str) -> str:
     absolute: Ray's workers on a running cluster do not share the driver's working folder."""
     from mvssl_dist.shards.uris import local_dir
 
-    if names_random(source) or source.startswith("models:/") or "://" in source:
+    if names_random(source) or uri_scheme(source):
         return source
     return str(local_dir(source))
+
+
+def uri_scheme(source: str) -> str | None:
+    """The scheme of ``source`` when it is a URI (``models``, ``runs``, ``s3``, ``file``…); ``None``
+    for a path (a Windows drive letter is not a scheme)."""
+    match = re.match(r"([A-Za-z][\w+.-]+):/", source)
+    return match[1].lower() if match else None
+
+
+def refuse_uri(text: str) -> None:
+    """Any URI but ``models:/`` refused in one line: the loader reads local files and the registry."""
+    scheme = uri_scheme(text)
+    hint = (
+        "give its path instead"
+        if scheme == "file"
+        else f"download it first (`mlflow artifacts download -u {text}` fetches any MLflow artifact)"
+    )
+    raise WeightsError(
+        f"{text}: weights are read from a local file or checkpoint folder, models:/NAME/VERSION, "
+        f"models:/NAME@ALIAS or random[:SEED], not from {scheme}: URIs; {hint}"
+    )
 
 
 def load_backbone(source: str | os.PathLike, device: str | torch.device = "cpu") -> Backbone:
@@ -129,6 +151,8 @@ def load_backbone(source: str | os.PathLike, device: str | torch.device = "cpu")
         from mvssl_dist.tracking import download_model_weights
 
         text = download_model_weights(text)
+    elif isinstance(text, str) and uri_scheme(text):
+        refuse_uri(text)
     path = Path(text)
     if path.is_dir() and (path / "state.pt").is_file():  # a Ray Train checkpoint directory
         path = path / "state.pt"
