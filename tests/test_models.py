@@ -82,6 +82,7 @@ def test_a_backbone_is_found_in_the_layouts_people_save(tmp_path):
         "ddp": {f"module.{k}": v for k, v in state.items()},
         "lightning": {"state_dict": {f"model.backbone.{k}": v for k, v in state.items()}, "epoch": 2},
         "tutorial": {"model_state_dict": state, "optimizer_state_dict": {"state": {}, "param_groups": []}},
+        "beside_a_tensor": {"model": state, "best_score": torch.tensor(0.9)},
     }
     x = torch.randn(2, 64000)
     with torch.no_grad():

@@ -31,16 +31,23 @@ def backbone_keys() -> frozenset[str]:
     return frozenset(Backbone().state_dict())
 
 
-def backbone_prefix(keys: Iterable[str]) -> str:
-    """The prefix the backbone's keys carry among ``keys``: "" for a bare backbone, "module." for
-    one saved from DDP, "module.backbone." in a release file, "student.backbone." in our SSL
-    models. Of a student and a teacher (the release's BYOL and clustering files), the student's."""
-    keys, counts = list(keys), Counter()
-    for key in keys:  # each key's longest ending that is a backbone key
+def prefix_counts(keys: Iterable[str]) -> Counter:
+    """How many backbone keys each prefix carries: each key's longest ending that is a backbone key."""
+    counts = Counter()
+    for key in keys:
         parts = key.split(".")
         start = next((i for i in range(len(parts)) if ".".join(parts[i:]) in backbone_keys()), None)
         if start is not None:
             counts["".join(part + "." for part in parts[:start])] += 1
+    return counts
+
+
+def backbone_prefix(keys: Iterable[str]) -> str:
+    """The prefix the backbone's keys carry among ``keys``: "" for a bare backbone, "module." for
+    one saved from DDP, "module.backbone." in a release file, "student.backbone." in our SSL
+    models. Of a student and a teacher (the release's BYOL and clustering files), the student's."""
+    keys = list(keys)
+    counts = prefix_counts(keys)
     if not counts:
         raise WeightsError(
             f"no backbone keys (such as 'embedding.conv1.weight'); the first keys: {', '.join(keys[:3])}"
@@ -60,12 +67,12 @@ def extract_backbone_state(obj: object) -> dict:
     if not isinstance(obj, Mapping):
         raise WeightsError(f"expected a dict, found {type(obj).__name__}")
     tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-    if tensors:
+    inner = [obj[key] for key in CONTAINER_KEYS if isinstance(obj.get(key), Mapping) and obj[key]]
+    if tensors and (prefix_counts(tensors) or not inner):  # a stray tensor beside a container is not it
         prefix = backbone_prefix(tensors)
         return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-    for key in CONTAINER_KEYS:
-        if isinstance(obj.get(key), Mapping) and obj[key]:
-            return extract_backbone_state(obj[key])
+    if inner:
+        return extract_backbone_state(inner[0])
     raise WeightsError(f"unrecognised checkpoint layout (top-level keys: {sorted(map(str, obj))[:8]})")
 
 
