@@ -17,8 +17,12 @@ from mvssl_dist.models import (
     load_backbone,
     save_backbone,
 )
-from mvssl_dist.models.loading import RELEASE_PREFIXES, absolute_source
+from mvssl_dist.models.loading import absolute_source
 from mvssl_dist.train.loop import save_state
+
+# Prefixes of the backbone inside the reference release files, most specific first
+# ("module.backbone." is a substring of "student.module.backbone.").
+RELEASE_PREFIXES = ("student.module.backbone.", "module.backbone.")
 
 
 def release_rows(seed_compat: Path) -> dict[str, dict[str, list[int]]]:

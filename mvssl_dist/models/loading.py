@@ -13,9 +13,6 @@ import torch
 
 from mvssl_dist.models.backbone import Backbone
 
-# Prefixes of the backbone inside the reference release files, most specific first
-# ("module.backbone." is a substring of "student.module.backbone.").
-RELEASE_PREFIXES = ("student.module.backbone.", "module.backbone.")
 BACKBONE_FORMAT = "mvssl-backbone"
 # Where checkpoints commonly keep a state dict: ours and the release's, Lightning's, PyTorch's
 # tutorials', a student/teacher pair's.
@@ -33,21 +30,20 @@ def backbone_keys() -> frozenset[str]:
 
 def prefix_counts(keys: Iterable[str]) -> Counter:
     """How many backbone keys each prefix carries: each key's longest ending that is a backbone key."""
-    counts = Counter()
+    counts, known = Counter(), backbone_keys()
     for key in keys:
         parts = key.split(".")
-        start = next((i for i in range(len(parts)) if ".".join(parts[i:]) in backbone_keys()), None)
+        start = next((i for i in range(len(parts)) if ".".join(parts[i:]) in known), None)
         if start is not None:
             counts["".join(part + "." for part in parts[:start])] += 1
     return counts
 
 
-def backbone_prefix(keys: Iterable[str]) -> str:
-    """The prefix the backbone's keys carry among ``keys``: "" for a bare backbone, "module." for
-    one saved from DDP, "module.backbone." in a release file, "student.backbone." in our SSL
-    models. Of a student and a teacher (the release's BYOL and clustering files), the student's."""
-    keys = list(keys)
-    counts = prefix_counts(keys)
+def backbone_prefix(keys: list[str], counts: Counter) -> str:
+    """The prefix the backbone's keys carry among ``keys`` (``counts``: their
+    :func:`prefix_counts`): "" for a bare backbone, "module." for one saved from DDP,
+    "module.backbone." in a release file, "student.backbone." in our SSL models. Of a student and
+    a teacher (the release's BYOL and clustering files), the student's."""
     if not counts:
         raise WeightsError(
             f"no backbone keys (such as 'embedding.conv1.weight'); the first keys: {', '.join(keys[:3])}"
@@ -68,8 +64,9 @@ def extract_backbone_state(obj: object) -> dict:
         raise WeightsError(f"expected a dict, found {type(obj).__name__}")
     tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     inner = [obj[key] for key in CONTAINER_KEYS if isinstance(obj.get(key), Mapping) and obj[key]]
-    if tensors and (prefix_counts(tensors) or not inner):  # a stray tensor beside a container is not it
-        prefix = backbone_prefix(tensors)
+    counts = prefix_counts(tensors)
+    if tensors and (counts or not inner):  # a stray tensor beside a container is not it
+        prefix = backbone_prefix(list(tensors), counts)
         return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     if inner:
         return extract_backbone_state(inner[0])
