@@ -137,6 +137,26 @@ def test_a_track_is_named_by_a_start_of_its_key_or_by_its_source_file(tmp_path, 
         assert capsys.readouterr().err == f"mvssl: error: {option}: empty\n"
 
 
+def test_a_file_that_failed_to_embed_is_said_with_its_reason(tmp_path, capsys):
+    """--key on a file `mvssl embed` listed as an error said only "not in", as for a file never given."""
+    from mvssl_dist.embed.batch import ERROR_SCHEMA
+
+    write_part(tmp_path, "a", np.random.default_rng(5).standard_normal((3, 1024)), 0)
+    broken = tmp_path / "lib" / "broken.flac"
+    detail = f"{broken}: decoding failed after 72576 frames (Invalid data found when processing input)"
+    rows = {"source_uri": [broken.as_uri(), "file:///m/empty.mp3"], "reason": ["truncated", "empty"]}
+    pq.write_table(pa.table({**rows, "detail": [detail, ""]}, schema=ERROR_SCHEMA), tmp_path / "errors.parquet")
+    assert main(["neighbours", "--embeddings", str(tmp_path), "--key", str(broken)]) == 1
+    assert capsys.readouterr().err == (
+        f"mvssl: error: --key {broken}: not embedded in {tmp_path}, which lists it in errors.parquet: "
+        "truncated (decoding failed after 72576 frames (Invalid data found when processing input))\n"
+    )
+    assert main(["neighbours", "--embeddings", str(tmp_path), "--key", "/m/empty.mp3"]) == 1
+    assert capsys.readouterr().err.endswith("which lists it in errors.parquet: empty\n")
+    assert main(["neighbours", "--embeddings", str(tmp_path), "--key", "/m/other.mp3"]) == 1
+    assert "not a key, the start of one, or a track's source file" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("k", [1, 5])
 def test_search_agrees_with_a_plain_loop(tmp_path, k):
     rng = np.random.default_rng(3)

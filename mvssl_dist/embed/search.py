@@ -143,7 +143,25 @@ def find_track(keys: list[str], uris: list[str], value: str, where: str) -> int:
     uri = value if "://" in value else path_to_uri(os.path.abspath(value))
     if uri in uris:
         return uris.index(uri)
+    if failure := embed_failure(where, uri):
+        raise SearchError(f"--key {value}: not embedded in {where}, which lists it in errors.parquet: {failure}")
     raise SearchError(
         f"--key {value}: not in {where} (not a key, the start of one, or a track's source file; "
         "for an audio file not embedded there, use --query)"
     )
+
+
+def embed_failure(out_dir: str | Path, uri: str) -> str | None:
+    """Why ``mvssl embed`` did not embed the file at ``uri`` into ``out_dir`` (its reason and
+    detail from ``errors.parquet``), or ``None`` when it is not listed there."""
+    try:
+        table = pq.read_table(Path(out_dir) / "errors.parquet", filters=[("source_uri", "=", uri)])
+    except (OSError, pa.ArrowInvalid):  # none written (an older or unfinished run): no reason to give
+        return None
+    if not table.num_rows:
+        return None
+    from mvssl_dist.shards.uris import display_uri
+
+    row = table.slice(table.num_rows - 1).to_pylist()[0]
+    detail = (row.get("detail") or "").removeprefix(f"{display_uri(uri)}: ")  # the file is named already
+    return f"{row['reason']} ({detail})" if detail else row["reason"]
