@@ -13,6 +13,17 @@ from mvssl_dist.audio.synth import STYLES, encode, render
 GOOD_FORMATS = ("mp3", "flac", "ogg", "opus", "wav", "m4a")
 
 
+def write_float_wav(path: Path, samples: np.ndarray, rate: int) -> None:
+    """A mono 32-bit floating-point WAV holding ``samples`` as they are: levels past full scale,
+    NaN and infinities included (an encoder would clip them; such files come from DAWs and scripts)."""
+    import struct
+
+    data = np.asarray(samples, "<f4").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, rate, rate * 4, 4, 32)  # WAVE_FORMAT_IEEE_FLOAT, mono
+    header = b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt
+    path.write_bytes(header + b"data" + struct.pack("<I", len(data)) + data)
+
+
 def write_catalogue(root: Path, seconds: float = 14.0) -> dict:
     """Returns {"good": [paths], "rejects": {path: reason}} for what it wrote under ``root``."""
     root.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soxr
+from catalogue import write_float_wav
 
 from mvssl_dist.audio import AudioDecodeError, decode, decode_with_info
 from mvssl_dist.audio.synth import STYLES, encode, render
@@ -177,6 +178,25 @@ def test_empty_bytes_and_zero_length_stream(tmp_path):
     with pytest.raises(AudioDecodeError) as info:
         decode(tmp_path / "zero.wav")
     assert info.value.reason == "zero_length"
+
+
+def test_nan_or_infinite_samples_are_refused_and_a_level_past_full_scale_kept(tmp_path):
+    """A floating-point WAV with NaN samples decoded as it was: ingest called it silent ("RMS -inf
+    dBFS") and `embed-file` wrote a NaN embedding."""
+    music = render(STYLES[1], 6.0, 44100, seed=2)
+    broken = music.copy()
+    broken[44100:44200] = np.nan
+    broken[50000] = np.inf
+    write_float_wav(tmp_path / "nan.wav", broken, 44100)
+    with pytest.raises(AudioDecodeError) as info:
+        decode(tmp_path / "nan.wav")
+    assert info.value.reason == "not_finite", info.value
+    assert str(info.value).startswith(
+        f"{tmp_path / 'nan.wav'}: "
+    ) and "NaN or infinite samples, the first at 1.00 s" in str(info.value)
+    write_float_wav(tmp_path / "loud.wav", 30 * music, 44100)  # the decoder keeps the level; ingest scales it
+    write_float_wav(tmp_path / "plain.wav", music, 44100)
+    np.testing.assert_allclose(decode(tmp_path / "loud.wav"), 30 * decode(tmp_path / "plain.wav"), rtol=1e-5, atol=1e-5)
 
 
 class _FakePacket:

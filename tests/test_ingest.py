@@ -17,7 +17,7 @@ import av
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from catalogue import write_catalogue
+from catalogue import write_catalogue, write_float_wav
 from distributed_helpers import ensure_ray
 from s3_helpers import CREDENTIALS, local_s3
 
@@ -390,6 +390,32 @@ def test_a_pipe_or_a_device_among_the_inputs_becomes_a_reject_not_a_hang(tmp_pat
     assert [(row["status"], audio) for row, audio in rows] == [("unreadable", None)] * 2
     assert rows[0][0]["detail"] == f"{tmp_path / 'noise.wav'}: not a regular file but a character device"
     assert rows[1][0]["detail"] == f"{tmp_path / 'pipe.mp3'}: not a regular file but a named pipe"
+
+
+def test_a_level_past_full_scale_is_scaled_not_clipped_and_nan_samples_rejected(tmp_path):
+    """Shards store int16: a floating-point file at 30x full scale was clipped into a square wave,
+    and one with NaN samples was rejected as silent ("RMS -inf dBFS")."""
+    from mvssl_dist.audio import decode
+    from mvssl_dist.shards.ingest import write_unit
+
+    music = render(STYLES[2], 14.0, 44100, seed=5)
+    write_float_wav(tmp_path / "loud.wav", 30 * music, 44100)
+    broken = music.copy()
+    broken[1000] = np.nan
+    write_float_wav(tmp_path / "nan.wav", broken, 44100)
+    options = {"min_duration_s": 12.0, "max_duration_s": 1800.0, "silence_db": -60.0, "codec": "s16"}
+    (tmp_path / "out" / "shards").mkdir(parents=True)
+    uris = [path_to_uri(tmp_path / "loud.wav"), path_to_uri(tmp_path / "nan.wav")]
+    assert write_unit(0, uris, tmp_path / "out", options)["tracks"] == 1
+    manifest = pq.read_table(tmp_path / "out" / "shards" / "shard-000000.parquet").to_pylist()
+    assert [row["status"] for row in manifest] == ["ok", "not_finite"], manifest
+    (member,) = iter_shard_members(tmp_path / "out" / "shards" / "shard-000000.tar")
+    source = decode(tmp_path / "loud.wav")
+    peak = np.abs(source).max()
+    assert peak > 15 and member.meta["gain_db"] == round(-20 * np.log10(peak), 2)
+    assert np.abs(member.pcm.astype(np.int32)).max() >= 32767  # the loudest sample at full scale
+    np.testing.assert_allclose(member.audio, source / peak, atol=1 / 32768)  # the waveform, not a square wave
+    assert manifest[0]["rms_db"] == pytest.approx(20 * np.log10(np.sqrt(np.mean(source.astype(np.float64) ** 2))))
 
 
 def test_a_large_input_is_decoded_from_the_file_with_the_same_result(catalogue, monkeypatch):

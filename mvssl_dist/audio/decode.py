@@ -29,7 +29,8 @@ RESAMPLE_BLOCK = 1 << 16  # native samples pooled per resampler call
 class AudioDecodeError(Exception):
     """A file that cannot become audio. ``reason`` is a short machine-readable code.
 
-    Codes: ``empty``, ``unreadable``, ``not_audio``, ``truncated``, ``zero_length``, ``too_long``.
+    Codes: ``empty``, ``unreadable``, ``not_audio``, ``truncated``, ``zero_length``, ``too_long``,
+    ``not_finite``.
     """
 
     def __init__(self, name: str, reason: str, detail: str) -> None:
@@ -185,6 +186,7 @@ class _Resampler:
     """Mono float32 stream -> target rate; a pass-through when the rates match."""
 
     def __init__(self, in_rate: int, out_rate: int) -> None:
+        self.rate_in = in_rate
         self.passthrough = in_rate == out_rate
         self.stream = (
             None if self.passthrough else soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ")
@@ -214,13 +216,17 @@ def _decode_stream(
     resampler: _Resampler | None = None
     fifo = av.AudioFifo()
 
+    drained = 0  # native samples resampled so far: where a block starts
+
     def drain(last: bool = False) -> None:
-        nonlocal channels
+        nonlocal channels, drained
         mono = np.zeros(0, np.float32)
         if fifo.samples:
             data = _to_float_channels(fifo.read())
             channels = data.shape[0]
             mono = data[0] if channels == 1 else data.mean(axis=0)
+            check_finite(mono, drained, resampler.rate_in, name)
+            drained += len(mono)
         if len(mono) or last:
             chunks.append(resampler.push(mono, last=last))
 
@@ -304,6 +310,15 @@ def decode_with_info(
     finally:
         if handle is not source:
             handle.close()
+
+
+def check_finite(block: np.ndarray, start: int, rate: int, name: str) -> None:
+    """Refuse a block of native-rate samples (the ``start``-th onwards) holding NaN or infinity:
+    a corrupt floating-point file, which would pass every level check as silence or noise and
+    turn any embedding made from it into NaN."""
+    if not np.isfinite(block).all():
+        first = (start + int(np.argmin(np.isfinite(block)))) / rate
+        raise AudioDecodeError(name, "not_finite", f"NaN or infinite samples, the first at {first:.2f} s")
 
 
 def decode(source: Source, sample_rate: int = 16000, name: str | None = None) -> np.ndarray:

@@ -84,7 +84,17 @@ INDEX_SCHEMA = pa.schema(
 )
 NOT_READ = "not_read.parquet"
 CHANGED = "changed"  # --retry changed: ingested inputs since changed in size or modification time, or gone
-REJECT_REASONS = ("empty", "not_audio", "truncated", "too_short", "too_long", "silent", "unreadable", "zero_length")
+REJECT_REASONS = (
+    "empty",
+    "not_audio",
+    "truncated",
+    "too_short",
+    "too_long",
+    "silent",
+    "unreadable",
+    "zero_length",
+    "not_finite",
+)
 # plan.parquet: each input's unit (shard), its position there, and its place in the listing order.
 PLAN_SCHEMA = pa.schema([("uri", pa.string()), ("unit", pa.int64()), ("position", pa.int64()), ("order", pa.int64())])
 REJECT_SCHEMA = pa.schema([("source_uri", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
@@ -282,7 +292,18 @@ def inspect_input(uri: str, options: dict) -> tuple[dict, np.ndarray | None]:
             "status": "silent",
             "detail": f"{name}: RMS {level:.1f} dBFS < {options['silence_db']} dBFS",
         }, None
-    return row, decoded.audio
+    return row, within_full_scale(decoded.audio, row)
+
+
+def within_full_scale(audio: np.ndarray, row: dict) -> np.ndarray:
+    """``audio`` scaled down to full scale when it peaks above it (a floating-point file can hold
+    any level), the gain kept in ``row["gain_db"]``: storing it as int16 would otherwise clip it
+    into a square wave. ``rms_db`` stays the source's level."""
+    peak = float(np.max(np.abs(audio)))
+    if peak <= 1.0:
+        return audio
+    row["gain_db"] = round(-20 * np.log10(peak), 2)
+    return audio * np.float32(1.0 / peak)
 
 
 def process_unit(item: dict) -> dict:
@@ -322,6 +343,8 @@ def write_unit(unit: int, uris: list[str], out: Path, options: dict) -> dict:
                     row["shard"] = f"shards/{name}.tar"
                     meta = {k: row[k] for k in ("num_samples", "duration_s", "source_sha256")}
                     meta.update(key=row["key"], sample_rate=SAMPLE_RATE, dtype="int16", codec=options["codec"])
+                    if "gain_db" in row:  # scaled down to full scale: the stored level is not the source's
+                        meta["gain_db"] = row["gain_db"]
                     write_sample(tar, row["key"], meta, encode_payload(audio, options["codec"]), ext)
                 rows.append(row)
         if seen:
