@@ -299,7 +299,7 @@ def within_full_scale(audio: np.ndarray, row: dict) -> np.ndarray:
     """``audio`` scaled down to full scale when it peaks above it (a floating-point file can hold
     any level), the gain kept in ``row["gain_db"]``: storing it as int16 would otherwise clip it
     into a square wave. ``rms_db`` stays the source's level."""
-    peak = float(np.max(np.abs(audio)))
+    peak = max(float(audio.max()), -float(audio.min()))  # no copy of an hour-long track
     if peak <= 1.0:
         return audio
     row["gain_db"] = round(-20 * np.log10(peak), 2)
