@@ -406,7 +406,7 @@ def test_a_level_past_full_scale_is_scaled_not_clipped_and_nan_samples_rejected(
     options = {"min_duration_s": 12.0, "max_duration_s": 1800.0, "silence_db": -60.0, "codec": "s16"}
     (tmp_path / "out" / "shards").mkdir(parents=True)
     uris = [path_to_uri(tmp_path / "loud.wav"), path_to_uri(tmp_path / "nan.wav")]
-    assert write_unit(0, uris, tmp_path / "out", options)["tracks"] == 1
+    assert write_unit(0, uris, tmp_path / "out", options) == {"unit": 0, "tracks": 1, "inputs": 2, "scaled": 1}
     manifest = pq.read_table(tmp_path / "out" / "shards" / "shard-000000.parquet").to_pylist()
     assert [row["status"] for row in manifest] == ["ok", "not_finite"], manifest
     (member,) = iter_shard_members(tmp_path / "out" / "shards" / "shard-000000.tar")

@@ -319,7 +319,8 @@ def process_unit(item: dict) -> dict:
         return {**write_unit(unit, uris, out, options), "error": ""}
     except OSError as err:
         where = err.filename or out / "shards" / f"{shard_name(unit)}.tar"
-        return {"unit": unit, "tracks": 0, "inputs": len(uris), "error": f"writing {where}: {err.strerror or err}"}
+        failed = f"writing {where}: {err.strerror or err}"
+        return {"unit": unit, "tracks": 0, "inputs": len(uris), "scaled": 0, "error": failed}
 
 
 def write_unit(unit: int, uris: list[str], out: Path, options: dict) -> dict:
@@ -358,7 +359,8 @@ def write_unit(unit: int, uris: list[str], out: Path, options: dict) -> dict:
         tar_tmp.unlink(missing_ok=True)  # a unit without tracks, or one that failed part-way
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
     write_parquet(shards / f"{name}.parquet", table)
-    return {"unit": unit, "tracks": len(seen), "inputs": len(rows)}
+    scaled = sum(1 for row in rows if row.get("shard") and "gain_db" in row)
+    return {"unit": unit, "tracks": len(seen), "inputs": len(rows), "scaled": scaled}
 
 
 # --------------------------------------------------------------------------- finalize
@@ -597,8 +599,10 @@ def run_units(out: Path, todo: dict[int, list[str]], options: IngestOptions, rep
                 f"{result['error']}; the {done} unit(s) finished are kept, so the same command continues from there"
             )
         done += 1
+        scaled = f", {result['scaled']} scaled down to full scale (gain_db in their json)" if result["scaled"] else ""
         report(
-            f"[ingest] {shard_name(result['unit'])}: {result['tracks']}/{result['inputs']} tracks ({done}/{len(items)})"
+            f"[ingest] {shard_name(result['unit'])}: {result['tracks']}/{result['inputs']} tracks{scaled} "
+            f"({done}/{len(items)})"
         )
 
 
