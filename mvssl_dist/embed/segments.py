@@ -10,10 +10,15 @@ import numpy as np
 from mvssl_dist.constants import SEGMENT_SAMPLES
 
 
+def peak_magnitude(audio: np.ndarray) -> float:
+    """The largest ``|sample|`` (0 for no samples), without an ``|audio|`` temporary."""
+    return float(max(audio.max(), -audio.min())) if audio.size else 0.0
+
+
 def peak_normalise(audio: np.ndarray, in_place: bool = False) -> np.ndarray:
     """``audio`` over its peak magnitude (silence as it is); ``in_place`` divides ``audio`` itself,
     for a caller that holds the only copy of a long track."""
-    peak = float(max(audio.max(), -audio.min())) if audio.size else 0.0  # no |audio| temporary
+    peak = peak_magnitude(audio)
     if not peak > 0:  # silence; or NaN samples (a float WAV can hold them), left as they were
         return audio
     return np.divide(audio, peak, out=audio if in_place else None)

@@ -299,11 +299,13 @@ def within_full_scale(audio: np.ndarray, row: dict) -> np.ndarray:
     """``audio`` scaled down to full scale when it peaks above it (a floating-point file can hold
     any level), the gain kept in ``row["gain_db"]``: storing it as int16 would otherwise clip it
     into a square wave. ``rms_db`` stays the source's level."""
-    peak = max(float(audio.max()), -float(audio.min()))  # no copy of an hour-long track
+    from mvssl_dist.embed.segments import peak_magnitude
+
+    peak = peak_magnitude(audio)
     if peak <= 1.0:
         return audio
     row["gain_db"] = round(-20 * np.log10(peak), 2)
-    return audio * np.float32(1.0 / peak)
+    return np.divide(audio, peak, out=audio)  # the decoder's array is this track's only copy
 
 
 def process_unit(item: dict) -> dict:
