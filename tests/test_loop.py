@@ -144,3 +144,78 @@ def test_metrics_wait_out_a_tracking_server_that_is_away_and_training_goes_on(tm
     client = mlflow.MlflowClient(uri)
     assert len(client.get_metric_history(run_id, "loss")) == 300
     assert client.get_run(run_id).data.tags["steps_fitted_to_max_minutes"] == "300"
+
+
+def test_a_checkpoint_that_cannot_be_written_names_the_folder(monkeypatch, tmp_path):
+    """Ray's copy to storage and torch.save both said only "No space left on device"."""
+    import errno
+
+    import pytest
+    import ray.train
+
+    from mvssl_dist.train import loop
+
+    method = build_method("contrastive")
+    optimizer = torch.optim.AdamW(param_groups(method), lr=1e-3)
+    from mvssl_dist.config import load_config
+
+    cfg = {**load_config(None, []), "steps_per_epoch": 3, "total_steps": 6, "run_dir": str(tmp_path / "run")}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
+
+    monkeypatch.setattr(ray.train, "report", disk_full)
+    with pytest.raises(OSError) as copied:
+        loop.report(method, optimizer, 2, cfg, {"loss": torch.tensor(1.0)}, False, rank=0)
+    said = str(copied.value)
+    assert said.startswith(f"the step 2 checkpoint could not be copied to {tmp_path / 'run'}: ") and "\n" not in said
+    assert said.endswith("No space left on device"), said
+    monkeypatch.setattr(loop, "save_state", lambda *a, **k: disk_full())
+    with pytest.raises(OSError, match=r"^the step 2 checkpoint could not be written to /.*No space left on device$"):
+        loop.report(method, optimizer, 2, cfg, {"loss": torch.tensor(1.0)}, False, rank=0)
+
+
+def test_half_written_checkpoints_go_and_an_unusable_ray_record_is_set_aside(tmp_path):
+    """A full disk left Ray's checkpoint copies half-written and its record of them empty; with
+    the record empty every --resume failed in Ray ("Expecting value: line 1 column 1")."""
+    import json
+
+    import ray
+
+    from mvssl_dist.train.pretrain import (
+        RAY_RECORD,
+        ray_record_problem,
+        remove_partial_checkpoints,
+        set_aside_unusable_ray_record,
+    )
+
+    run = tmp_path / "run"
+    for name in ("checkpoint_a", "checkpoint_b", "checkpoint_c"):
+        (run / name).mkdir(parents=True)
+    torch.save({"step": 2}, run / "checkpoint_a" / "state.pt")
+    whole = (run / "checkpoint_a" / "state.pt").read_bytes()
+    (run / "checkpoint_b" / "state.pt").write_bytes(whole[: len(whole) // 2])  # checkpoint_c: empty
+    assert remove_partial_checkpoints(run) == 2
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint_a"]
+
+    assert ray_record_problem(run) is None  # no record: Ray starts a new one
+    record = {"ray_version": ray.__version__, "checkpoint_results": [{"checkpoint_dir_name": "checkpoint_a"}]}
+    (run / RAY_RECORD).write_text(json.dumps(record))
+    assert ray_record_problem(run) is None
+    cases = {
+        "": "it cannot be read (Expecting value: line 1 column 1 (char 0))",
+        json.dumps({**record, "ray_version": "2.0.0"}): f"Ray 2.0.0 wrote it and this is Ray {ray.__version__}",
+        json.dumps({**record, "checkpoint_results": [{"checkpoint_dir_name": "checkpoint_b"}]}): (
+            "it lists 1 checkpoint folder(s) no longer there, e.g. checkpoint_b"
+        ),
+    }
+    for text, problem in cases.items():
+        (run / RAY_RECORD).write_text(text)
+        assert ray_record_problem(run) == problem
+    said: list[str] = []
+    set_aside_unusable_ray_record(run, 2, said.append)
+    assert not (run / RAY_RECORD).exists() and (run / f"{RAY_RECORD}.unusable").is_file()
+    assert said == [
+        f"[pretrain] Ray Train's record of the run's checkpoints is set aside as {run / RAY_RECORD}.unusable: "
+        "it lists 1 checkpoint folder(s) no longer there, e.g. checkpoint_b; going on from its checkpoint at step 2"
+    ]

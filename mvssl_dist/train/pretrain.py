@@ -377,6 +377,7 @@ def build_trainer(cfg: dict, run_dir: Path, per_worker: float, view_cpus: float,
         start_step=start_epoch * cfg["steps_per_epoch"],
         threads_per_worker=max(1, int(per_worker)),
         resume_checkpoint=checkpoint.path if checkpoint is not None else None,
+        run_dir=str(run_dir),  # named when a checkpoint cannot be copied there
     )
     resources = {"CPU": per_worker}
     if train["use_gpu"]:
@@ -537,6 +538,67 @@ def continuation(run_dir: Path, cfg: dict, continue_with: str | None) -> str:
     return f"{kept}; continue it with: {continue_with}"
 
 
+RAY_RECORD = "checkpoint_manager_snapshot.json"  # Ray Train's list of a run's checkpoints
+
+
+def ray_record_problem(run_dir: Path) -> str | None:
+    """Why Ray Train would refuse to resume from its record of the run's checkpoints, if it would."""
+    import ray
+
+    try:
+        record = json.loads((run_dir / RAY_RECORD).read_text())
+    except FileNotFoundError:
+        return None
+    except (ValueError, OSError) as err:  # cut short by a full disk or a kill
+        return f"it cannot be read ({first_line(err)})"
+    if not isinstance(record, dict):
+        return "it is not a record of checkpoints"
+    if record.get("ray_version") != ray.__version__:
+        return f"Ray {record.get('ray_version')} wrote it and this is Ray {ray.__version__}"
+    named = {r.get("checkpoint_dir_name") for r in record.get("checkpoint_results") or [] if isinstance(r, dict)}
+    missing = sorted(str(n) for n in named if not (run_dir / str(n)).is_dir())
+    return f"it lists {len(missing)} checkpoint folder(s) no longer there, e.g. {missing[0]}" if missing else None
+
+
+def set_aside_unusable_ray_record(run_dir: Path, start_step: int, report: Callable[[str], None]) -> None:
+    """A record Ray Train cannot resume from (a full disk cut it short, Ray was upgraded, a
+    checkpoint folder was deleted to free space) would fail every ``--resume``: it is renamed,
+    and the run goes on from its newest checkpoint on disk, which :func:`latest_checkpoint` found."""
+    problem = ray_record_problem(run_dir)
+    if problem is None:
+        return
+    kept = run_dir / f"{RAY_RECORD}.unusable"
+    (run_dir / RAY_RECORD).replace(kept)
+    start = f"its checkpoint at step {start_step}" if start_step else "the start (no checkpoint loads)"
+    report(
+        f"[pretrain] Ray Train's record of the run's checkpoints is set aside as {kept}: {problem}; going on from {start}"
+    )
+
+
+def remove_partial_checkpoints(run_dir: Path) -> int:
+    """Remove the checkpoint folders a failed copy left half-written (a full disk): how many.
+
+    Ray Train leaves them behind, and with them the space a resume needs. A complete checkpoint's
+    ``state.pt`` is a whole zip archive (``torch.save``), which ends with its central directory.
+    """
+    import shutil
+    import zipfile
+
+    from mvssl_dist.train.loop import STATE_FILE
+
+    removed = 0
+    for folder in run_dir.glob("checkpoint_*"):
+        state = folder / STATE_FILE
+        if folder.is_dir() and not (state.is_file() and zipfile.is_zipfile(state)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def removed_partial_line(removed: int) -> str:
+    return f"{removed} checkpoint folder(s) the failure left half-written were removed; " if removed else ""
+
+
 def run_folder(cfg: dict, name: str) -> Path:
     """``train.storage_path/name``, refused in one line when either is not a plain local folder."""
     if name in (".", "..") or "/" in name or "\\" in name:
@@ -564,7 +626,8 @@ def fit(trainer, cfg: dict, run_dir: Path, report, progress_every_s: float, cont
         mlflow.MlflowClient().set_terminated(run_id, status="FAILED")
         cause = str(err).strip().splitlines()[-1][:400]
         try:
-            after = continuation(run_dir, cfg, continue_with)
+            removed = removed_partial_line(remove_partial_checkpoints(run_dir))
+            after = removed + continuation(run_dir, cfg, continue_with)
         except Exception:  # the storage itself may be what failed: the cause comes first
             after = f"its checkpoints are under {run_dir}"
         raise PretrainError(f"training failed: {cause}; the MLflow run is marked FAILED; {after}") from err
@@ -739,6 +802,8 @@ def train_and_register(
     check_gpus(cfg, ray_address, report)
     run_id = cfg["run_id"] = start_or_resume_run(cfg, facts, run_dir, resume)
     checkpoint, start_step = latest_checkpoint(run_dir) if resume else (None, 0)
+    if resume:
+        set_aside_unusable_ray_record(run_dir, start_step, report)
     report(
         f"[pretrain] run {name} ({run_id}): {cfg['method']['name']}, {facts['tracks']} tracks, "
         f"{cfg['steps_per_epoch']} steps/epoch, {cfg['total_steps']} steps, from step {start_step}; "
