@@ -235,7 +235,8 @@ def test_a_run_stopped_between_the_two_parts_of_a_flush_embeds_those_tracks_agai
     monkeypatch.setattr(parquet, "write_table", full_for_segments)
     assert main(["embed", str(root), "--model", str(weights), "--out", str(out), "--level", "both"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after Ray's own log lines
-    assert re.fullmatch(rf"mvssl: error: {re.escape(str(out))}/segments-[0-9-]+\.parquet: No space left on device", err)
+    said = "No space left on device; the tracks written before it are kept, and the same command goes on from there"
+    assert re.fullmatch(rf"mvssl: error: {re.escape(str(out))}/segments-[0-9-]+\.parquet: {said}", err), err
     monkeypatch.undo()
     assert not list(out.glob("tracks-*.parquet"))  # the tracks part commits a flush, so it is written last
 

@@ -690,12 +690,18 @@ def embed_into(
         )
         progress = Progress(len(todo), start, report)
         try:
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                for i in range(len(batch["uri"])):
-                    writer.add({k: batch[k][i] for k in batch})
-                progress.add(len(batch["uri"]))
-        finally:  # Ctrl-C, or SIGTERM (Ray's driver handler exits): keep what is done for the re-run
-            writer.flush()
+            try:
+                for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                    for i in range(len(batch["uri"])):
+                        writer.add({k: batch[k][i] for k in batch})
+                    progress.add(len(batch["uri"]))
+            finally:  # Ctrl-C, or SIGTERM (Ray's driver handler exits): keep what is done for the re-run
+                writer.flush()
+        except OSError as err:  # a full disk: the parts written before stay
+            if not (err.filename and err.strerror):
+                raise
+            goes_on = "the tracks written before it are kept, and the same command goes on from there"
+            raise OSError(err.errno, f"{err.strerror}; {goes_on}", err.filename) from err
     return finalize(out, options, facts, len(items) - len(todo), time.perf_counter() - start)
 
 
