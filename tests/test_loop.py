@@ -153,12 +153,11 @@ def test_a_checkpoint_that_cannot_be_written_names_the_folder(monkeypatch, tmp_p
     import pytest
     import ray.train
 
+    from mvssl_dist.config import load_config
     from mvssl_dist.train import loop
 
     method = build_method("contrastive")
     optimizer = torch.optim.AdamW(param_groups(method), lr=1e-3)
-    from mvssl_dist.config import load_config
-
     cfg = {**load_config(None, []), "steps_per_epoch": 3, "total_steps": 6, "run_dir": str(tmp_path / "run")}
 
     def disk_full(*args, **kwargs):

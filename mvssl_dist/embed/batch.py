@@ -427,6 +427,15 @@ class PartWriter:
         if len(self.tracks) >= self.options.rows_per_part:
             self.flush()
 
+    def write(self, path: Path, table: pa.Table) -> None:
+        try:
+            write_parquet(path, table)
+        except OSError as err:  # a full disk: the parts written before stay
+            if not (err.filename and err.strerror):
+                raise
+            goes_on = "the tracks written before it are kept, and the same command goes on from there"
+            raise OSError(err.errno, f"{err.strerror}; {goes_on}", err.filename) from err
+
     def flush(self) -> None:
         stamp = f"{time.time_ns()}-{self.seq:06d}"
         self.seq += 1
@@ -447,7 +456,7 @@ class PartWriter:
                     },
                     schema=segment_schema(),
                 )
-                write_parquet(self.out / f"segments-{stamp}.parquet", table)
+                self.write(self.out / f"segments-{stamp}.parquet", table)
             if self.options.level in ("track", "both"):
                 table = pa.table(
                     {
@@ -460,7 +469,7 @@ class PartWriter:
                     },
                     schema=track_schema(),
                 )
-                write_parquet(self.out / f"tracks-{stamp}.parquet", table)  # last: it commits the flush
+                self.write(self.out / f"tracks-{stamp}.parquet", table)  # last: it commits the flush
         if self.errors:
             rows, self.errors = self.errors, []
             table = pa.table(
@@ -471,7 +480,7 @@ class PartWriter:
                 },
                 schema=ERROR_SCHEMA,
             )
-            write_parquet(self.out / f"errors-{stamp}.parquet", table)
+            self.write(self.out / f"errors-{stamp}.parquet", table)
 
 
 def model_facts(model: str) -> dict:
@@ -690,18 +699,12 @@ def embed_into(
         )
         progress = Progress(len(todo), start, report)
         try:
-            try:
-                for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                    for i in range(len(batch["uri"])):
-                        writer.add({k: batch[k][i] for k in batch})
-                    progress.add(len(batch["uri"]))
-            finally:  # Ctrl-C, or SIGTERM (Ray's driver handler exits): keep what is done for the re-run
-                writer.flush()
-        except OSError as err:  # a full disk: the parts written before stay
-            if not (err.filename and err.strerror):
-                raise
-            goes_on = "the tracks written before it are kept, and the same command goes on from there"
-            raise OSError(err.errno, f"{err.strerror}; {goes_on}", err.filename) from err
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                for i in range(len(batch["uri"])):
+                    writer.add({k: batch[k][i] for k in batch})
+                progress.add(len(batch["uri"]))
+        finally:  # Ctrl-C, or SIGTERM (Ray's driver handler exits): keep what is done for the re-run
+            writer.flush()
     return finalize(out, options, facts, len(items) - len(todo), time.perf_counter() - start)
 
 

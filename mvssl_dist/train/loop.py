@@ -497,13 +497,10 @@ def report(
         try:
             save_state(Path(directory), method, optimizer, step, epoch, cfg, extra)
         except (OSError, RuntimeError) as err:  # torch.save names no folder: a full /tmp said as one
-            raise OSError(f"the step {step} checkpoint could not be written to {directory}: {one_line(err)}") from err
+            raise OSError(f"the step {step} checkpoint could not be written to {directory}: {first_line(err)}") from err
         try:
             ray.train.report(summary, checkpoint=ray.train.Checkpoint.from_directory(directory))
         except OSError as err:  # Ray's copy to storage names no folder either (a full disk, a lost mount)
-            where = cfg.get("run_dir") or cfg["train"]["storage_path"]
-            raise OSError(f"the step {step} checkpoint could not be copied to {where}: {one_line(err)}") from err
-
-
-def one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
+            raise OSError(
+                f"the step {step} checkpoint could not be copied to {cfg['run_dir']}: {first_line(err)}"
+            ) from err
