@@ -21,7 +21,13 @@ from registry_checks import assert_registered_as_trained
 
 from mvssl_dist.cli import main
 from mvssl_dist.config import ConfigError, load_config
-from mvssl_dist.train.pretrain import epochs_to_read, latest_checkpoint, pretrain, short_epochs_line
+from mvssl_dist.train.pretrain import (
+    epochs_to_read,
+    latest_checkpoint,
+    pretrain,
+    short_epochs_line,
+    trained_to_the_end,
+)
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +84,8 @@ def test_views_that_run_out_keep_every_trained_step(dataset, workdir, monkeypatc
         progress_every_s=0.5,
     )
     assert 0 < result.steps < 50
-    assert torch.load(Path(result.checkpoint_path) / "state.pt", weights_only=True)["step"] == result.steps
+    state = torch.load(Path(result.checkpoint_path) / "state.pt", weights_only=True)
+    assert state["step"] == result.steps and state["last"]  # a resume registers it, trains no further
     version = mlflow.MlflowClient().get_model_version("mvssl-barlow_twins", result.model_version)
     assert version.tags["step"] == str(result.steps)
     assert_registered_as_trained(result.run_id, "barlow_twins")
@@ -109,9 +116,23 @@ def test_a_time_box_fits_the_schedules_so_the_run_ends_annealed(dataset, workdir
     assert said[-2].startswith(f"[pretrain] step {result.steps} of {fitted}: loss "), said
 
 
-def test_a_collapsed_run_is_tagged_warned_and_stopped(dataset, workdir, capsys):
+def test_a_collapsed_run_is_stopped_and_a_failed_registration_registers_on_resume(
+    dataset, workdir, capsys, monkeypatch
+):
     """VICReg with a threshold every embedding is under (the std of L2-normalised 1024-d vectors is
-    about 0.03): the signals are read every 2nd step, so 4 steps of patience end the run at step 4."""
+    about 0.03): the signals are read every 2nd step, so 4 steps of patience end the run at step 4.
+    The tracking server is away when training ends: the driver's registration used to raise a
+    traceback. The resume registers without training; a run stopped early for collapse was trained
+    on from its last checkpoint, as only the last planned step counted as the end."""
+    import importlib
+
+    module = importlib.import_module("mvssl_dist.train.pretrain")
+    real_finish = module.finish
+
+    def server_away(*args, **kwargs):
+        raise mlflow.exceptions.MlflowException("API request to http://tracking/ failed: Connection refused")
+
+    monkeypatch.setattr(module, "finish", server_away)
     extra = {
         "train.collapse_std": 1.0,
         "train.collapse_patience": 4,
@@ -120,15 +141,25 @@ def test_a_collapsed_run_is_tagged_warned_and_stopped(dataset, workdir, capsys):
         "train.max_steps": 12,
         "train.checkpoint_every": 12,
     }
-    assert main(["pretrain", "--config", str(ROOT / "configs" / "vicreg.yaml"), *tiny(dataset, "vicreg", **extra)]) == 0
-    assert "warning: the embeddings collapsed during this run (tagged collapsed=true)" in capsys.readouterr().out
+    vicreg = ["--config", str(ROOT / "configs" / "vicreg.yaml"), *tiny(dataset, "vicreg", **extra)]
+    assert main(["pretrain", *vicreg, "--run-name", "collapsing"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "mvssl: error: registering failed: API request to http://tracking/ failed: Connection refused; its last "
+        "checkpoint, step 4, is kept; continue it with: mvssl pretrain --resume collapsing"
+    )
+    monkeypatch.setattr(module, "finish", real_finish)
+    monkeypatch.setattr(module, "build_trainer", lambda *a, **k: pytest.fail("trained again"))
+    assert main(["pretrain", "--resume", "collapsing"]) == 0
+    said = capsys.readouterr().out
+    assert "[pretrain] run collapsing was trained to the end (step 4); registering its backbone" in said, said
+    assert "warning: the embeddings collapsed during this run (tagged collapsed=true)" in said
     client = mlflow.MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("mvssl-pretrain").experiment_id])
-    assert run.data.tags["collapsed"] == "true"
+    assert run.data.tags["collapsed"] == "true" and run.info.status == "FINISHED"
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "effective_rank")) == [2, 4]
     assert_registered_as_trained(run.info.run_id, "vicreg")
     (version,) = client.search_model_versions(f"run_id='{run.info.run_id}'")
-    assert version.tags["step"] == "4"
+    assert version.tags["step"] == "4" and str(version.version) == "1"
 
 
 def run_until_a_checkpoint(args: list[str], cwd: Path, run_dir: Path, env: dict, **popen) -> subprocess.Popen:
@@ -150,115 +181,89 @@ def final_state(run_dir: Path) -> dict:
     return torch.load(Path(checkpoint.path) / "state.pt", map_location="cpu", weights_only=True)
 
 
-def test_stopped_run_resumes_with_the_same_mlflow_run(dataset, workdir, capsys):
-    """BYOL, so that the EMA teacher and the predictor come back from the checkpoint too. With
-    train.deterministic the resumed run ends with the weights of one never stopped, bit for bit
-    (before it, Ray Train dropped the views' preserve_order, and two such runs differed)."""
-    byol = ["--config", str(ROOT / "configs" / "byol.yaml")]
-    config = [*byol, *tiny(dataset, "byol", **{"train.max_steps": 8, "train.deterministic": "true"})]
+def test_ctrl_c_stops_a_run_that_resumes_as_if_never_stopped(dataset, workdir, capsys):
+    """Ray Train's Ctrl-C handler aborts the workers and exits from inside fit(): the run used to
+    end with exit 1, no word, and its MLflow run left RUNNING for good. Now it says the command
+    that continues it, which resumes the same MLflow run. BYOL, so that the EMA teacher and the
+    predictor come back from the checkpoint too: with train.deterministic the resumed run ends
+    with the weights of one never stopped, bit for bit (before it, Ray Train dropped the views'
+    preserve_order, and two such runs differed). Resuming it once more when it has finished
+    registers nothing new (it registered the same weights as another version)."""
+    storage = workdir / "elsewhere"
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    extra = {"train.max_steps": 8, "train.deterministic": "true", "train.storage_path": storage}
+    config = ["--config", str(ROOT / "configs" / "byol.yaml"), *tiny(dataset, "byol", **extra), "--tracking-uri", uri]
     args = ["pretrain", *config, "train.checkpoint_every=2", "--run-name", "stop-me"]
-    run_dir = workdir / "mvssl_runs" / "stop-me"
-    tracking = {"MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"}
-    proc = run_until_a_checkpoint(
-        args, workdir, run_dir, tracking, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    first = json.loads((run_dir / "mvssl_run.json").read_text())["run_id"]
+    run_dir = storage / "stop-me"
+    proc = run_until_a_checkpoint(args, workdir, run_dir, {}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends its foreground job
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "mvssl: error: interrupted", err
+    (line,) = [x for x in out.splitlines() if x.startswith("[pretrain] interrupted: ")]
+    assert "the MLflow run is marked KILLED; its last checkpoint, step " in line, line
+    run_id = json.loads((run_dir / "mvssl_run.json").read_text())["run_id"]
+    client = mlflow.MlflowClient()
+    assert client.get_run(run_id).info.status == "KILLED"
+    command = shlex.split(line.split("continue it with: ")[1])
+    assert command[:4] == ["mvssl", "pretrain", "--resume", "stop-me"], command
     # what the run learns cannot change on resume; the run's own config needs no repeating
-    assert main(["pretrain", "--resume", "stop-me", "train.lr=0.5", "method.name=contrastive"]) == 1
+    assert main([*command[1:], "train.lr=0.5", "method.name=contrastive"]) == 1
     err = capsys.readouterr().err.strip()
     assert "--resume stop-me: would change what the run learns (" in err and "\n" not in err, err
     assert "method.name 'byol' -> 'contrastive'" in err and "train.lr 0.001 -> 0.5" in err, err
     # Ray Train's record of the checkpoints cut short (a full disk; a kill as Ray writes it) made
     # every resume fail inside Ray; the run goes on from its newest checkpoint on disk instead.
     (run_dir / "checkpoint_manager_snapshot.json").write_text("")
-    assert main(["pretrain", "--resume", "stop-me", "train.max_minutes=30"]) == 0  # how it runs may change
+    assert main([*command[1:], "train.max_minutes=30"]) == 0  # how it runs may change
     assert "[pretrain] Ray Train's record of the run's checkpoints is set aside as " in capsys.readouterr().out
-    client = mlflow.MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("mvssl-pretrain").experiment_id])
-    assert [r.info.run_id for r in runs] == [first]
-    steps = sorted({m.step for m in client.get_metric_history(first, "loss")})
-    assert steps == list(range(1, 9))
-    assert client.get_run(first).info.status == "FINISHED"
-    assert_registered_as_trained(first, "byol")
+    assert [r.info.run_id for r in runs] == [run_id]
+    assert sorted({m.step for m in client.get_metric_history(run_id, "loss")}) == list(range(1, 9))
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert_registered_as_trained(run_id, "byol")
+    (version,) = client.search_model_versions(f"run_id='{run_id}'")
+    assert main(command[1:]) == 0
+    said = capsys.readouterr().out
+    assert f"finished at step 8 and is registered as {version.name} version {version.version}; nothing to" in said
+    assert f"-> models:/{version.name}/{version.version}" in said
+    assert len(client.search_model_versions(f"run_id='{run_id}'")) == 1
     assert main(["pretrain", *config, "train.checkpoint_every=8", "--run-name", "straight"]) == 0
-    resumed, straight = final_state(run_dir), final_state(workdir / "mvssl_runs" / "straight")
+    resumed, straight = final_state(run_dir), final_state(storage / "straight")
     assert resumed["step"] == straight["step"] == 8
     for key, value in straight["model"].items():
         torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=0, msg=key)
 
 
-def test_ctrl_c_marks_the_run_killed_and_says_the_command_that_continues_it(dataset, workdir, capsys):
-    """Ray Train's Ctrl-C handler aborts the workers and exits from inside fit(): the run used to
-    end with exit 1, no word, and its MLflow run left RUNNING for good. Resuming it once more when
-    it has finished registers nothing new (it registered the same weights as another version)."""
-    storage = workdir / "elsewhere"
-    uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    extra = {"train.max_steps": 6, "train.checkpoint_every": 2, "train.storage_path": storage}
-    args = ["pretrain", *tiny(dataset, **extra), "--run-name", "ctrl-c", "--tracking-uri", uri]
-    proc = run_until_a_checkpoint(args, workdir, storage / "ctrl-c", {}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends its foreground job
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "mvssl: error: interrupted", err
-    (line,) = [x for x in out.splitlines() if x.startswith("[pretrain] interrupted: ")]
-    assert "the MLflow run is marked KILLED; its last checkpoint, step " in line, line
-    run_id = json.loads((storage / "ctrl-c" / "mvssl_run.json").read_text())["run_id"]
-    assert mlflow.MlflowClient().get_run(run_id).info.status == "KILLED"
-    command = shlex.split(line.split("continue it with: ")[1])
-    assert command[:4] == ["mvssl", "pretrain", "--resume", "ctrl-c"], command
-    assert main(command[1:]) == 0
-    assert mlflow.MlflowClient().get_run(run_id).info.status == "FINISHED"
-    (version,) = mlflow.MlflowClient().search_model_versions(f"run_id='{run_id}'")
-    capsys.readouterr()
-    assert main(command[1:]) == 0
-    said = capsys.readouterr().out
-    assert f"finished at step 6 and is registered as {version.name} version {version.version}; nothing to" in said
-    assert f"-> models:/{version.name}/{version.version}" in said
-    assert len(mlflow.MlflowClient().search_model_versions(f"run_id='{run_id}'")) == 1
-
-
-def test_a_killed_worker_is_replaced_and_the_run_finishes(dataset, workdir, monkeypatch):
-    """DINO-style clustering, so that the teacher and its centre survive the restart too."""
+def test_a_killed_worker_is_replaced_and_with_no_retries_left_the_run_says_what_it_kept(dataset, workdir, monkeypatch):
+    """DINO-style clustering, so that the teacher and its centre survive the restart too. Then the
+    same fault with no retries left: the failure (a worker lost, a full disk) said only the last
+    line of Ray's error, not that a checkpoint was kept, nor how to go on from it."""
     import ray
     from ray.cluster_utils import Cluster
 
+    from mvssl_dist.train.pretrain import PretrainError
+
+    killed = workdir / "killed"
     monkeypatch.setenv("MVSSL_FAULT_KILL_AT_STEP", "3")
-    monkeypatch.setenv("MVSSL_FAULT_MARKER", str(workdir / "killed"))
+    monkeypatch.setenv("MVSSL_FAULT_MARKER", str(killed))  # a worker is killed while this file is absent
     ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
+    extra = {"train.max_steps": 5, "train.checkpoint_every": 2, "train.max_failures": 1}
     try:
-        cfg = load_config(
-            ROOT / "configs" / "clustering.yaml",
-            tiny(dataset, "clustering", **{"train.max_steps": 5, "train.checkpoint_every": 2, "train.max_failures": 1}),
-        )
+        cfg = load_config(ROOT / "configs" / "clustering.yaml", tiny(dataset, "clustering", **extra))
         result = pretrain(cfg, run_name="faulty", ray_address=cluster.address, report=lambda m: None)
+        assert killed.exists()  # the worker really was killed once
+        killed.unlink()
+        cfg = load_config(None, tiny(dataset, **{**extra, "train.max_steps": 6, "train.max_failures": 0}))
+        with pytest.raises(PretrainError) as failed:
+            pretrain(cfg, run_name="fails", ray_address=cluster.address, report=lambda m: None)
     finally:
         ray.shutdown()
         cluster.shutdown()
-    assert (workdir / "killed").exists()  # the worker really was killed once
     assert result.steps == 5 and result.model_version == "1"
     assert_registered_as_trained(result.run_id, "clustering")
-
-
-def test_a_failed_run_says_what_it_kept_and_the_command_that_continues_it(dataset, workdir, monkeypatch):
-    """A failure (a worker lost with no retries left, a full disk) said only the last line of Ray's
-    error: not that a checkpoint was kept, nor how to go on from it."""
-    import ray
-
-    from mvssl_dist.train.pretrain import PretrainError
-
-    monkeypatch.setenv("MVSSL_FAULT_KILL_AT_STEP", "3")
-    monkeypatch.setenv("MVSSL_FAULT_MARKER", str(workdir / "killed"))
-    monkeypatch.setenv("MVSSL_FAULT_RANK", "0")
-    ray.shutdown()  # the local Ray this run starts passes the fault to its workers
-    extra = {"train.max_steps": 6, "train.checkpoint_every": 2, "train.max_failures": 0}
-    try:
-        with pytest.raises(PretrainError) as failed:
-            pretrain(load_config(None, tiny(dataset, **extra)), run_name="fails", report=lambda m: None)
-    finally:
-        ray.shutdown()
+    assert killed.exists()
     said = str(failed.value)
     assert said.startswith("training failed: ") and "\n" not in said, said
     assert said.endswith(
@@ -282,6 +287,25 @@ def test_epochs_shorter_than_planned_are_said_with_why():
     line = short_epochs_line({"tracks": 2000, "rows": 1000, "silent": 0, "too_short": 1000}, 1, 10)
     assert "(1,000 of 2,000 drawn): 1,000 times a track was too short for the views and their gap, so" in line, line
     assert short_epochs_line({}, 4, 15) is None
+
+
+def test_a_checkpoint_is_the_runs_last_when_written_as_it_ended(tmp_path):
+    """A run stopped early (for collapse, its views run out) whose registration failed was trained
+    on by its resume: only the last planned step, or a spent time box, counted as the end."""
+    import ray.train
+
+    def checkpoint(**state) -> ray.train.Checkpoint:
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        folder.mkdir()
+        torch.save(state, folder / "state.pt")
+        return ray.train.Checkpoint.from_directory(folder)
+
+    cfg = {"total_steps": 12}
+    assert trained_to_the_end(checkpoint(step=4, total_steps=12, last=True), cfg)
+    assert not trained_to_the_end(checkpoint(step=4, total_steps=12, last=False), cfg)
+    assert trained_to_the_end(checkpoint(step=7, total_steps=12, out_of_time=True), cfg)
+    assert trained_to_the_end(checkpoint(step=9, total_steps=9), cfg)  # fitted to train.max_minutes
+    assert trained_to_the_end(checkpoint(step=12), cfg) and not trained_to_the_end(checkpoint(step=6), cfg)
 
 
 def hold_elsewhere(folder: Path) -> int:
@@ -317,35 +341,6 @@ def test_a_run_being_trained_is_not_trained_twice(dataset, workdir, capsys, monk
     assert main(["pretrain", *tiny(dataset), "--resume", "no-such-run"]) == 1
     assert "--resume no-such-run: no such run" in capsys.readouterr().err
     assert not (workdir / "mvssl_runs" / "no-such-run").exists()
-
-
-def test_a_run_whose_registration_failed_registers_on_resume_without_training(dataset, workdir, monkeypatch):
-    """The tracking server away when training ended: the driver's registration raised a traceback,
-    and a resume would have trained nothing and then found no checkpoint to register."""
-    import importlib
-
-    module = importlib.import_module("mvssl_dist.train.pretrain")
-    real_finish = module.finish
-
-    def server_away(*args, **kwargs):
-        raise mlflow.exceptions.MlflowException("API request to http://tracking/ failed: Connection refused")
-
-    monkeypatch.setattr(module, "finish", server_away)
-    cfg = load_config(None, tiny(dataset))
-    with pytest.raises(module.PretrainError) as failed:
-        pretrain(cfg, run_name="unregistered", report=lambda m: None)
-    assert str(failed.value) == (
-        "registering failed: API request to http://tracking/ failed: Connection refused; its last checkpoint, "
-        "step 3, is kept; continue it with: mvssl pretrain --resume unregistered"
-    )
-    monkeypatch.setattr(module, "finish", real_finish)
-    monkeypatch.setattr(module, "build_trainer", lambda *a, **k: pytest.fail("trained again"))
-    said: list[str] = []
-    result = pretrain(load_config(None, tiny(dataset)), run_name="unregistered", resume=True, report=said.append)
-    assert "[pretrain] run unregistered was trained to the end (step 3); registering its backbone" in said
-    assert result.steps == 3 and result.model_version == "1"
-    assert mlflow.MlflowClient().get_run(result.run_id).info.status == "FINISHED"
-    assert_registered_as_trained(result.run_id, "contrastive")
 
 
 def test_config_errors_fail_fast_with_the_field_named(dataset, workdir, capsys):

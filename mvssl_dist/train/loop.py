@@ -471,20 +471,29 @@ def train_loop_per_worker(cfg: dict) -> None:
             throughput.reset()
         if step % t["checkpoint_every"] == 0 or done:
             tracker.flush()
-            report(method, optimizer, step, cfg, metrics, collapsed_tagged, rank, out_of_time)
+            report(method, optimizer, step, cfg, metrics, collapsed_tagged, rank, out_of_time, done)
             reported = step
         if done:
             break
     if step > reported:  # the views ran out before total_steps: keep every step trained
         tracker.tag("views_ran_out_at_step", str(step))
         tracker.flush()
-        report(method, optimizer, step, cfg, metrics, collapsed_tagged, rank)
+        report(method, optimizer, step, cfg, metrics, collapsed_tagged, rank, last=True)
     tracker.flush(patience_s=120.0)  # a tracking server restarting now still gets the run's metrics
 
 
 def report(
-    method, optimizer, step: int, cfg: dict, metrics: dict, collapsed: bool, rank: int, out_of_time: bool = False
+    method,
+    optimizer,
+    step: int,
+    cfg: dict,
+    metrics: dict,
+    collapsed: bool,
+    rank: int,
+    out_of_time: bool = False,
+    last: bool = False,
 ) -> None:
+    """Rank 0 checkpoints the run (``last``: the run ends here, whatever the reason); every rank reports."""
     import ray.train
 
     epoch = step // max(1, cfg["steps_per_epoch"])
@@ -492,7 +501,7 @@ def report(
     if rank != 0:
         ray.train.report(summary, checkpoint=None)
         return
-    extra = {"collapsed": collapsed, "out_of_time": out_of_time, "total_steps": cfg["total_steps"]}
+    extra = {"collapsed": collapsed, "out_of_time": out_of_time, "total_steps": cfg["total_steps"], "last": last}
     with tempfile.TemporaryDirectory() as directory:
         try:
             save_state(Path(directory), method, optimizer, step, epoch, cfg, extra)

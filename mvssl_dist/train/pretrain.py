@@ -836,8 +836,11 @@ def train_and_register(
 
 
 def trained_to_the_end(checkpoint, cfg: dict) -> bool:
-    """Whether a run's checkpoint is its last: its last step (as fitted) reached, or its time box spent."""
+    """Whether a run's checkpoint is its last: written as the run ended (its last step, its time box
+    spent, stopped for collapse, the views run out), or, from before that was recorded, at its last step."""
     from mvssl_dist.train.loop import load_state
 
     state = load_state(checkpoint)
-    return bool(state.get("out_of_time")) or state["step"] >= state.get("total_steps", cfg["total_steps"])
+    if state.get("last") or state.get("out_of_time"):
+        return True
+    return state["step"] >= state.get("total_steps", cfg["total_steps"])
