@@ -337,7 +337,7 @@ def test_wrong_credentials_fail_with_a_clear_message(mlflow_server, dataset, mon
 def test_ray_job_submit_pretrains_and_registers_over_http(
     mlflow_server, mlflow_server_starting, ray_head, dataset, tmp_path
 ):
-    """Also the suite's run of the time box's stop: 200 steps asked, 0.3 minutes of loop allowed
+    """Also the suite's run of the time box's stop: 200 steps asked, 0.15 minutes of loop allowed
     and the schedules not fitted to them, so every worker must stop at the same step and that step
     is what gets registered. (The fitted schedules: tests/test_pretrain.py.) The artifacts go to S3
     through the server and come back the same way: MLflow 3.17's client otherwise downloads through
@@ -347,11 +347,11 @@ def test_ray_job_submit_pretrains_and_registers_over_http(
     submit += ["--runtime-env-json", runtime_env, "--", "python", "pipelines/pretrain.py"]
     submit += ["--config", "configs/vicreg.yaml", "--run-name", "job-test", "--register-as", "mvssl-job-test"]
     submit += ["--tracking-uri", mlflow_server, f"data.path={dataset}", "data.batch_size=4", "data.pairs_per_track=1"]
-    submit += ["train.max_steps=200", "train.max_minutes=0.3", "train.fit_to_max_minutes=false", "train.log_every=1"]
+    submit += ["train.max_steps=200", "train.max_minutes=0.15", "train.fit_to_max_minutes=false", "train.log_every=1"]
     submit += [f"train.storage_path={tmp_path / 'runs'}"]
     run = subprocess.run(submit, capture_output=True, text=True, timeout=600, env=cluster_env())
     assert run.returncode == 0 and "succeeded" in run.stdout, (run.stdout + run.stderr)[-4000:]
-    stopped = re.search(r"train\.max_minutes \(0\.3\) was reached at step (\d+) of 200", run.stdout)
+    stopped = re.search(r"train\.max_minutes \(0\.15\) was reached at step (\d+) of 200", run.stdout)
     assert stopped and 0 < int(stopped.group(1)) < 200, run.stdout[-4000:]
     os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = ADMIN, PASSWORD
     try:
