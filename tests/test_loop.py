@@ -218,3 +218,35 @@ def test_half_written_checkpoints_go_and_an_unusable_ray_record_is_set_aside(tmp
         f"[pretrain] Ray Train's record of the run's checkpoints is set aside as {run / RAY_RECORD}.unusable: "
         "it lists 1 checkpoint folder(s) no longer there, e.g. checkpoint_b; going on from its checkpoint at step 2"
     ]
+
+
+def test_a_restart_after_the_runs_last_checkpoint_finds_nothing_left_to_train(monkeypatch, tmp_path):
+    """A worker lost after a collapse stop's (or a time box's) last checkpoint: Ray Train restarts the
+    group with that checkpoint, and the loop must not train on from it with a fresh time box."""
+    import shutil
+
+    import ray.train
+
+    from mvssl_dist.config import load_config
+    from mvssl_dist.train import loop
+
+    cfg = {**load_config(None, []), "steps_per_epoch": 3, "total_steps": 12, "run_dir": str(tmp_path / "run")}
+    kept = {}
+
+    def keep(summary, checkpoint):
+        kept[summary["step"]] = shutil.copytree(checkpoint.path, tmp_path / f"step{summary['step']}")
+
+    monkeypatch.setattr(ray.train, "report", keep)
+    trained = build_method("contrastive")
+    optimizer = torch.optim.AdamW(param_groups(trained), lr=1e-3)
+    loop.report(trained, optimizer, 2, cfg, {"loss": torch.tensor(1.0)}, False, rank=0)
+    loop.report(trained, optimizer, 4, cfg, {"loss": torch.tensor(1.0)}, True, rank=0, last=True)
+    for step, ended in ((2, False), (4, True)):
+        checkpoint = ray.train.Checkpoint.from_directory(str(kept[step]))
+        monkeypatch.setattr(ray.train, "get_checkpoint", lambda checkpoint=checkpoint: checkpoint)
+        method = build_method("contrastive")
+        restored = loop.restore(method, torch.optim.AdamW(param_groups(method), lr=1e-3), dict(cfg))
+        assert restored == (step, ended, ended)
+        assert all(
+            torch.equal(a, b) for a, b in zip(method.state_dict().values(), trained.state_dict().values(), strict=True)
+        )

@@ -314,8 +314,9 @@ def prepare(method, cfg: dict, device: torch.device):
     return method, wrapped
 
 
-def restore(method, optimizer, cfg: dict) -> tuple[int, bool]:
-    """Load the run's latest checkpoint into ``method`` and ``optimizer``: (step, collapse already tagged).
+def restore(method, optimizer, cfg: dict) -> tuple[int, bool, bool]:
+    """Load the run's latest checkpoint into ``method`` and ``optimizer``: (step, collapse already
+    tagged, the run had ended: its last checkpoint, written as it stopped for whatever reason).
 
     After a worker failure Ray Train hands back the run's latest checkpoint; for ``--resume`` the
     driver found it on storage. Without either the run starts at ``start_step``.
@@ -326,13 +327,13 @@ def restore(method, optimizer, cfg: dict) -> tuple[int, bool]:
     if checkpoint is None and cfg.get("resume_checkpoint"):
         checkpoint = ray.train.Checkpoint.from_directory(cfg["resume_checkpoint"])
     if not checkpoint:
-        return cfg["start_step"], False
+        return cfg["start_step"], False, False
     state = load_state(checkpoint)
     method.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])
     cfg["total_steps"] = min(cfg["total_steps"], state.get("total_steps", cfg["total_steps"]))  # once fitted
-    return state["step"], state.get("collapsed", False)
+    return state["step"], state.get("collapsed", False), state.get("last", False)
 
 
 def view_batches(cfg: dict, device: torch.device, rank: int, workers: int):
@@ -426,7 +427,9 @@ def train_loop_per_worker(cfg: dict) -> None:
     torch.manual_seed(t["seed"] + rank)
     method = build_method(cfg["method"]["name"], **cfg["method"]["options"])
     optimizer = torch.optim.AdamW(param_groups(method), lr=t["lr"], weight_decay=t["weight_decay"])
-    step, collapsed_tagged = restore(method, optimizer, cfg)
+    step, collapsed_tagged, ended = restore(method, optimizer, cfg)
+    if ended:  # a worker lost after the run's last checkpoint: Ray restarts the group, nothing is left to train
+        return
     method, model = prepare(method, cfg, device)
     method.train()
     schedules = schedules_for(cfg)
