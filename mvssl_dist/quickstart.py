@@ -150,7 +150,7 @@ def pretrain_config(opts: QuickstartOptions, work: Path, tracking_uri: str, budg
         f"train.max_minutes={budget[1]}",
         "train.warmup_epochs=1",
         "train.checkpoint_every=50",
-        "train.log_every=5",
+        f"train.log_every={max(1, min(5, budget[0] // 30))}",  # 30 points or more on the loss curve
         f"train.storage_path={work / 'runs'}",
         f"tracking.uri={tracking_uri}",
         f"tracking.register_as={MODEL_NAME}",
