@@ -220,9 +220,11 @@ def test_half_written_checkpoints_go_and_an_unusable_ray_record_is_set_aside(tmp
     ]
 
 
-def test_a_restart_after_the_runs_last_checkpoint_finds_nothing_left_to_train(monkeypatch, tmp_path):
-    """A worker lost after a collapse stop's (or a time box's) last checkpoint: Ray Train restarts the
-    group with that checkpoint, and the loop must not train on from it with a fresh time box."""
+def test_a_restart_takes_the_furthest_checkpoint_and_one_written_as_the_run_ended_trains_nothing(monkeypatch, tmp_path):
+    """Ray Train records a checkpoint only once it has collected every worker's report of it: a
+    worker killed a step after a checkpoint made the new group start again from step 0 (or from the
+    checkpoint before). And a worker lost after the run's last checkpoint (a collapse stop, a spent
+    time box) made the new group train on from it, with a fresh time box."""
     import shutil
 
     import ray.train
@@ -230,23 +232,32 @@ def test_a_restart_after_the_runs_last_checkpoint_finds_nothing_left_to_train(mo
     from mvssl_dist.config import load_config
     from mvssl_dist.train import loop
 
-    cfg = {**load_config(None, []), "steps_per_epoch": 3, "total_steps": 12, "run_dir": str(tmp_path / "run")}
-    kept = {}
+    run_dir = tmp_path / "run"
+    cfg = {**load_config(None, []), "steps_per_epoch": 3, "total_steps": 12, "run_dir": str(run_dir)}
+    cfg["start_step"] = 0
 
     def keep(summary, checkpoint):
-        kept[summary["step"]] = shutil.copytree(checkpoint.path, tmp_path / f"step{summary['step']}")
+        shutil.copytree(checkpoint.path, run_dir / f"checkpoint_{summary['step']}")
+
+    def restored_from(recorded):
+        monkeypatch.setattr(ray.train, "get_checkpoint", lambda: recorded)
+        method = build_method("contrastive")
+        said = loop.restore(method, torch.optim.AdamW(param_groups(method), lr=1e-3), dict(cfg))
+        return said, method
 
     monkeypatch.setattr(ray.train, "report", keep)
     trained = build_method("contrastive")
     optimizer = torch.optim.AdamW(param_groups(trained), lr=1e-3)
+    assert restored_from(None)[0] == (0, False, False)
     loop.report(trained, optimizer, 2, cfg, {"loss": torch.tensor(1.0)}, False, rank=0)
+    assert restored_from(None)[0] == (2, False, False)  # on disk, not in Ray's record
+    recorded = ray.train.Checkpoint.from_directory(str(run_dir / "checkpoint_2"))
+    with torch.no_grad():
+        next(trained.parameters()).add_(1.0)
     loop.report(trained, optimizer, 4, cfg, {"loss": torch.tensor(1.0)}, True, rank=0, last=True)
-    for step, ended in ((2, False), (4, True)):
-        checkpoint = ray.train.Checkpoint.from_directory(str(kept[step]))
-        monkeypatch.setattr(ray.train, "get_checkpoint", lambda checkpoint=checkpoint: checkpoint)
-        method = build_method("contrastive")
-        restored = loop.restore(method, torch.optim.AdamW(param_groups(method), lr=1e-3), dict(cfg))
-        assert restored == (step, ended, ended)
-        assert all(
-            torch.equal(a, b) for a, b in zip(method.state_dict().values(), trained.state_dict().values(), strict=True)
-        )
+    said, method = restored_from(recorded)  # Ray's record lags the folder
+    assert said == (4, True, True)
+    for a, b in zip(method.state_dict().values(), trained.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    (run_dir / "checkpoint_4" / loop.STATE_FILE).write_bytes(b"cut short")  # a kill mid-copy
+    assert restored_from(recorded)[0] == (2, False, False)

@@ -101,6 +101,38 @@ def load_state(checkpoint) -> dict:
         return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
+def latest_checkpoint(run_dir: Path):
+    """The newest checkpoint under ``run_dir`` whose state loads (a kill can leave a partial copy)."""
+    from ray.train import Checkpoint
+
+    candidates = sorted(run_dir.glob(f"checkpoint_*/{STATE_FILE}"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for state in candidates:
+        try:
+            step = torch.load(state, map_location="cpu", weights_only=True)["step"]
+        except Exception:  # partial or corrupt: try the one before
+            continue
+        return Checkpoint.from_directory(str(state.parent)), step
+    return None, 0
+
+
+def newest_checkpoint(checkpoints: list, run_dir: Path | None) -> tuple:
+    """The furthest trained of ``checkpoints`` (``None`` allowed) and the newest whole one under
+    ``run_dir``: ``(checkpoint, its state)``, or ``(None, None)``.
+
+    Ray Train records a checkpoint once it has collected every worker's report of it (it polls
+    every 2 s): one written just before a worker died is on disk but not in its record, and a
+    restart would go back to the checkpoint before it, or to step 0."""
+    found = [c for c in checkpoints if c is not None]
+    if run_dir is not None:
+        found.append(latest_checkpoint(run_dir)[0])
+    best, best_state = None, None
+    for checkpoint in filter(None, found):
+        state = load_state(checkpoint)
+        if best_state is None or state["step"] > best_state["step"]:
+            best, best_state = checkpoint, state
+    return best, best_state
+
+
 class Rank0Tracker:
     """Per-step metrics and tags to MLflow from rank 0 only; a no-op elsewhere.
 
@@ -318,17 +350,18 @@ def restore(method, optimizer, cfg: dict) -> tuple[int, bool, bool]:
     """Load the run's latest checkpoint into ``method`` and ``optimizer``: (step, collapse already
     tagged, the run had ended: its last checkpoint, written as it stopped for whatever reason).
 
-    After a worker failure Ray Train hands back the run's latest checkpoint; for ``--resume`` the
-    driver found it on storage. Without either the run starts at ``start_step``.
+    The furthest trained of: the one Ray Train hands back after a worker failure, the one the
+    driver found for ``--resume``, and the newest whole one in the run's folder (which Ray's record
+    can lag). Without any the run starts at ``start_step``. Every rank reads the same folder before
+    the first collective, so all of them restore the same step.
     """
     import ray.train
 
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and cfg.get("resume_checkpoint"):
-        checkpoint = ray.train.Checkpoint.from_directory(cfg["resume_checkpoint"])
-    if not checkpoint:
+    resumed = cfg.get("resume_checkpoint")
+    candidates = [ray.train.get_checkpoint(), ray.train.Checkpoint.from_directory(resumed) if resumed else None]
+    _, state = newest_checkpoint(candidates, Path(cfg["run_dir"]) if cfg.get("run_dir") else None)
+    if state is None:
         return cfg["start_step"], False, False
-    state = load_state(checkpoint)
     method.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])

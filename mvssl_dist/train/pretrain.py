@@ -241,21 +241,6 @@ def code_version() -> str:
 
 
 # --------------------------------------------------------------------------- the run
-def latest_checkpoint(run_dir: Path):
-    """The newest checkpoint under ``run_dir`` whose state loads (a kill can leave a partial copy)."""
-    import torch
-    from ray.train import Checkpoint
-
-    candidates = sorted(run_dir.glob("checkpoint_*/state.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for state in candidates:
-        try:
-            step = torch.load(state, map_location="cpu", weights_only=True)["step"]
-        except Exception:  # partial or corrupt: try the one before
-            continue
-        return Checkpoint.from_directory(str(state.parent)), step
-    return None, 0
-
-
 def resume_config(path: str | None, overrides: list[str], run_name: str) -> dict:
     """``--resume RUN``: the stopped run's own config, with ``--config`` and overrides on top (so
     ``mvssl pretrain --resume RUN`` alone continues it as it started)."""
@@ -503,6 +488,8 @@ def finished_run(cfg: dict, run_dir: Path) -> PretrainResult | None:
         return None  # start_or_resume_run says what is wrong
     if not versions:
         return None
+    from mvssl_dist.train.loop import latest_checkpoint
+
     last = max(versions, key=lambda v: int(v.version))
     checkpoint, step = latest_checkpoint(run_dir)
     return PretrainResult(
@@ -524,6 +511,8 @@ def interrupted_line(run_dir: Path, cfg: dict, continue_with: str | None) -> str
 
 def continuation(run_dir: Path, cfg: dict, continue_with: str | None) -> str:
     """The stopped run's last checkpoint, and the command that continues it from there."""
+    from mvssl_dist.train.loop import latest_checkpoint
+
     _, step = latest_checkpoint(run_dir)
     kept = f"its last checkpoint, step {step}, is kept" if step else "no checkpoint was written yet"
     if continue_with is None:
@@ -563,7 +552,7 @@ def ray_record_problem(run_dir: Path) -> str | None:
 def set_aside_unusable_ray_record(run_dir: Path, start_step: int, report: Callable[[str], None]) -> None:
     """A record Ray Train cannot resume from (a full disk cut it short, Ray was upgraded, a
     checkpoint folder was deleted to free space) would fail every ``--resume``: it is renamed,
-    and the run goes on from its newest checkpoint on disk, which :func:`latest_checkpoint` found."""
+    and the run goes on from its newest checkpoint on disk, which :func:`mvssl_dist.train.loop.latest_checkpoint` found."""
     problem = ray_record_problem(run_dir)
     if problem is None:
         return
@@ -787,6 +776,7 @@ def train_and_register(
     import mlflow
 
     from mvssl_dist.raytools import init_ray
+    from mvssl_dist.train.loop import latest_checkpoint, newest_checkpoint
 
     name = run_dir.name
     if resume and not (run_dir / RUN_RECORD).is_file():  # said before Ray starts
@@ -818,7 +808,8 @@ def train_and_register(
         report(f"[pretrain] run {name} was trained to the end (step {start_step}); registering its backbone")
     else:
         trainer = build_trainer(cfg, run_dir, per_worker, view_cpus, start_step, checkpoint)
-        checkpoint = fit(trainer, cfg, run_dir, report, progress_every_s, continue_with).checkpoint
+        recorded = fit(trainer, cfg, run_dir, report, progress_every_s, continue_with).checkpoint
+        checkpoint, _ = newest_checkpoint([recorded], run_dir)
         if checkpoint is None:
             mlflow.MlflowClient().set_terminated(run_id, status="FAILED")
             raise PretrainError("training ended without a checkpoint; nothing registered")
