@@ -551,8 +551,8 @@ def ray_record_problem(run_dir: Path) -> str | None:
 
 def set_aside_unusable_ray_record(run_dir: Path, start_step: int, report: Callable[[str], None]) -> None:
     """A record Ray Train cannot resume from (a full disk cut it short, Ray was upgraded, a
-    checkpoint folder was deleted to free space) would fail every ``--resume``: it is renamed,
-    and the run goes on from its newest checkpoint on disk, which :func:`mvssl_dist.train.loop.latest_checkpoint` found."""
+    checkpoint folder was deleted to free space) would fail every ``--resume``: it is renamed, and
+    the run goes on from its newest checkpoint on disk (:func:`mvssl_dist.train.loop.latest_checkpoint`)."""
     problem = ray_record_problem(run_dir)
     if problem is None:
         return
