@@ -101,35 +101,40 @@ def load_state(checkpoint) -> dict:
         return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
-def latest_checkpoint(run_dir: Path):
-    """The newest checkpoint under ``run_dir`` whose state loads (a kill can leave a partial copy)."""
+def newest_on_disk(run_dir: Path) -> tuple:
+    """The newest checkpoint under ``run_dir`` whose state loads (a kill can leave a partial copy):
+    ``(checkpoint, its state)``, or ``(None, None)``."""
     from ray.train import Checkpoint
 
     candidates = sorted(run_dir.glob(f"checkpoint_*/{STATE_FILE}"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for state in candidates:
+    for path in candidates:
         try:
-            step = torch.load(state, map_location="cpu", weights_only=True)["step"]
+            state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # partial or corrupt: try the one before
             continue
-        return Checkpoint.from_directory(str(state.parent)), step
-    return None, 0
+        return Checkpoint.from_directory(str(path.parent)), state
+    return None, None
 
 
-def newest_checkpoint(checkpoints: list, run_dir: Path | None) -> tuple:
-    """The furthest trained of ``checkpoints`` (``None`` allowed) and the newest whole one under
-    ``run_dir``: ``(checkpoint, its state)``, or ``(None, None)``.
+def latest_checkpoint(run_dir: Path) -> tuple:
+    """:func:`newest_on_disk` as ``(checkpoint, its step)``, or ``(None, 0)``."""
+    checkpoint, state = newest_on_disk(run_dir)
+    return checkpoint, state["step"] if state else 0
+
+
+def newest_checkpoint(recorded, run_dir: Path) -> tuple:
+    """The furthest trained of Ray Train's ``recorded`` checkpoint (or ``None``) and the newest
+    whole one under ``run_dir``: ``(checkpoint, its state)``, or ``(None, None)``; a tie keeps Ray's.
 
     Ray Train records a checkpoint once it has collected every worker's report of it (it polls
     every 2 s): one written just before a worker died is on disk but not in its record, and a
     restart would go back to the checkpoint before it, or to step 0."""
-    found = [c for c in checkpoints if c is not None]
-    if run_dir is not None:
-        found.append(latest_checkpoint(run_dir)[0])
-    best, best_state = None, None
-    for checkpoint in filter(None, found):
-        state = load_state(checkpoint)
-        if best_state is None or state["step"] > best_state["step"]:
-            best, best_state = checkpoint, state
+    best, best_state = newest_on_disk(run_dir)
+    if recorded is None or (best is not None and Path(recorded.path).resolve() == Path(best.path).resolve()):
+        return best, best_state
+    state = load_state(recorded)
+    if best_state is None or state["step"] >= best_state["step"]:
+        return recorded, state
     return best, best_state
 
 
@@ -350,16 +355,14 @@ def restore(method, optimizer, cfg: dict) -> tuple[int, bool, bool]:
     """Load the run's latest checkpoint into ``method`` and ``optimizer``: (step, collapse already
     tagged, the run had ended: its last checkpoint, written as it stopped for whatever reason).
 
-    The furthest trained of: the one Ray Train hands back after a worker failure, the one the
-    driver found for ``--resume``, and the newest whole one in the run's folder (which Ray's record
-    can lag). Without any the run starts at ``start_step``. Every rank reads the same folder before
-    the first collective, so all of them restore the same step.
+    The furthest trained of the one Ray Train hands back after a worker failure and the newest
+    whole one in the run's folder (which Ray's record can lag; for ``--resume`` it is the one the
+    driver found). Without either the run starts at ``start_step``. Every rank reads the same
+    folder before the first collective, so all of them restore the same step.
     """
     import ray.train
 
-    resumed = cfg.get("resume_checkpoint")
-    candidates = [ray.train.get_checkpoint(), ray.train.Checkpoint.from_directory(resumed) if resumed else None]
-    _, state = newest_checkpoint(candidates, Path(cfg["run_dir"]) if cfg.get("run_dir") else None)
+    _, state = newest_checkpoint(ray.train.get_checkpoint(), Path(cfg["run_dir"]))
     if state is None:
         return cfg["start_step"], False, False
     method.load_state_dict(state["model"])

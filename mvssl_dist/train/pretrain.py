@@ -333,7 +333,7 @@ def start_or_resume_run(cfg: dict, facts: dict, run_dir: Path, resume: bool) -> 
     return run.info.run_id
 
 
-def build_trainer(cfg: dict, run_dir: Path, per_worker: float, view_cpus: float, start_step: int, checkpoint):
+def build_trainer(cfg: dict, run_dir: Path, per_worker: float, view_cpus: float, start_step: int):
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -361,8 +361,7 @@ def build_trainer(cfg: dict, run_dir: Path, per_worker: float, view_cpus: float,
         cfg,
         start_step=start_epoch * cfg["steps_per_epoch"],
         threads_per_worker=max(1, int(per_worker)),
-        resume_checkpoint=checkpoint.path if checkpoint is not None else None,
-        run_dir=str(run_dir),  # named when a checkpoint cannot be copied there
+        run_dir=str(run_dir),  # restored from, and named when a checkpoint cannot be copied there
     )
     resources = {"CPU": per_worker}
     if train["use_gpu"]:
@@ -807,9 +806,9 @@ def train_and_register(
     if checkpoint is not None and trained_to_the_end(checkpoint, cfg):  # stopped while registering
         report(f"[pretrain] run {name} was trained to the end (step {start_step}); registering its backbone")
     else:
-        trainer = build_trainer(cfg, run_dir, per_worker, view_cpus, start_step, checkpoint)
+        trainer = build_trainer(cfg, run_dir, per_worker, view_cpus, start_step)
         recorded = fit(trainer, cfg, run_dir, report, progress_every_s, continue_with).checkpoint
-        checkpoint, _ = newest_checkpoint([recorded], run_dir)
+        checkpoint, _ = newest_checkpoint(recorded, run_dir)
         if checkpoint is None:
             mlflow.MlflowClient().set_terminated(run_id, status="FAILED")
             raise PretrainError("training ended without a checkpoint; nothing registered")
