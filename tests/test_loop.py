@@ -220,6 +220,49 @@ def test_half_written_checkpoints_go_and_an_unusable_ray_record_is_set_aside(tmp
     ]
 
 
+def test_a_restart_leaves_no_checkpoint_folders_beyond_those_ray_keeps(tmp_path):
+    """A rank 0 killed during Ray's copy of a checkpoint left it half-written (42 of 85 MB), and a
+    worker lost just after a checkpoint left one Ray never recorded: neither is in Ray Train's
+    record, so its num_to_keep never removed them, and every restart added to the run's folder."""
+    import json
+
+    import ray
+
+    from mvssl_dist.train.pretrain import RAY_RECORD, remove_unkept_checkpoints
+
+    run = tmp_path / "run"
+    names = ("checkpoint_a", "checkpoint_b", "checkpoint_c", "checkpoint_d", "checkpoint_e")
+    for name in names:
+        (run / name).mkdir(parents=True)
+        torch.save({"step": 2}, run / name / "state.pt")
+    whole = (run / "checkpoint_a" / "state.pt").read_bytes()
+    (run / "checkpoint_d" / "state.pt").write_bytes(whole[: len(whole) // 2])
+    # no usable record (none yet, or cut short): only the half-written copy goes
+    said = remove_unkept_checkpoints(run, run / "checkpoint_e")
+    assert said == (
+        "[pretrain] 1 checkpoint folder(s) a restart left behind were removed (1 half-written, "
+        "0 superseded and not in Ray Train's record)"
+    )
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint_a", "checkpoint_b", "checkpoint_c", "checkpoint_e"]
+    (run / "checkpoint_d").mkdir()
+    (run / RAY_RECORD).write_text(
+        json.dumps(
+            {
+                "ray_version": ray.__version__,
+                "checkpoint_results": [
+                    {"checkpoint_dir_name": "checkpoint_a"},
+                    {"checkpoint_dir_name": "checkpoint_b"},
+                ],
+            }
+        )
+    )
+    # recorded: a, b; registered: e (Ray never recorded it); c superseded, d an empty copy
+    said = remove_unkept_checkpoints(run, run / "checkpoint_e")
+    assert "2 checkpoint folder(s)" in said and "(1 half-written, 1 superseded" in said, said
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint_a", "checkpoint_b", "checkpoint_e", RAY_RECORD]
+    assert remove_unkept_checkpoints(run, run / "checkpoint_e") is None  # nothing more to remove
+
+
 def test_a_restart_takes_the_furthest_checkpoint_and_one_written_as_the_run_ended_trains_nothing(monkeypatch, tmp_path):
     """Ray Train records a checkpoint only once it has collected every worker's report of it: a
     worker killed a step after a checkpoint made the new group start again from step 0 (or from the

@@ -281,6 +281,8 @@ def test_a_killed_worker_is_replaced_and_with_no_retries_left_the_run_says_what_
     # trained and logged twice. The checkpoint was whole on disk: the new group goes on from it.
     history = mlflow.MlflowClient().get_metric_history(result.run_id, "loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5], history
+    # and the step-2 checkpoint, superseded, goes as Ray's num_to_keep (2) would have removed it
+    assert len([p for p in (workdir / "mvssl_runs" / "faulty").glob("checkpoint_*") if p.is_dir()]) == 2
     assert killed.exists()
     said = str(failed.value)
     assert said.startswith("training failed: ") and "\n" not in said, said

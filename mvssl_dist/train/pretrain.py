@@ -563,24 +563,67 @@ def set_aside_unusable_ray_record(run_dir: Path, start_step: int, report: Callab
     )
 
 
-def remove_partial_checkpoints(run_dir: Path) -> int:
-    """Remove the checkpoint folders a failed copy left half-written (a full disk): how many.
-
-    Ray Train leaves them behind, and with them the space a resume needs. A complete checkpoint's
-    ``state.pt`` is a whole zip archive (``torch.save``), which ends with its central directory.
-    """
-    import shutil
+def is_whole(folder: Path) -> bool:
+    """Whether a checkpoint folder's copy is complete: ``state.pt`` is a whole zip archive
+    (``torch.save``), which ends with its central directory."""
     import zipfile
 
     from mvssl_dist.train.loop import STATE_FILE
 
+    state = folder / STATE_FILE
+    return state.is_file() and zipfile.is_zipfile(state)
+
+
+def remove_partial_checkpoints(run_dir: Path) -> int:
+    """Remove the checkpoint folders a failed copy left half-written (a full disk): how many.
+
+    Ray Train leaves them behind, and with them the space a resume needs."""
+    import shutil
+
     removed = 0
     for folder in run_dir.glob("checkpoint_*"):
-        state = folder / STATE_FILE
-        if folder.is_dir() and not (state.is_file() and zipfile.is_zipfile(state)):
+        if folder.is_dir() and not is_whole(folder):
             shutil.rmtree(folder, ignore_errors=True)
             removed += 1
     return removed
+
+
+def recorded_folders(run_dir: Path) -> set[str] | None:
+    """The checkpoint folders Ray Train's record of the run holds; None when it has no usable record."""
+    if not (run_dir / RAY_RECORD).is_file() or ray_record_problem(run_dir) is not None:
+        return None
+    record = json.loads((run_dir / RAY_RECORD).read_text())
+    return {str(r.get("checkpoint_dir_name")) for r in record.get("checkpoint_results") or [] if isinstance(r, dict)}
+
+
+def remove_unkept_checkpoints(run_dir: Path, registered: Path) -> str | None:
+    """After a fit: remove the checkpoint folders Ray Train's record does not hold, but for the one
+    ``registered``; the line that says so, or None.
+
+    A restart leaves two kinds behind, which Ray's ``num_to_keep`` never removes as it does not know
+    them: the copy a killed rank 0 left half-written, and a whole one written just before a worker
+    was lost (Ray records a checkpoint once every worker has reported it), which later ones
+    superseded. Without a usable record, only half-written ones go."""
+    import shutil
+
+    kept = recorded_folders(run_dir)
+    partial = superseded = 0
+    for folder in sorted(run_dir.glob("checkpoint_*")):
+        if not folder.is_dir() or folder.resolve() == registered.resolve():
+            continue
+        if not is_whole(folder):
+            partial += 1
+        elif kept is not None and folder.name not in kept:
+            superseded += 1
+        else:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+    if not partial + superseded:
+        return None
+    return (
+        f"[pretrain] {partial + superseded} checkpoint folder(s) a restart left behind were removed "
+        f"({partial} half-written, {superseded} superseded and not in Ray Train's record)"
+    )
 
 
 def removed_partial_line(removed: int) -> str:
@@ -812,6 +855,7 @@ def train_and_register(
         if checkpoint is None:
             mlflow.MlflowClient().set_terminated(run_id, status="FAILED")
             raise PretrainError("training ended without a checkpoint; nothing registered")
+        tidy_checkpoints(run_dir, Path(checkpoint.path), report)
     try:
         with checkpoint.as_directory() as checkpoint_dir:
             version, state = finish(cfg, run_id, Path(checkpoint_dir), model_name)
@@ -823,6 +867,16 @@ def train_and_register(
         report(line)
     collapsed = bool(state.get("collapsed"))
     return PretrainResult(run_id, name, model_name, version, state["step"], checkpoint.path, collapsed)
+
+
+def tidy_checkpoints(run_dir: Path, registered: Path, report: Callable[[str], None]) -> None:
+    """:func:`remove_unkept_checkpoints`, said; storage that fails here does not fail a trained run."""
+    try:
+        line = remove_unkept_checkpoints(run_dir, registered)
+    except OSError as err:
+        line = f"[pretrain] the checkpoint folders were left as they are: {first_line(err)}"
+    if line:
+        report(line)
 
 
 def trained_to_the_end(checkpoint, cfg: dict) -> bool:
