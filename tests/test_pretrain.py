@@ -265,7 +265,8 @@ def test_a_killed_worker_is_replaced_and_with_no_retries_left_the_run_says_what_
     extra = {"train.max_steps": 5, "train.checkpoint_every": 2, "train.max_failures": 1}
     try:
         cfg = load_config(ROOT / "configs" / "clustering.yaml", tiny(dataset, "clustering", **extra))
-        result = pretrain(cfg, run_name="faulty", ray_address=cluster.address, report=lambda m: None)
+        said: list[str] = []
+        result = pretrain(cfg, run_name="faulty", ray_address=cluster.address, report=said.append)
         assert killed.exists()  # the worker really was killed once
         killed.unlink()
         cfg = load_config(None, tiny(dataset, **{**extra, "train.max_steps": 6, "train.max_failures": 0}))
@@ -281,6 +282,8 @@ def test_a_killed_worker_is_replaced_and_with_no_retries_left_the_run_says_what_
     # trained and logged twice. The checkpoint was whole on disk: the new group goes on from it.
     history = mlflow.MlflowClient().get_metric_history(result.run_id, "loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5], history
+    restarted = "[pretrain] a worker was lost; Ray Train restarted the workers (restart 1), going on from the step 2"
+    assert [line for line in said if line.startswith(restarted)] == [restarted + " checkpoint"], said
     # and the step-2 checkpoint, superseded, goes as Ray's num_to_keep (2) would have removed it
     assert len([p for p in (workdir / "mvssl_runs" / "faulty").glob("checkpoint_*") if p.is_dir()]) == 2
     assert killed.exists()

@@ -3,7 +3,7 @@ failing fetch never breaks a run. (The Ray side runs in tests/test_pretrain.py.)
 
 import threading
 
-from mvssl_dist.train.progress import ProgressPost, ProgressPrinter, clock, progress_line
+from mvssl_dist.train.progress import ProgressPost, ProgressPrinter, clock, progress_line, restart_line
 
 
 def test_a_progress_line_gives_step_loss_pace_and_time_left():
@@ -49,3 +49,31 @@ def test_the_printer_polls_while_the_run_goes_on_and_survives_a_failing_fetch():
 def test_only_rank_0_posts_and_a_run_without_the_actor_posts_nothing():
     assert ProgressPost(None, 0).handle is None and ProgressPost("run", 1).handle is None
     ProgressPost(None, 0).post(3, 10, {"loss": 1.0})  # a no-op, no Ray needed
+
+
+def test_a_restart_of_the_workers_is_said_once_with_the_step_it_goes_on_from():
+    """A worker lost and replaced (Ray Train's max_failures) showed only the raylet's line about a
+    dead worker, and then the progress went on, or went back, with no word of ours."""
+    first, again, last = {"step": 0, "ended": False}, {"step": 4, "ended": False}, {"step": 6, "ended": True}
+    posts = iter(
+        [
+            {"starts": [first]},  # started, nothing logged yet
+            {"step": 5, "loss": 3.0, "starts": [first]},
+            {"step": 5, "loss": 3.0, "starts": [first, again]},  # lost after step 5: back to the step-4 checkpoint
+            {"step": 6, "loss": 2.0, "starts": [first, again]},
+            {"step": 6, "loss": 2.0, "starts": [first, again, last]},
+        ]
+    )
+    lines = []
+    printer = ProgressPrinter(lambda: next(posts), 6, lines.append, every_s=3600)
+    for _ in range(5):
+        printer.tick()
+    assert lines == [
+        lines[0],
+        "[pretrain] a worker was lost; Ray Train restarted the workers (restart 1), going on from the step 4 checkpoint",
+        lines[2],
+        "[pretrain] a worker was lost; Ray Train restarted the workers (restart 2), going on from the step 6 "
+        "checkpoint, the run's last: nothing is left to train",
+    ]
+    assert lines[0].startswith("[pretrain] step 5 of 6") and lines[2].startswith("[pretrain] step 6 of 6")
+    assert restart_line(1, {"step": 0}).endswith("going on from the start (no checkpoint yet)")

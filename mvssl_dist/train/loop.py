@@ -464,13 +464,14 @@ def train_loop_per_worker(cfg: dict) -> None:
     method = build_method(cfg["method"]["name"], **cfg["method"]["options"])
     optimizer = torch.optim.AdamW(param_groups(method), lr=t["lr"], weight_decay=t["weight_decay"])
     step, collapsed_tagged, ended = restore(method, optimizer, cfg)
+    progress = ProgressPost(cfg.get("run_id"), rank)
+    progress.started(step, ended)
     if ended:  # a worker lost after the run's last checkpoint: Ray restarts the group, nothing is left to train
         return
     method, model = prepare(method, cfg, device)
     method.train()
     schedules = schedules_for(cfg)
     tracker = Rank0Tracker(cfg, rank)
-    progress = ProgressPost(cfg.get("run_id"), rank)
     watch = CollapseWatch(t, step)
     timebox = TimeBox(t["max_minutes"], device, fit=t["fit_to_max_minutes"])
     augment = device_augmentation(cfg, device, rank, step)

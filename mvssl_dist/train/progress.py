@@ -4,7 +4,9 @@ Workers' output does not reach the driver (``log_to_driver=False`` keeps Ray's w
 console), and ``trainer.fit()`` returns only at the end, so a run used to print nothing between its
 first and last line for minutes. Rank 0 now posts each logged step to a small named actor (the
 same pattern as the views' counter actor), and a thread in the driver prints the newest post every
-``every_s`` seconds, and once more at the end if the run moved since.
+``every_s`` seconds, and once more at the end if the run moved since. Rank 0 also posts the step
+each start of the workers goes on from, so that a restart after a lost worker (Ray Train's
+``max_failures``) is said in a line of ours, not only in the raylet's.
 """
 
 from __future__ import annotations
@@ -26,12 +28,18 @@ def _progress_actor_class():
     class ProgressBoard:
         def __init__(self) -> None:
             self.latest: dict | None = None
+            self.starts: list[dict] = []
 
         def post(self, latest: dict) -> None:
             self.latest = latest
 
+        def start(self, start: dict) -> None:
+            self.starts.append(start)
+
         def get(self) -> dict | None:
-            return self.latest
+            if self.latest is None and not self.starts:
+                return None
+            return {**(self.latest or {}), "starts": self.starts}
 
     return ProgressBoard
 
@@ -55,6 +63,20 @@ class ProgressPost:
             keep = ("loss", "samples_per_s", "data_wait_fraction", "metrics_unlogged")
             figures = {k: float(metrics[k]) for k in keep if k in metrics}
             self.handle.post.remote({"step": step, "total_steps": total_steps, **figures})
+
+    def started(self, step: int, ended: bool) -> None:
+        """The workers (re)started from ``step``; ``ended``: that checkpoint was the run's last."""
+        if self.handle is not None:
+            self.handle.start.remote({"step": step, "ended": ended})
+
+
+def restart_line(restart: int, start: dict) -> str:
+    """``[pretrain] a worker was lost; Ray Train restarted the workers (restart 1), going on from ...``."""
+    step = start["step"]
+    where = f"the step {step} checkpoint" if step else "the start (no checkpoint yet)"
+    if start.get("ended"):
+        where = f"the step {step} checkpoint, the run's last: nothing is left to train"
+    return f"[pretrain] a worker was lost; Ray Train restarted the workers (restart {restart}), going on from {where}"
 
 
 def progress_line(latest: dict, total_steps: int, elapsed_s: float, steps_per_s: float | None) -> str:
@@ -98,6 +120,7 @@ class ProgressPrinter:
         self.started = time.monotonic()
         self.printed_step: int | None = None
         self.first_seen: tuple[float, int] | None = None  # (time, step) of the first post seen
+        self.starts_said = 1  # the first start is the run's own, not a restart
 
     def __enter__(self) -> ProgressPrinter:
         self.started = time.monotonic()
@@ -118,7 +141,13 @@ class ProgressPrinter:
             latest = self.fetch()
         except Exception:  # noqa: BLE001 - the actor may be gone with a failed run; the run reports that
             return
-        if not latest or latest["step"] == self.printed_step:
+        if not latest:
+            return
+        starts = latest.get("starts") or []
+        for restart in range(self.starts_said, len(starts)):
+            self.report(restart_line(restart, starts[restart]))
+        self.starts_said = max(self.starts_said, len(starts))
+        if "step" not in latest or latest["step"] == self.printed_step:
             return
         now = time.monotonic()
         if self.first_seen is None:
