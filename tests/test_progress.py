@@ -76,4 +76,5 @@ def test_a_restart_of_the_workers_is_said_once_with_the_step_it_goes_on_from():
         "checkpoint, the run's last: nothing is left to train",
     ]
     assert lines[0].startswith("[pretrain] step 5 of 6") and lines[2].startswith("[pretrain] step 6 of 6")
+    assert printer.restarts == [again, last]  # tagged on the MLflow run at the end
     assert restart_line(1, {"step": 0}).endswith("going on from the start (no checkpoint yet)")

@@ -651,8 +651,10 @@ def fit(trainer, cfg: dict, run_dir: Path, report, progress_every_s: float, cont
     run_id = cfg["run_id"]
     ctrl_c = signal.getsignal(signal.SIGINT)
     try:
-        with RunProgress(progress_actor_name(run_id), cfg["total_steps"], report, progress_every_s):
-            return trainer.fit()
+        with RunProgress(progress_actor_name(run_id), cfg["total_steps"], report, progress_every_s) as progress:
+            result = trainer.fit()
+        tag_restarts(run_id, progress.printer.restarts)
+        return result
     except Exception as err:
         mlflow.MlflowClient().set_terminated(run_id, status="FAILED")
         cause = str(err).strip().splitlines()[-1][:400]
@@ -673,6 +675,16 @@ def fit(trainer, cfg: dict, run_dir: Path, report, progress_every_s: float, cont
             signal.signal(signal.SIGINT, ctrl_c)  # Ray Train's handler would abort a finished run
         report_lost_views(cfg, f"views-{run_dir.name}", report)
         release_stats_actor(f"views-{run_dir.name}")
+
+
+def tag_restarts(run_id: str, restarts: list[dict]) -> None:
+    """Tag the MLflow run with the steps its workers were restarted from, when they were: the
+    steps trained again after a restart are logged twice, and the run's page says why."""
+    import mlflow
+
+    if restarts:
+        steps = ", ".join(str(r["step"]) for r in restarts)
+        mlflow.MlflowClient().set_tag(run_id, "workers_restarted_from_steps", steps)
 
 
 def report_lost_views(cfg: dict, stats_name: str, report: Callable[[str], None]) -> None:

@@ -120,7 +120,7 @@ class ProgressPrinter:
         self.started = time.monotonic()
         self.printed_step: int | None = None
         self.first_seen: tuple[float, int] | None = None  # (time, step) of the first post seen
-        self.starts_said = 1  # the first start is the run's own, not a restart
+        self.restarts: list[dict] = []  # every start of the workers after the first: {"step", "ended"}
 
     def __enter__(self) -> ProgressPrinter:
         self.started = time.monotonic()
@@ -144,9 +144,9 @@ class ProgressPrinter:
         if not latest:
             return
         starts = latest.get("starts") or []
-        for restart in range(self.starts_said, len(starts)):
+        for restart in range(len(self.restarts) + 1, len(starts)):  # the first start is the run's own
             self.report(restart_line(restart, starts[restart]))
-        self.starts_said = max(self.starts_said, len(starts))
+            self.restarts.append(starts[restart])
         if "step" not in latest or latest["step"] == self.printed_step:
             return
         now = time.monotonic()
