@@ -682,8 +682,10 @@ def tag_restarts(run_id: str, restarts: list[dict]) -> None:
     steps trained again after a restart are logged twice, and the run's page says why."""
     import mlflow
 
-    if restarts:
-        steps = ", ".join(str(r["step"]) for r in restarts)
+    if not restarts:
+        return
+    steps = ", ".join(str(r["step"]) for r in restarts)
+    with contextlib.suppress(Exception):  # a tracking server away now must not fail a trained run
         mlflow.MlflowClient().set_tag(run_id, "workers_restarted_from_steps", steps)
 
 
@@ -885,7 +887,7 @@ def tidy_checkpoints(run_dir: Path, registered: Path, report: Callable[[str], No
     """:func:`remove_unkept_checkpoints`, said; storage that fails here does not fail a trained run."""
     try:
         line = remove_unkept_checkpoints(run_dir, registered)
-    except OSError as err:
+    except (OSError, ValueError) as err:
         line = f"[pretrain] the checkpoint folders were left as they are: {first_line(err)}"
     if line:
         report(line)
