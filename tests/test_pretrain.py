@@ -265,8 +265,8 @@ def test_a_killed_worker_is_replaced_and_with_no_retries_left_the_run_says_what_
     extra = {"train.max_steps": 5, "train.checkpoint_every": 2, "train.max_failures": 1}
     try:
         cfg = load_config(ROOT / "configs" / "clustering.yaml", tiny(dataset, "clustering", **extra))
-        said: list[str] = []
-        result = pretrain(cfg, run_name="faulty", ray_address=cluster.address, report=said.append)
+        lines: list[str] = []
+        result = pretrain(cfg, run_name="faulty", ray_address=cluster.address, report=lines.append)
         assert killed.exists()  # the worker really was killed once
         killed.unlink()
         cfg = load_config(None, tiny(dataset, **{**extra, "train.max_steps": 6, "train.max_failures": 0}))
@@ -283,7 +283,7 @@ def test_a_killed_worker_is_replaced_and_with_no_retries_left_the_run_says_what_
     history = mlflow.MlflowClient().get_metric_history(result.run_id, "loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5], history
     restarted = "[pretrain] a worker was lost; Ray Train restarted the workers (restart 1), going on from the step 2"
-    assert [line for line in said if line.startswith(restarted)] == [restarted + " checkpoint"], said
+    assert [line for line in lines if line.startswith(restarted)] == [restarted + " checkpoint"], lines
     assert mlflow.MlflowClient().get_run(result.run_id).data.tags["workers_restarted_from_steps"] == "2"
     # and the step-2 checkpoint, superseded, goes as Ray's num_to_keep (2) would have removed it
     assert len([p for p in (workdir / "mvssl_runs" / "faulty").glob("checkpoint_*") if p.is_dir()]) == 2
