@@ -651,7 +651,9 @@ def fit(trainer, cfg: dict, run_dir: Path, report, progress_every_s: float, cont
     run_id = cfg["run_id"]
     ctrl_c = signal.getsignal(signal.SIGINT)
     try:
-        with RunProgress(progress_actor_name(run_id), cfg["total_steps"], report, progress_every_s) as progress:
+        board = progress_actor_name(run_id)
+        failures = cfg["train"]["max_failures"]
+        with RunProgress(board, cfg["total_steps"], report, progress_every_s, failures) as progress:
             result = trainer.fit()
         tag_restarts(run_id, progress.printer.restarts)
         return result

@@ -70,12 +70,17 @@ class ProgressPost:
             self.handle.start.remote({"step": step, "ended": ended})
 
 
-def restart_line(restart: int, start: dict) -> str:
-    """``[pretrain] a worker was lost; Ray Train restarted the workers (restart 1), going on from ...``."""
+def restart_line(restart: int, start: dict, max_failures: int = -1) -> str:
+    """``[pretrain] a worker was lost; Ray Train restarted the workers (restart 1), going on from ...``,
+    and how many more lost workers the run survives (``train.max_failures``; -1: any number)."""
     step = start["step"]
     where = f"the step {step} checkpoint" if step else "the start (no checkpoint yet)"
     if start.get("ended"):
         where = f"the step {step} checkpoint, the run's last: nothing is left to train"
+    elif max_failures >= 0:
+        left = max_failures - restart
+        more = f"{left} more restart(s) allowed" if left > 0 else "another lost worker fails the run"
+        where += f"; {more} (train.max_failures {max_failures})"
     return f"[pretrain] a worker was lost; Ray Train restarted the workers (restart {restart}), going on from {where}"
 
 
@@ -113,8 +118,10 @@ class ProgressPrinter:
         total_steps: int,
         report: Callable[[str], None],
         every_s: float = 20.0,
+        max_failures: int = -1,
     ) -> None:
         self.fetch, self.total_steps, self.report, self.every_s = fetch, total_steps, report, every_s
+        self.max_failures = max_failures
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="mvssl-progress", daemon=True)
         self.started = time.monotonic()
@@ -145,7 +152,7 @@ class ProgressPrinter:
             return
         starts = latest.get("starts") or []
         for restart in range(len(self.restarts) + 1, len(starts)):  # the first start is the run's own
-            self.report(restart_line(restart, starts[restart]))
+            self.report(restart_line(restart, starts[restart], self.max_failures))
             self.restarts.append(starts[restart])
         if "step" not in latest or latest["step"] == self.printed_step:
             return
@@ -162,9 +169,11 @@ class ProgressPrinter:
 class RunProgress:
     """The named actor and the printer for one run: ``with RunProgress(name, total, report):``."""
 
-    def __init__(self, name: str, total_steps: int, report: Callable[[str], None], every_s: float = 20.0) -> None:
+    def __init__(
+        self, name: str, total_steps: int, report: Callable[[str], None], every_s: float = 20.0, max_failures: int = -1
+    ) -> None:
         self.actor = _progress_actor_class().options(name=name, get_if_exists=True).remote()
-        self.printer = ProgressPrinter(self._fetch, total_steps, report, every_s)
+        self.printer = ProgressPrinter(self._fetch, total_steps, report, every_s, max_failures)
 
     def _fetch(self) -> dict | None:
         import ray
