@@ -282,8 +282,10 @@ def test_a_killed_worker_is_replaced_and_with_no_retries_left_the_run_says_what_
     # trained and logged twice. The checkpoint was whole on disk: the new group goes on from it.
     history = mlflow.MlflowClient().get_metric_history(result.run_id, "loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5], history
-    restarted = "[pretrain] a worker was lost; Ray Train restarted the workers (restart 1), going on from the step 2"
-    alone = restarted + " checkpoint; another lost worker fails the run (train.max_failures 1)"
+    restarted = (
+        "[pretrain] a worker failed or was lost; Ray Train restarted the workers (restart 1), going on from the step 2"
+    )
+    alone = restarted + " checkpoint; another failure ends the run (train.max_failures 1)"
     assert [line for line in lines if line.startswith(restarted)] == [alone], lines
     assert mlflow.MlflowClient().get_run(result.run_id).data.tags["workers_restarted_from_steps"] == "2"
     # and the step-2 checkpoint, superseded, goes as Ray's num_to_keep (2) would have removed it

@@ -70,15 +70,15 @@ def test_a_restart_of_the_workers_is_said_once_with_the_step_it_goes_on_from():
         printer.tick()
     assert lines == [
         lines[0],
-        "[pretrain] a worker was lost; Ray Train restarted the workers (restart 1), going on from the step 4 "
+        "[pretrain] a worker failed or was lost; Ray Train restarted the workers (restart 1), going on from the step 4 "
         "checkpoint; 2 more restart(s) allowed (train.max_failures 3)",
         lines[2],
-        "[pretrain] a worker was lost; Ray Train restarted the workers (restart 2), going on from the step 6 "
+        "[pretrain] a worker failed or was lost; Ray Train restarted the workers (restart 2), going on from the step 6 "
         "checkpoint, the run's last: nothing is left to train",
     ]
     assert lines[0].startswith("[pretrain] step 5 of 6") and lines[2].startswith("[pretrain] step 6 of 6")
     assert printer.restarts == [again, last]  # tagged on the MLflow run at the end
     assert restart_line(1, {"step": 0}).endswith("going on from the start (no checkpoint yet)")  # -1: no limit
     assert restart_line(1, {"step": 2}, 1).endswith(
-        "from the step 2 checkpoint; another lost worker fails the run (train.max_failures 1)"
+        "from the step 2 checkpoint; another failure ends the run (train.max_failures 1)"
     )

@@ -71,7 +71,7 @@ class ProgressPost:
 
 
 def restart_line(restart: int, start: dict, max_failures: int = -1) -> str:
-    """``[pretrain] a worker was lost; Ray Train restarted the workers (restart 1), going on from ...``,
+    """``[pretrain] a worker failed or was lost; Ray Train restarted the workers (restart 1), going on from ...``,
     and how many more lost workers the run survives (``train.max_failures``; -1: any number)."""
     step = start["step"]
     where = f"the step {step} checkpoint" if step else "the start (no checkpoint yet)"
@@ -79,9 +79,9 @@ def restart_line(restart: int, start: dict, max_failures: int = -1) -> str:
         where = f"the step {step} checkpoint, the run's last: nothing is left to train"
     elif max_failures >= 0:
         left = max_failures - restart
-        more = f"{left} more restart(s) allowed" if left > 0 else "another lost worker fails the run"
+        more = f"{left} more restart(s) allowed" if left > 0 else "another failure ends the run"
         where += f"; {more} (train.max_failures {max_failures})"
-    return f"[pretrain] a worker was lost; Ray Train restarted the workers (restart {restart}), going on from {where}"
+    return f"[pretrain] a worker failed or was lost; Ray Train restarted the workers (restart {restart}), going on from {where}"
 
 
 def progress_line(latest: dict, total_steps: int, elapsed_s: float, steps_per_s: float | None) -> str:
