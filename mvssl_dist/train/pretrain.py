@@ -578,14 +578,26 @@ def remove_partial_checkpoints(run_dir: Path) -> int:
     """Remove the checkpoint folders a failed copy left half-written (a full disk): how many.
 
     Ray Train leaves them behind, and with them the space a resume needs."""
+    return sum(remove_checkpoint_folders(run_dir, kept=None, registered=None))
+
+
+def remove_checkpoint_folders(run_dir: Path, kept: set[str] | None, registered: Path | None) -> tuple[int, int]:
+    """Remove every half-written checkpoint folder, and the whole ones not in ``kept`` (None: keep
+    them all), ``registered`` always kept: ``(half-written, whole)`` removed."""
     import shutil
 
-    removed = 0
-    for folder in run_dir.glob("checkpoint_*"):
-        if folder.is_dir() and not is_whole(folder):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed += 1
-    return removed
+    partial = superseded = 0
+    for folder in sorted(run_dir.glob("checkpoint_*")):
+        if not folder.is_dir() or (registered is not None and folder.resolve() == registered.resolve()):
+            continue
+        if not is_whole(folder):
+            partial += 1
+        elif kept is not None and folder.name not in kept:
+            superseded += 1
+        else:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+    return partial, superseded
 
 
 def recorded_folders(run_dir: Path) -> set[str] | None:
@@ -604,20 +616,7 @@ def remove_unkept_checkpoints(run_dir: Path, registered: Path) -> str | None:
     them: the copy a killed rank 0 left half-written, and a whole one written just before a worker
     was lost (Ray records a checkpoint once every worker has reported it), which later ones
     superseded. Without a usable record, only half-written ones go."""
-    import shutil
-
-    kept = recorded_folders(run_dir)
-    partial = superseded = 0
-    for folder in sorted(run_dir.glob("checkpoint_*")):
-        if not folder.is_dir() or folder.resolve() == registered.resolve():
-            continue
-        if not is_whole(folder):
-            partial += 1
-        elif kept is not None and folder.name not in kept:
-            superseded += 1
-        else:
-            continue
-        shutil.rmtree(folder, ignore_errors=True)
+    partial, superseded = remove_checkpoint_folders(run_dir, recorded_folders(run_dir), registered)
     if not partial + superseded:
         return None
     return (

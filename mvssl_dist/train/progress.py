@@ -72,7 +72,7 @@ class ProgressPost:
 
 def restart_line(restart: int, start: dict, max_failures: int = -1) -> str:
     """``[pretrain] a worker failed or was lost; Ray Train restarted the workers (restart 1), going on from ...``,
-    and how many more lost workers the run survives (``train.max_failures``; -1: any number)."""
+    and how many more failures the run survives (``train.max_failures``; -1: any number)."""
     step = start["step"]
     where = f"the step {step} checkpoint" if step else "the start (no checkpoint yet)"
     if start.get("ended"):
