@@ -529,23 +529,35 @@ def continuation(run_dir: Path, cfg: dict, continue_with: str | None) -> str:
 RAY_RECORD = "checkpoint_manager_snapshot.json"  # Ray Train's list of a run's checkpoints
 
 
-def ray_record_problem(run_dir: Path) -> str | None:
-    """Why Ray Train would refuse to resume from its record of the run's checkpoints, if it would."""
+def ray_record(run_dir: Path) -> tuple[dict | None, str | None]:
+    """Ray Train's record of the run's checkpoints (None when there is none) and why Ray Train would
+    refuse to resume from it (None when it would not)."""
     import ray
 
     try:
         record = json.loads((run_dir / RAY_RECORD).read_text())
     except FileNotFoundError:
-        return None
+        return None, None
     except (ValueError, OSError) as err:  # cut short by a full disk or a kill
-        return f"it cannot be read ({first_line(err)})"
+        return None, f"it cannot be read ({first_line(err)})"
     if not isinstance(record, dict):
-        return "it is not a record of checkpoints"
+        return None, "it is not a record of checkpoints"
     if record.get("ray_version") != ray.__version__:
-        return f"Ray {record.get('ray_version')} wrote it and this is Ray {ray.__version__}"
-    named = {r.get("checkpoint_dir_name") for r in record.get("checkpoint_results") or [] if isinstance(r, dict)}
-    missing = sorted(str(n) for n in named if not (run_dir / str(n)).is_dir())
-    return f"it lists {len(missing)} checkpoint folder(s) no longer there, e.g. {missing[0]}" if missing else None
+        return record, f"Ray {record.get('ray_version')} wrote it and this is Ray {ray.__version__}"
+    missing = sorted(n for n in recorded_names(record) if not (run_dir / n).is_dir())
+    problem = f"it lists {len(missing)} checkpoint folder(s) no longer there, e.g. {missing[0]}" if missing else None
+    return record, problem
+
+
+def recorded_names(record: dict) -> set[str]:
+    """The checkpoint folder names a record of Ray Train lists."""
+    results = record.get("checkpoint_results") or []
+    return {str(r.get("checkpoint_dir_name")) for r in results if isinstance(r, dict)}
+
+
+def ray_record_problem(run_dir: Path) -> str | None:
+    """Why Ray Train would refuse to resume from its record of the run's checkpoints, if it would."""
+    return ray_record(run_dir)[1]
 
 
 def set_aside_unusable_ray_record(run_dir: Path, start_step: int, report: Callable[[str], None]) -> None:
@@ -602,10 +614,8 @@ def remove_checkpoint_folders(run_dir: Path, kept: set[str] | None, registered: 
 
 def recorded_folders(run_dir: Path) -> set[str] | None:
     """The checkpoint folders Ray Train's record of the run holds; None when it has no usable record."""
-    if not (run_dir / RAY_RECORD).is_file() or ray_record_problem(run_dir) is not None:
-        return None
-    record = json.loads((run_dir / RAY_RECORD).read_text())
-    return {str(r.get("checkpoint_dir_name")) for r in record.get("checkpoint_results") or [] if isinstance(r, dict)}
+    record, problem = ray_record(run_dir)
+    return None if record is None or problem is not None else recorded_names(record)
 
 
 def remove_unkept_checkpoints(run_dir: Path, registered: Path) -> str | None:
