@@ -23,12 +23,11 @@ from registry_checks import assert_registered_as_trained
 
 from mvssl_dist.cli import main
 from mvssl_dist.config import ConfigError, load_config
-from mvssl_dist.train.loop import latest_checkpoint
+from mvssl_dist.train.checkpoints import latest_checkpoint
 from mvssl_dist.train.pretrain import (
     epochs_to_read,
     pretrain,
     short_epochs_line,
-    trained_to_the_end,
 )
 
 pytestmark = pytest.mark.slow
@@ -314,25 +313,6 @@ def test_epochs_shorter_than_planned_are_said_with_why():
     line = short_epochs_line({"tracks": 2000, "rows": 1000, "silent": 0, "too_short": 1000}, 1, 10)
     assert "(1,000 of 2,000 drawn): 1,000 times a track was too short for the views and their gap, so" in line, line
     assert short_epochs_line({}, 4, 15) is None
-
-
-def test_a_checkpoint_is_the_runs_last_when_written_as_it_ended(tmp_path):
-    """A run stopped early (for collapse, its views run out) whose registration failed was trained
-    on by its resume: only the last planned step, or a spent time box, counted as the end."""
-    import ray.train
-
-    def checkpoint(**state) -> ray.train.Checkpoint:
-        folder = tmp_path / str(len(list(tmp_path.iterdir())))
-        folder.mkdir()
-        torch.save(state, folder / "state.pt")
-        return ray.train.Checkpoint.from_directory(folder)
-
-    cfg = {"total_steps": 12}
-    assert trained_to_the_end(checkpoint(step=4, total_steps=12, last=True), cfg)
-    assert not trained_to_the_end(checkpoint(step=4, total_steps=12, last=False), cfg)
-    assert trained_to_the_end(checkpoint(step=7, total_steps=12, out_of_time=True), cfg)
-    assert trained_to_the_end(checkpoint(step=9, total_steps=9), cfg)  # fitted to train.max_minutes
-    assert trained_to_the_end(checkpoint(step=12), cfg) and not trained_to_the_end(checkpoint(step=6), cfg)
 
 
 def hold_elsewhere(folder: Path) -> int:

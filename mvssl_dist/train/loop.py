@@ -24,10 +24,10 @@ from mvssl_dist.losses.distributed import world_size
 from mvssl_dist.methods import build_method
 from mvssl_dist.tracking import first_line
 from mvssl_dist.train.batchnorm import convert_cross_rank_batchnorm
+from mvssl_dist.train.checkpoints import STATE_FILE, newest_checkpoint
 from mvssl_dist.train.progress import ProgressPost
 from mvssl_dist.train.schedules import Schedules
 
-STATE_FILE = "state.pt"
 INT16_SCALE = 32768.0
 
 
@@ -94,48 +94,6 @@ def save_state(directory: Path, method, optimizer, step: int, epoch: int, cfg: d
         },
         directory / STATE_FILE,
     )
-
-
-def load_state(checkpoint) -> dict:
-    with checkpoint.as_directory() as directory:
-        return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
-
-
-def newest_on_disk(run_dir: Path) -> tuple:
-    """The newest checkpoint under ``run_dir`` whose state loads (a kill can leave a partial copy):
-    ``(checkpoint, its state)``, or ``(None, None)``."""
-    from ray.train import Checkpoint
-
-    candidates = sorted(run_dir.glob(f"checkpoint_*/{STATE_FILE}"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for path in candidates:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # partial or corrupt: try the one before
-            continue
-        return Checkpoint.from_directory(str(path.parent)), state
-    return None, None
-
-
-def latest_checkpoint(run_dir: Path) -> tuple:
-    """:func:`newest_on_disk` as ``(checkpoint, its step)``, or ``(None, 0)``."""
-    checkpoint, state = newest_on_disk(run_dir)
-    return checkpoint, state["step"] if state else 0
-
-
-def newest_checkpoint(recorded, run_dir: Path) -> tuple:
-    """The furthest trained of Ray Train's ``recorded`` checkpoint (or ``None``) and the newest
-    whole one under ``run_dir``: ``(checkpoint, its state)``, or ``(None, None)``; a tie keeps Ray's.
-
-    Ray Train records a checkpoint once it has collected every worker's report of it (it polls
-    every 2 s): one written just before a worker died is on disk but not in its record, and a
-    restart would go back to the checkpoint before it, or to step 0."""
-    best, best_state = newest_on_disk(run_dir)
-    if recorded is None or (best is not None and Path(recorded.path).resolve() == Path(best.path).resolve()):
-        return best, best_state
-    state = load_state(recorded)
-    if best_state is None or state["step"] >= best_state["step"]:
-        return recorded, state
-    return best, best_state
 
 
 class Rank0Tracker:

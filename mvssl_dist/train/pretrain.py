@@ -29,6 +29,15 @@ from mvssl_dist.methods import build_method, canonical_name, check_options
 from mvssl_dist.shards.reader import damaged_message, damaged_shards, load_index
 from mvssl_dist.shards.uris import display_uri, local_dir, local_folder
 from mvssl_dist.tracking import connect, default_tracking_uri, first_line, without_password
+from mvssl_dist.train.checkpoints import (
+    latest_checkpoint,
+    newest_checkpoint,
+    remove_partial_checkpoints,
+    removed_partial_line,
+    set_aside_unusable_ray_record,
+    tidy_checkpoints,
+    trained_to_the_end,
+)
 
 RUN_RECORD = "mvssl_run.json"
 # What a resumed run may change: how it runs, not what it learns. data.path may move; the dataset
@@ -487,8 +496,6 @@ def finished_run(cfg: dict, run_dir: Path) -> PretrainResult | None:
         return None  # start_or_resume_run says what is wrong
     if not versions:
         return None
-    from mvssl_dist.train.loop import latest_checkpoint
-
     last = max(versions, key=lambda v: int(v.version))
     checkpoint, step = latest_checkpoint(run_dir)
     return PretrainResult(
@@ -510,8 +517,6 @@ def interrupted_line(run_dir: Path, cfg: dict, continue_with: str | None) -> str
 
 def continuation(run_dir: Path, cfg: dict, continue_with: str | None) -> str:
     """The stopped run's last checkpoint, and the command that continues it from there."""
-    from mvssl_dist.train.loop import latest_checkpoint
-
     _, step = latest_checkpoint(run_dir)
     kept = f"its last checkpoint, step {step}, is kept" if step else "no checkpoint was written yet"
     if continue_with is None:
@@ -524,119 +529,6 @@ def continuation(run_dir: Path, cfg: dict, continue_with: str | None) -> str:
                 f" --tracking-uri {shlex.quote(uri)}" if without_password(uri) == uri else f" (with {given})"
             )
     return f"{kept}; continue it with: {continue_with}"
-
-
-RAY_RECORD = "checkpoint_manager_snapshot.json"  # Ray Train's list of a run's checkpoints
-
-
-def ray_record(run_dir: Path) -> tuple[dict | None, str | None]:
-    """Ray Train's record of the run's checkpoints (None when there is none) and why Ray Train would
-    refuse to resume from it (None when it would not)."""
-    import ray
-
-    try:
-        record = json.loads((run_dir / RAY_RECORD).read_text())
-    except FileNotFoundError:
-        return None, None
-    except (ValueError, OSError) as err:  # cut short by a full disk or a kill
-        return None, f"it cannot be read ({first_line(err)})"
-    if not isinstance(record, dict):
-        return None, "it is not a record of checkpoints"
-    if record.get("ray_version") != ray.__version__:
-        return record, f"Ray {record.get('ray_version')} wrote it and this is Ray {ray.__version__}"
-    missing = sorted(n for n in recorded_names(record) if not (run_dir / n).is_dir())
-    problem = f"it lists {len(missing)} checkpoint folder(s) no longer there, e.g. {missing[0]}" if missing else None
-    return record, problem
-
-
-def recorded_names(record: dict) -> set[str]:
-    """The checkpoint folder names a record of Ray Train lists."""
-    results = record.get("checkpoint_results") or []
-    return {str(r.get("checkpoint_dir_name")) for r in results if isinstance(r, dict)}
-
-
-def ray_record_problem(run_dir: Path) -> str | None:
-    """Why Ray Train would refuse to resume from its record of the run's checkpoints, if it would."""
-    return ray_record(run_dir)[1]
-
-
-def set_aside_unusable_ray_record(run_dir: Path, start_step: int, report: Callable[[str], None]) -> None:
-    """A record Ray Train cannot resume from (a full disk cut it short, Ray was upgraded, a
-    checkpoint folder was deleted to free space) would fail every ``--resume``: it is renamed, and
-    the run goes on from its newest checkpoint on disk (:func:`mvssl_dist.train.loop.latest_checkpoint`)."""
-    problem = ray_record_problem(run_dir)
-    if problem is None:
-        return
-    kept = run_dir / f"{RAY_RECORD}.unusable"
-    (run_dir / RAY_RECORD).replace(kept)
-    start = f"its checkpoint at step {start_step}" if start_step else "the start (no checkpoint loads)"
-    report(
-        f"[pretrain] Ray Train's record of the run's checkpoints is set aside as {kept}: {problem}; going on from {start}"
-    )
-
-
-def is_whole(folder: Path) -> bool:
-    """Whether a checkpoint folder's copy is complete: ``state.pt`` is a whole zip archive
-    (``torch.save``), which ends with its central directory."""
-    import zipfile
-
-    from mvssl_dist.train.loop import STATE_FILE
-
-    state = folder / STATE_FILE
-    return state.is_file() and zipfile.is_zipfile(state)
-
-
-def remove_partial_checkpoints(run_dir: Path) -> int:
-    """Remove the checkpoint folders a failed copy left half-written (a full disk): how many.
-
-    Ray Train leaves them behind, and with them the space a resume needs."""
-    return sum(remove_checkpoint_folders(run_dir, kept=None, registered=None))
-
-
-def remove_checkpoint_folders(run_dir: Path, kept: set[str] | None, registered: Path | None) -> tuple[int, int]:
-    """Remove every half-written checkpoint folder, and the whole ones not in ``kept`` (None: keep
-    them all), ``registered`` always kept: ``(half-written, whole)`` removed."""
-    import shutil
-
-    partial = superseded = 0
-    for folder in sorted(run_dir.glob("checkpoint_*")):
-        if not folder.is_dir() or (registered is not None and folder.resolve() == registered.resolve()):
-            continue
-        if not is_whole(folder):
-            partial += 1
-        elif kept is not None and folder.name not in kept:
-            superseded += 1
-        else:
-            continue
-        shutil.rmtree(folder, ignore_errors=True)
-    return partial, superseded
-
-
-def recorded_folders(run_dir: Path) -> set[str] | None:
-    """The checkpoint folders Ray Train's record of the run holds; None when it has no usable record."""
-    record, problem = ray_record(run_dir)
-    return None if record is None or problem is not None else recorded_names(record)
-
-
-def remove_unkept_checkpoints(run_dir: Path, registered: Path) -> str | None:
-    """After a fit: remove the checkpoint folders Ray Train's record does not hold, but for the one
-    ``registered``; the line that says so, or None.
-
-    A restart leaves two kinds behind, which Ray's ``num_to_keep`` never removes as it does not know
-    them: the copy a killed rank 0 left half-written, and a whole one written just before a worker
-    was lost (Ray records a checkpoint once every worker has reported it), which later ones
-    superseded. Without a usable record, only half-written ones go."""
-    partial, superseded = remove_checkpoint_folders(run_dir, recorded_folders(run_dir), registered)
-    if not partial + superseded:
-        return None
-    return (
-        f"[pretrain] {partial + superseded} checkpoint folder(s) a restart left behind were removed "
-        f"({partial} half-written, {superseded} superseded and not in Ray Train's record)"
-    )
-
-
-def removed_partial_line(removed: int) -> str:
-    return f"{removed} checkpoint folder(s) the failure left half-written were removed; " if removed else ""
 
 
 def run_folder(cfg: dict, name: str) -> Path:
@@ -843,7 +735,6 @@ def train_and_register(
     import mlflow
 
     from mvssl_dist.raytools import init_ray
-    from mvssl_dist.train.loop import latest_checkpoint, newest_checkpoint
 
     name = run_dir.name
     if resume and not (run_dir / RUN_RECORD).is_file():  # said before Ray starts
@@ -892,24 +783,3 @@ def train_and_register(
         report(line)
     collapsed = bool(state.get("collapsed"))
     return PretrainResult(run_id, name, model_name, version, state["step"], checkpoint.path, collapsed)
-
-
-def tidy_checkpoints(run_dir: Path, registered: Path, report: Callable[[str], None]) -> None:
-    """:func:`remove_unkept_checkpoints`, said; storage that fails here does not fail a trained run."""
-    try:
-        line = remove_unkept_checkpoints(run_dir, registered)
-    except (OSError, ValueError) as err:
-        line = f"[pretrain] the checkpoint folders were left as they are: {first_line(err)}"
-    if line:
-        report(line)
-
-
-def trained_to_the_end(checkpoint, cfg: dict) -> bool:
-    """Whether a run's checkpoint is its last: written as the run ended (its last step, its time box
-    spent, stopped for collapse, the views run out), or, from before that was recorded, at its last step."""
-    from mvssl_dist.train.loop import load_state
-
-    state = load_state(checkpoint)
-    if state.get("last") or state.get("out_of_time"):
-        return True
-    return state["step"] >= state.get("total_steps", cfg["total_steps"])
