@@ -110,6 +110,14 @@ def artifacts_through_the_server() -> None:
         os.environ.setdefault(name, value)
 
 
+def quiet_without_git() -> None:
+    """MLflow tags a run and a logged model with their git commit, read through GitPython. On a
+    machine without git (the Docker image, a source archive) GitPython's 17 lines of set-up advice
+    came with each of MLflow's three warnings. There is no commit to record there, so GitPython is
+    told to stay quiet, unless the environment already says otherwise."""
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
 def fail_fast() -> None:
     """A server that does not answer is said within seconds: MLflow's default retries with backoff
     kept a command waiting for minutes. Settings already in the environment are kept."""
@@ -141,6 +149,7 @@ def connect(tracking_uri: str, experiment: str) -> str:
     check_tracking_uri(tracking_uri)
     fail_fast()
     artifacts_through_the_server()
+    quiet_without_git()
     mlflow.set_tracking_uri(tracking_uri)
     shown = without_password(tracking_uri)  # errors go to logs
     try:

@@ -93,6 +93,41 @@ def test_an_unreachable_registry_is_said_in_seconds_not_minutes(tmp_path, monkey
         load_backbone("models:/x@y")
 
 
+RUN_A_SCRIPT = """
+import sys, mlflow
+from mvssl_dist.tracking import connect
+experiment = connect(sys.argv[1], "git-check")
+with mlflow.start_run(experiment_id=experiment) as run:
+    pass
+print(mlflow.MlflowClient().get_run(run.info.run_id).data.tags.get("mlflow.source.git.commit"))
+"""
+
+
+def test_a_machine_without_git_logs_runs_without_gitpythons_advice(tmp_path):
+    """In the Docker image, which has no git, every registration printed GitPython's 17 lines of
+    set-up advice three times (MLflow looks for the run's git commit). Where git is, the commit is
+    still recorded."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "repo" / "run.py"
+    script.parent.mkdir()
+    script.write_text(RUN_A_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "GIT_PYTHON_REFRESH"}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    without = {**env, "GIT_PYTHON_GIT_EXECUTABLE": str(tmp_path / "no-git-here")}
+    done = subprocess.run([sys.executable, script, uri], env=without, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "None", done.stderr
+    assert "GIT_PYTHON_REFRESH" not in done.stderr and "Failed to import Git" not in done.stderr, done.stderr
+    git = ["git", "-C", str(script.parent), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "run.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "a script"], check=True)
+    sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    done = subprocess.run([sys.executable, script, uri], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == sha, done.stderr
+
+
 def test_loading_a_model_keeps_artifact_transfers_on_the_server_unless_told_otherwise(tmp_path, monkeypatch):
     """The live check (an S3-backed server, no presigned URL asked) is in test_deploy; here, that the
     default is set where Ray workers load models too, and that a user's own setting is kept."""
