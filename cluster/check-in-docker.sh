@@ -70,13 +70,20 @@ docker run -d --name mvssl-check-mlflow --network $NET -v "$WORK/server:/srv" \
   -e MLFLOW_BACKEND_STORE_URI=sqlite:////srv/mlflow.db -e MLFLOW_ARTIFACTS_DESTINATION=/srv/artifacts \
   -e MLFLOW_ADMIN_PASSWORD=check-admin-password -e MLFLOW_FLASK_SERVER_SECRET_KEY=check-secret-key-0123456789 \
   -e MLFLOW_SERVER_ALLOWED_HOSTS='mvssl-check-mlflow:*' -e MLFLOW_WORKERS=1 $SERVER >/dev/null
-POD=(--network $NET --shm-size=2g -v "$WORK/data:/data" --env-file "$WORK/secrets.env")
-docker run -d --name mvssl-check-head "${POD[@]}" $IMG /bin/bash -lc -- \
+POD=(--network $NET -v "$WORK/data:/data" --env-file "$WORK/secrets.env")
+# The head with its pod's memory and /dev/shm (raycluster.yaml); the worker with this machine's
+# memory, so /dev/shm of 8g holds Ray's object store (30 % of it) up to a 26 GB machine.
+docker run -d --name mvssl-check-head "${POD[@]}" --memory=8g --shm-size=3g $IMG /bin/bash -lc -- \
   "ulimit -n 65536; ray start --head --block --num-cpus=0 --dashboard-host=0.0.0.0 --disable-usage-stats" >/dev/null
 sleep 10
-docker run -d --name mvssl-check-cpu "${POD[@]}" $IMG /bin/bash -lc -- \
+docker run -d --name mvssl-check-cpu "${POD[@]}" --shm-size=8g $IMG /bin/bash -lc -- \
   "ulimit -n 65536; ray start --block --address=mvssl-check-head:6379 --disable-usage-stats" >/dev/null
 sleep 10
+for node in mvssl-check-head mvssl-check-cpu; do
+  if docker logs $node 2>&1 | grep -q "instead of /dev/shm"; then
+    echo "$node: Ray's object store did not fit in /dev/shm and went to disk" >&2
+  fi
+done
 
 entrypoint() {
   $PY -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['spec']['entrypoint'])" "cluster/kuberay/rayjob-$1.yaml"

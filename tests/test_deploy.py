@@ -95,9 +95,40 @@ def test_raycluster_has_cpu_and_gpu_groups_with_bounds():
         pod = group["template"]["spec"]
         env = pod["containers"][0]["envFrom"]
         assert {e["secretRef"]["name"] for e in env} <= secret_names
-        # Ray's object store lives in /dev/shm, which a pod has only 64 MB of unless a volume gives more
+        # Ray's object store lives in /dev/shm, which a pod has only 64 MB of unless a volume gives
+        # more, and Ray moves it to /tmp (disk) when /dev/shm is smaller than the store it sizes:
+        # the head's 2Gi against 30 % of 8Gi did (seen in Docker with the same limits)
         shm = {m["name"] for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == "/dev/shm"}
-        assert any(v["name"] in shm and v.get("emptyDir", {}).get("medium") == "Memory" for v in pod["volumes"])
+        (volume,) = [v for v in pod["volumes"] if v["name"] in shm]
+        assert volume["emptyDir"]["medium"] == "Memory"
+        memory = gibibytes(pod["containers"][0]["resources"]["limits"]["memory"])
+        assert gibibytes(volume["emptyDir"]["sizeLimit"]) >= object_store_share() * memory, group
+
+
+def gibibytes(quantity: str) -> float:
+    """A Kubernetes or Docker size (``8Gi``, ``16g``) in GiB."""
+    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)(Gi|Mi|g|m)", quantity).groups()
+    return float(number) / (1024 if unit in ("Mi", "m") else 1)
+
+
+def object_store_share() -> float:
+    """The share of a node's memory Ray gives its object store unless told otherwise."""
+    from ray._private import ray_constants
+
+    return ray_constants.DEFAULT_OBJECT_STORE_MEMORY_PROPORTION
+
+
+# The memory of the AWS instance types cluster/ray-up.yaml names, in GiB (from AWS's tables).
+INSTANCE_MEMORY = {"m6i.2xlarge": 32, "c6i.8xlarge": 64, "g6e.2xlarge": 64}
+
+
+def test_ray_up_gives_ray_a_dev_shm_that_holds_its_object_store():
+    """16g of /dev/shm for 64 GiB workers: Ray would have put their object store on disk."""
+    cfg = yaml.safe_load((ROOT / "cluster/ray-up.yaml").read_text())
+    (shm,) = [o.split("=")[1] for o in cfg["docker"]["run_options"] if o.startswith("--shm-size=")]
+    for node in cfg["available_node_types"].values():
+        memory = INSTANCE_MEMORY[node["node_config"]["InstanceType"]]
+        assert gibibytes(shm) >= object_store_share() * memory, (node, shm)
 
 
 def test_ray_up_config_is_consistent():
