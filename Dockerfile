@@ -7,25 +7,29 @@
 # default wheels carry their own CUDA runtime, so the same install step serves both.
 ARG BASE_IMAGE=python:3.11-slim
 
-# ---- build: a virtual environment with the package and its pinned dependencies
-FROM ${BASE_IMAGE} AS build
+# ---- dependencies: a virtual environment with the pinned dependencies and not the package, so
+# that a code change leaves this stage's ~6 GB (torch and its CUDA libraries) alone and an image
+# push or a node's pull moves only the small layers after it
+FROM ${BASE_IMAGE} AS dependencies
 USER root
-ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH
+ENV PIP_NO_CACHE_DIR=1 PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
+WORKDIR /opt/mvssl-dist
+COPY pyproject.toml ./
+RUN mkdir mvssl_dist && touch README.md mvssl_dist/__init__.py \
+    && pip install -e . && pip uninstall -y mvssl-dist && rm -r mvssl_dist README.md
+
+# ---- runtime: the same base, that environment, then the package itself installed as the README does
+FROM ${BASE_IMAGE} AS runtime
+USER root
+ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH MVSSL_HOME=/opt/mvssl-dist
+COPY --from=dependencies /opt/venv /opt/venv
 WORKDIR /opt/mvssl-dist
 COPY pyproject.toml README.md ./
 COPY mvssl_dist ./mvssl_dist
 COPY pipelines ./pipelines
 COPY configs ./configs
 RUN pip install -e .
-
-# ---- runtime: the same base, the venv and the source tree (the install is editable)
-FROM ${BASE_IMAGE} AS runtime
-USER root
-ENV PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH MVSSL_HOME=/opt/mvssl-dist
-COPY --from=build /opt/venv /opt/venv
-COPY --from=build /opt/mvssl-dist /opt/mvssl-dist
-WORKDIR /opt/mvssl-dist
 # Login shells rebuild PATH from /etc/profile, which on Debian (python:3.11-slim) drops /opt/venv/bin;
 # KubeRay starts every Ray pod with `bash -lc` and `ray up` runs its commands with `bash --login`.
 RUN echo 'export PATH=/opt/venv/bin:$PATH' > /etc/profile.d/mvssl-venv.sh
