@@ -127,7 +127,9 @@ def test_ray_up_gives_ray_a_dev_shm_that_holds_its_object_store():
     cfg = yaml.safe_load((ROOT / "cluster/ray-up.yaml").read_text())
     (shm,) = [o.split("=")[1] for o in cfg["docker"]["run_options"] if o.startswith("--shm-size=")]
     for node in cfg["available_node_types"].values():
-        memory = INSTANCE_MEMORY[node["node_config"]["InstanceType"]]
+        kind = node["node_config"]["InstanceType"]
+        assert kind in INSTANCE_MEMORY, f"{kind}: add its memory to INSTANCE_MEMORY"
+        memory = INSTANCE_MEMORY[kind]
         assert gibibytes(shm) >= object_store_share() * memory, (node, shm)
 
 
