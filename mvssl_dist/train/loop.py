@@ -24,7 +24,7 @@ from mvssl_dist.losses.distributed import world_size
 from mvssl_dist.methods import build_method
 from mvssl_dist.tracking import first_line
 from mvssl_dist.train.batchnorm import convert_cross_rank_batchnorm
-from mvssl_dist.train.checkpoints import STATE_FILE, newest_checkpoint
+from mvssl_dist.train.checkpoints import STATE_FILE, latest_checkpoint, newest_checkpoint
 from mvssl_dist.train.progress import ProgressPost
 from mvssl_dist.train.schedules import Schedules
 
@@ -280,15 +280,27 @@ def rank0_says(flag: bool, device: torch.device) -> bool:
     return bool(rank0_values([float(flag)], device)[0])
 
 
-def maybe_fault(step: int, rank: int) -> None:
-    """Fault injection for the fault-tolerance tests: slow steps down, or kill this worker once at a step."""
+def maybe_fault(step: int, rank: int, cfg: dict) -> None:
+    """Fault injection for the fault-tolerance tests: slow steps down, or kill this worker once at a
+    step. At a checkpoint's step the kill waits until that checkpoint is whole in the run's folder:
+    a worker lost just after a checkpoint, not during rank 0's copy of it (under load the copy
+    could still be running, and the kill cut it short)."""
     if delay := float(os.environ.get("MVSSL_FAULT_STEP_DELAY_S", "0")):
         time.sleep(delay)
     at, marker = os.environ.get("MVSSL_FAULT_KILL_AT_STEP"), os.environ.get("MVSSL_FAULT_MARKER")
     if at and marker and rank == int(os.environ.get("MVSSL_FAULT_RANK", "1")) and step == int(at):
         if not Path(marker).exists():
+            if step % cfg["train"]["checkpoint_every"] == 0:
+                wait_for_checkpoint(Path(cfg["run_dir"]), step)
             Path(marker).write_text(str(os.getpid()))
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def wait_for_checkpoint(run_dir: Path, step: int, timeout_s: float = 120.0) -> None:
+    """Until a whole checkpoint of ``step`` or later is in ``run_dir``, for at most ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while latest_checkpoint(run_dir)[1] < step and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def prepare(method, cfg: dict, device: torch.device):
@@ -439,7 +451,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     for batch, waited in timed(view_batches(cfg, device, rank, workers), skip=step - cfg["start_step"]):
         if step >= cfg["total_steps"]:
             break
-        maybe_fault(step, rank)
+        maybe_fault(step, rank, cfg)
         views = augment(batch["views"].to(device, non_blocking=True).float() / INT16_SCALE)
         values = schedules.at(step)
         watched = logged(step + 1, cfg)
