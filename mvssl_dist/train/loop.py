@@ -24,7 +24,7 @@ from mvssl_dist.losses.distributed import world_size
 from mvssl_dist.methods import build_method
 from mvssl_dist.tracking import first_line
 from mvssl_dist.train.batchnorm import convert_cross_rank_batchnorm
-from mvssl_dist.train.checkpoints import STATE_FILE, latest_checkpoint, newest_checkpoint
+from mvssl_dist.train.checkpoints import STATE_FILE, is_whole, newest_checkpoint
 from mvssl_dist.train.progress import ProgressPost
 from mvssl_dist.train.schedules import Schedules
 
@@ -297,9 +297,17 @@ def maybe_fault(step: int, rank: int, cfg: dict) -> None:
 
 
 def wait_for_checkpoint(run_dir: Path, step: int, timeout_s: float = 120.0) -> None:
-    """Until a whole checkpoint of ``step`` or later is in ``run_dir``, for at most ``timeout_s``."""
+    """Until a whole checkpoint of ``step`` or later is in ``run_dir``, for at most ``timeout_s``.
+    Each whole checkpoint is read once: an earlier one is not loaded again every poll."""
+    read: set[Path] = set()
     deadline = time.monotonic() + timeout_s
-    while latest_checkpoint(run_dir)[1] < step and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        for folder in sorted(set(run_dir.glob("checkpoint_*")) - read):
+            if not is_whole(folder):
+                continue
+            read.add(folder)
+            if torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)["step"] >= step:
+                return
         time.sleep(0.2)
 
 
