@@ -2,7 +2,8 @@
 # There, in ONE call (see README.md): the probe-quality benchmark (issue 9) with a pre-training run
 # far longer than 2 CPU cores allow: one GPU Ray Train worker, time-boxed. Log in $OUT.
 #   run(carry=[".site-pack"], command="bash benchmarks/device/gpu_probe.sh", timeout_s=540)
-# LAYERS (0.5: the library where random features leave room), STEPS (at most: the run fits its
+# LAYERS (0.5: the library where random features leave room), TRACKS (the library's size, all
+# labelled: a fifth of them are the test split), STEPS (at most: the run fits its
 # schedules to MINUTES at the pace it keeps, train.fit_to_max_minutes),
 # MINUTES (the training loop's time box), BATCH and SEEDS size it; GPU=0 dry-runs it on CPU.
 set -uo pipefail
@@ -14,11 +15,12 @@ mkdir -p "$OUT"
   [ "${GPU:-1}" = 1 ] && gpu=(--pretrain train.use_gpu=true --pretrain train.num_workers=1)
   start=$(date +%s)
   python3 benchmarks/probe_quality.py --workdir "${WORKDIR:-/tmp/mvssl-probe}" --layers "${LAYERS:-0.5}" \
+    --tracks "${TRACKS:-120}" \
     --steps "${STEPS:-3000}" --seeds "${SEEDS:-3}" "${gpu[@]}" \
     --pretrain data.batch_size="${BATCH:-256}" --pretrain train.max_minutes="${MINUTES:-4}" \
     --pretrain train.warmup_epochs="${WARMUP_EPOCHS:-50}" --pretrain train.checkpoint_every=500
   echo "probe benchmark exit: $? after $(($(date +%s) - start)) s"
-  python3 -c "import json, sys; s = json.load(open(sys.argv[1])); print('pretrain', s.get('pretrain'))" \
+  python3 -c "import json, sys; [print(k, v) for k, v in json.load(open(sys.argv[1])).items()]" \
     "${WORKDIR:-/tmp/mvssl-probe}/quickstart.json"
 } 2>&1 | tee "$OUT/gpu_probe.log"
 [ -d /tmp/ray/session_latest/logs ] && tar -C /tmp/ray/session_latest -czf "$OUT/ray_logs.tgz" logs 2>/dev/null
