@@ -1,7 +1,8 @@
 """Probe quality: a briefly pre-trained contrastive backbone vs. a random one vs. the shared fixture weights.
 
     python benchmarks/probe_quality.py [--workdir mvssl-quickstart] [--steps 0] [--seeds 3] [--probes mlp,knn]
-                                       [--layers 0] [--method contrastive] [--pretrain KEY=VALUE ...]
+                                       [--layers 0] [--unlabelled 0] [--method contrastive]
+                                       [--pretrain KEY=VALUE ...]
 
 Runs (or reuses) the quickstart in WORKDIR: its labelled synthetic library (tags for lead timbre,
 tempo, mode, drums and bass, drawn independently per track) and its pre-trained contrastive model.
@@ -13,9 +14,11 @@ training-free weighted k-NN vote (DINO's / solo-learn's k = 20, T = 0.07), which
 embedding itself groups tracks by tag. The k-NN probe is deterministic: it runs once.
 ``--layers 0.5`` runs on a harder library (the quickstart's ``--layers``: untagged pad and
 arpeggio layers that change every section) where random features are far from the ceiling; use a
-fresh workdir for it. ``--method`` pre-trains another of the five methods from its ``configs/``
-file under the quickstart's settings and time box, as ``mvssl quickstart --method`` does (again in
-a fresh workdir). ``--pretrain`` adds pre-training overrides to the quickstart's (for a long
+fresh workdir for it. ``--unlabelled N`` pre-trains on N more tracks whose tags the probe never
+sees (the catalogue-with-few-labels setting: more music without more labels for the probe, so the
+random backbone gains nothing from it); again a fresh workdir. ``--method`` pre-trains another of
+the five methods from its ``configs/`` file under the quickstart's settings and time box, as
+``mvssl quickstart --method`` does (again in a fresh workdir). ``--pretrain`` adds pre-training overrides to the quickstart's (for a long
 run on a GPU: ``--steps 3000 --pretrain train.use_gpu=true --pretrain train.num_workers=1
 --pretrain data.batch_size=256``; ``benchmarks/device/gpu_probe.sh`` runs that on the device).
 The shared fixture is a release-format file with non-trivial but untrained weights: a second
@@ -84,6 +87,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="probe seeds per backbone (trained probes)")
     parser.add_argument("--probes", default="mlp,knn", help="comma-separated: mlp, linear, knn")
     parser.add_argument("--layers", type=float, default=0.0, help="the library's untagged layers (quickstart --layers)")
+    parser.add_argument(
+        "--unlabelled", type=int, default=0, help="more tracks pre-trained on, not labelled (quickstart --unlabelled)"
+    )
     parser.add_argument("--method", default="contrastive", help="the SSL method pre-trained (a fresh --workdir each)")
     parser.add_argument(
         "--pretrain",
@@ -99,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         args.tracks,
         steps=args.steps,
         layers=args.layers,
+        unlabelled=args.unlabelled,
         method=args.method,
         pretrain_overrides=tuple(args.pretrain),
     )

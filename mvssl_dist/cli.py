@@ -653,6 +653,14 @@ def add_quickstart(sub: argparse._SubParsersAction) -> None:
         "relative to the tagged music (e.g. 0.5; default 0: none)",
     )
     p.add_argument(
+        "--unlabelled",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N more generated tracks that are pre-trained on but left out of labels.csv, as in a catalogue "
+        "with few labels (library/unlabelled; default 0)",
+    )
+    p.add_argument(
         "--method",
         default="contrastive",
         help="the SSL method pre-trained, with its configs/ file's settings: contrastive, byol, clustering, "
@@ -674,6 +682,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
         args.steps,
         ray_address=args.ray_address,
         layers=args.layers,
+        unlabelled=args.unlabelled,
         method=args.method,
     )
     try:

@@ -17,6 +17,7 @@ import numpy as np
 from mvssl_dist.audio.synth import STYLES, encode, random_style, render, style_tags
 
 DEFAULT_FORMATS = ("mp3", "flac", "ogg", "wav", "m4a")
+UNLABELLED = "unlabelled"  # the split, and the folder, of tracks left out of labels.csv
 
 
 @dataclass(frozen=True)
@@ -44,33 +45,42 @@ def write_library(
     varied: bool = False,
     jobs: int = 1,
     layers: float = 0.0,
+    unlabelled: int = 0,
 ) -> list[LibraryTrack]:
-    """Render ``tracks`` tracks and, optionally, broken files.
+    """Render ``tracks`` labelled tracks, ``unlabelled`` more and, optionally, broken files.
 
     Styles rotate through :data:`STYLES`, or with ``varied`` every track draws its own
     attributes (:func:`random_style`); formats rotate through ``formats``. ``layers`` > 0 (varied
-    styles only) adds untagged layers that change every section, at that level. Files already there
-    are kept; ``jobs`` > 1 renders in that many processes.
+    styles only) adds untagged layers that change every section, at that level. The unlabelled
+    tracks (split ``unlabelled``) go to ``unlabelled/`` and not into ``labels.csv``: music to
+    pre-train on whose tags the probe never sees, drawn after the labelled ones, so that they are
+    the same tracks as numbers ``tracks`` onwards of a larger library. Files already there are
+    kept; ``jobs`` > 1 renders in that many processes.
     """
     if layers < 0 or (layers > 0 and not varied):
         raise ValueError(f"layers {layers:g}: must be >= 0, and > 0 only with varied styles")
+    if unlabelled < 0:
+        raise ValueError(f"unlabelled {unlabelled}: must be >= 0")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if unlabelled:
+        (out / UNLABELLED).mkdir(exist_ok=True)
     written, todo = [], []
     rng = np.random.default_rng(seed)
-    for i in range(tracks):
+    for i in range(tracks + unlabelled):
         style = random_style(rng, layers) if varied else STYLES[i % len(STYLES)]
         fmt = formats[i % len(formats)]
         length = float(seconds * rng.uniform(0.9, 1.1))
-        path = out / f"track{i:04d}_{style.name}.{fmt}"
+        folder, split = (out, split_of(i)) if i < tracks else (out / UNLABELLED, UNLABELLED)
+        path = folder / f"track{i:04d}_{style.name}.{fmt}"
         if not path.exists():
             todo.append((path, style, length, sample_rate, seed * 100_000 + i, fmt))
-        written.append(LibraryTrack(path, style.name, length, tuple(style_tags(style)), split_of(i)))
+        written.append(LibraryTrack(path, style.name, length, tuple(style_tags(style)), split))
     render_all(todo, jobs)
     with open(out / "labels.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["uri", "style", "split", "tags"])
-        writer.writerows([[t.path.name, t.style, t.split, ",".join(t.tags)] for t in written])
+        writer.writerows([[t.path.name, t.style, t.split, ",".join(t.tags)] for t in written if t.split != UNLABELLED])
     if broken:
         write_broken_files(out / "broken")
     return written

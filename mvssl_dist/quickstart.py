@@ -35,6 +35,7 @@ class QuickstartOptions:
     steps: int = 0  # > 0: pre-training steps (else sized from --minutes)
     workers: int = 2  # Ray Train workers
     layers: float = 0.0  # > 0: a harder library, with untagged layers that change every section
+    unlabelled: int = 0  # more tracks to pre-train on, left out of labels.csv (few labels, much music)
     # the SSL method pre-trained, from configs/<method>.yaml under the quickstart's settings
     method: str = "contrastive"
     ray_address: str | None = None
@@ -72,11 +73,22 @@ def make_library(opts: QuickstartOptions, work: Path, say) -> dict:
     from mvssl_dist.library import write_library
 
     jobs = os.cpu_count() or 1
-    tracks = write_library(
-        work / "library", opts.tracks, opts.seconds, varied=True, seed=7, broken=True, jobs=jobs, layers=opts.layers
+    write_library(
+        work / "library",
+        opts.tracks,
+        opts.seconds,
+        varied=True,
+        seed=7,
+        broken=True,
+        jobs=jobs,
+        layers=opts.layers,
+        unlabelled=opts.unlabelled,
     )
-    say(f"  {len(tracks)} tracks of ~{opts.seconds:g} s in mp3/flac/ogg/wav/m4a + 4 broken files in library/broken")
-    return {"tracks": len(tracks), "labels": str(work / "library" / "labels.csv"), "layers": opts.layers}
+    say(f"  {opts.tracks} tracks of ~{opts.seconds:g} s in mp3/flac/ogg/wav/m4a + 4 broken files in library/broken")
+    if opts.unlabelled:
+        say(f"  {opts.unlabelled} more in library/unlabelled, pre-trained on, not in labels.csv")
+    made = {"tracks": opts.tracks, "labels": str(work / "library" / "labels.csv"), "layers": opts.layers}
+    return made | ({"unlabelled": opts.unlabelled} if opts.unlabelled else {})
 
 
 def trained_method(state: dict) -> str | None:
@@ -99,6 +111,7 @@ def check_reuse(opts: QuickstartOptions, state: State, work: Path) -> None:
     for option, asked, had in (
         ("--tracks", opts.tracks, made["tracks"]),
         ("--layers", opts.layers, made.get("layers", 0.0)),
+        ("--unlabelled", opts.unlabelled, made.get("unlabelled", 0)),
     ):
         if asked != had:
             raise QuickstartError(
@@ -271,6 +284,8 @@ def check_options(opts: QuickstartOptions) -> None:
         raise QuickstartError(f"--steps {opts.steps}: must be >= 0 (0 sizes pre-training from --minutes)")
     if opts.layers < 0:
         raise QuickstartError(f"--layers {opts.layers:g}: must be >= 0")
+    if opts.unlabelled < 0:
+        raise QuickstartError(f"--unlabelled {opts.unlabelled}: must be >= 0")
     if opts.method != "contrastive":
         from mvssl_dist.methods import canonical_name
 

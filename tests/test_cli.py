@@ -194,12 +194,13 @@ def test_a_second_quickstart_in_one_workdir_is_refused(tmp_path, capsys):
 
 
 def test_quickstart_refuses_options_its_workdir_was_not_made_with(tmp_path, capsys):
-    """A re-run reuses the library: other --tracks or --layers would be silently ignored."""
+    """A re-run reuses the library: other --tracks, --layers or --unlabelled would be silently ignored."""
     library = {"tracks": 120, "labels": str(tmp_path / "library" / "labels.csv")}  # made before --layers
     (tmp_path / "quickstart.json").write_text(json.dumps({"library": library}))
     for argv, said in (
         (["--layers", "0.5"], "--layers 0.5: "),
         (["--tracks", "60"], "--tracks 60: "),
+        (["--unlabelled", "480"], "--unlabelled 480: "),
     ):
         assert main(["quickstart", "--workdir", str(tmp_path), *argv]) == 1
         err = capsys.readouterr().err.strip()
@@ -316,6 +317,7 @@ def bad_numbers(music: str, weights: str, tmp: str) -> list[tuple[list[str], str
         (["quickstart", "--workdir", f"{tmp}/q", "--minutes", "0"], "--minutes 0"),
         (["quickstart", "--workdir", f"{tmp}/q", "--steps", "-1"], "--steps -1"),
         (["quickstart", "--workdir", f"{tmp}/q", "--layers", "-1"], "--layers -1"),
+        (["quickstart", "--workdir", f"{tmp}/q", "--unlabelled", "-1"], "--unlabelled -1"),
         (["quickstart", "--workdir", f"{tmp}/q", "--seconds", "1800"], "--seconds 1800: at most 1636.36"),
     ]
 

@@ -48,3 +48,25 @@ def test_layers_need_varied_styles(tmp_path):
     with pytest.raises(ValueError, match="layers -1"):
         write_library(tmp_path, tracks=2, varied=True, layers=-1)
     assert not list(tmp_path.iterdir())
+
+
+def test_unlabelled_tracks_are_pre_training_music_the_labels_leave_out(tmp_path):
+    """The quickstart's --unlabelled: tracks apart in unlabelled/, not in labels.csv, and the same
+    tracks (style, seed) as the larger library's; the labelled ones as without them."""
+    short = {"seconds": 1.0, "formats": ("wav",), "varied": True, "sample_rate": 8000}
+    small = write_library(tmp_path / "small", tracks=5, unlabelled=3, **short)
+    plain = write_library(tmp_path / "plain", tracks=5, **short)
+    large = write_library(tmp_path / "large", tracks=8, **short)
+    assert [(t.path.name, t.style, t.split) for t in small[:5]] == [(t.path.name, t.style, t.split) for t in plain]
+    extra = small[5:]
+    assert [t.split for t in extra] == ["unlabelled"] * 3
+    assert [t.path.relative_to(tmp_path / "small").as_posix() for t in extra] == [
+        f"unlabelled/{t.path.name}" for t in large[5:]
+    ]
+    for ours, theirs in zip(extra, large[5:], strict=True):
+        assert ours.path.read_bytes() == theirs.path.read_bytes()
+    labels = (tmp_path / "small" / "labels.csv").read_text()
+    assert labels == (tmp_path / "plain" / "labels.csv").read_text()
+    assert not any(t.path.name in labels for t in extra)
+    with pytest.raises(ValueError, match="unlabelled -1"):
+        write_library(tmp_path / "bad", tracks=2, unlabelled=-1)

@@ -3,7 +3,8 @@
 # far longer than 2 CPU cores allow: one GPU Ray Train worker, time-boxed. Log in $OUT.
 #   run(carry=[".site-pack"], command="bash benchmarks/device/gpu_probe.sh", timeout_s=540)
 # LAYERS (0.5: the library where random features leave room), TRACKS (the library's size, all
-# labelled: a fifth of them are the test split), STEPS (at most: the run fits its
+# labelled: a fifth of them are the test split), UNLABELLED (more tracks pre-trained on, not
+# labelled), STEPS (at most: the run fits its
 # schedules to MINUTES at the pace it keeps, train.fit_to_max_minutes),
 # MINUTES (the training loop's time box), BATCH and SEEDS size it; GPU=0 dry-runs it on CPU.
 set -uo pipefail
@@ -15,7 +16,7 @@ mkdir -p "$OUT"
   [ "${GPU:-1}" = 1 ] && gpu=(--pretrain train.use_gpu=true --pretrain train.num_workers=1)
   start=$(date +%s)
   python3 benchmarks/probe_quality.py --workdir "${WORKDIR:-/tmp/mvssl-probe}" --layers "${LAYERS:-0.5}" \
-    --tracks "${TRACKS:-120}" \
+    --tracks "${TRACKS:-120}" --unlabelled "${UNLABELLED:-0}" \
     --steps "${STEPS:-3000}" --seeds "${SEEDS:-3}" "${gpu[@]}" \
     --pretrain data.batch_size="${BATCH:-256}" --pretrain train.max_minutes="${MINUTES:-4}" \
     --pretrain train.warmup_epochs="${WARMUP_EPOCHS:-50}" --pretrain train.checkpoint_every=500
