@@ -18,9 +18,10 @@ fresh workdir for it. ``--unlabelled N`` pre-trains on N more tracks whose tags 
 sees (the catalogue-with-few-labels setting: more music without more labels for the probe, so the
 random backbone gains nothing from it); again a fresh workdir. ``--method`` pre-trains another of
 the five methods from its ``configs/`` file under the quickstart's settings and time box, as
-``mvssl quickstart --method`` does (again in a fresh workdir). ``--pretrain`` adds pre-training overrides to the quickstart's (for a long
-run on a GPU: ``--steps 3000 --pretrain train.use_gpu=true --pretrain train.num_workers=1
---pretrain data.batch_size=256``; ``benchmarks/device/gpu_probe.sh`` runs that on the device).
+``mvssl quickstart --method`` does (again in a fresh workdir). ``--pretrain`` adds pre-training
+overrides to the quickstart's (for a long run on a GPU: ``--steps 3000 --pretrain
+train.use_gpu=true --pretrain train.num_workers=1 --pretrain data.batch_size=256``;
+``benchmarks/device/gpu_probe.sh`` runs that on the device).
 The shared fixture is a release-format file with non-trivial but untrained weights: a second
 "no pre-training" baseline, not a trained model.
 A third: ``random:0``'s weights with BatchNorm statistics measured on the library. A fresh

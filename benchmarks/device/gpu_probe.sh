@@ -2,11 +2,11 @@
 # There, in ONE call (see README.md): the probe-quality benchmark (issue 9) with a pre-training run
 # far longer than 2 CPU cores allow: one GPU Ray Train worker, time-boxed. Log in $OUT.
 #   run(carry=[".site-pack"], command="bash benchmarks/device/gpu_probe.sh", timeout_s=540)
-# LAYERS (0.5: the library where random features leave room), TRACKS (the library's size, all
-# labelled: a fifth of them are the test split), UNLABELLED (more tracks pre-trained on, not
-# labelled), STEPS (at most: the run fits its
-# schedules to MINUTES at the pace it keeps, train.fit_to_max_minutes),
-# MINUTES (the training loop's time box), BATCH and SEEDS size it; GPU=0 dry-runs it on CPU.
+# LAYERS (0.5: the library where random features leave room), TRACKS (labelled tracks; a fifth
+# are the test split), UNLABELLED (more tracks pre-trained on, never labelled; README.md says
+# which call to make), STEPS (at most: the run fits its schedules to MINUTES at the pace it keeps,
+# train.fit_to_max_minutes), MINUTES (the training loop's time box), BATCH and SEEDS size it;
+# GPU=0 dry-runs it on CPU.
 set -uo pipefail
 OUT=${OUT:-/tmp/mvssl-device-out}
 mkdir -p "$OUT"
