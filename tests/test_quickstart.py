@@ -21,6 +21,7 @@ from mvssl_dist.quickstart import MODEL_NAME
 pytestmark = pytest.mark.slow
 
 TRACKS, SECONDS, STEPS = 30, 14.0, 30
+UNLABELLED = 4  # pre-trained on and embedded, never probed
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def quickstart(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", tracking)
         args = ["quickstart", "--workdir", str(work), "--tracks", str(TRACKS), "--seconds", str(SECONDS)]
-        args += ["--steps", str(STEPS)]
+        args += ["--steps", str(STEPS), "--unlabelled", str(UNLABELLED)]
         code = main(args)
         started = time.perf_counter()
         printed = io.StringIO()
@@ -45,13 +46,14 @@ def test_every_stage_leaves_its_artefacts(quickstart):
     assert code == 0
     index = pq.read_table(work / "dataset" / "index.parquet")
     rejects = pq.read_table(work / "dataset" / "rejects.parquet").to_pylist()
-    assert index.num_rows == TRACKS
+    assert index.num_rows == TRACKS + UNLABELLED
+    assert sum(1 for _ in open(work / "library" / "labels.csv")) == TRACKS + 1  # the unlabelled left out
     assert sorted(r["reason"] for r in rejects) == ["empty", "not_audio", "not_audio", "truncated"]
     client = mlflow.MlflowClient(tracking)
     champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
     assert float(champion.tags["eval.csv-labels.roc_auc_macro"]) > 0.5
     keys, _, matrix = load_track_embeddings(work / "embeddings")
-    assert sorted(keys) == sorted(index.column("key").to_pylist()) and matrix.shape == (TRACKS, 1024)
+    assert sorted(keys) == sorted(index.column("key").to_pylist()) and matrix.shape == (TRACKS + UNLABELLED, 1024)
 
 
 def test_the_registered_backbone_is_the_trained_one_and_loads_anywhere(quickstart):
