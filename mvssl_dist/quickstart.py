@@ -87,8 +87,8 @@ def make_library(opts: QuickstartOptions, work: Path, say) -> dict:
     say(f"  {opts.tracks} tracks of ~{opts.seconds:g} s in mp3/flac/ogg/wav/m4a + 4 broken files in library/broken")
     if opts.unlabelled:
         say(f"  {opts.unlabelled} more in library/unlabelled, pre-trained on, not in labels.csv")
-    made = {"tracks": opts.tracks, "labels": str(work / "library" / "labels.csv"), "layers": opts.layers}
-    return made | ({"unlabelled": opts.unlabelled} if opts.unlabelled else {})
+    labels = str(work / "library" / "labels.csv")
+    return {"tracks": opts.tracks, "labels": labels, "layers": opts.layers, "unlabelled": opts.unlabelled}
 
 
 def trained_method(state: dict) -> str | None:
