@@ -189,7 +189,6 @@ def first_line(err: BaseException, tracking_uri: str | None = None) -> str:
 def download_model_weights(uri: str) -> str:
     """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> local path of its ``backbone.pt``."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     from mvssl_dist.models.loading import WeightsError
 
@@ -203,26 +202,34 @@ def download_model_weights(uri: str) -> str:
     artifacts_through_the_server()
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    except MlflowException as err:
-        store = mlflow.get_tracking_uri()
-        gone = missing_local_artifacts(uri)
-        reason = (
-            f"its files were stored in {gone}, which no longer exists (a local MLflow store records "
-            "absolute paths: its folder cannot be moved)"
-            if gone
-            else first_line(err, store)
-        )
-        raise WeightsError(
-            f"{uri}: {reason} (registry: {without_password(store)}; MLFLOW_TRACKING_URI chooses it)"
-        ) from None
     except Exception as err:
-        raise WeightsError(
-            f"{uri}: cannot reach the model registry ({first_line(err, mlflow.get_tracking_uri())})"
-        ) from None
+        raise WeightsError(download_problem(uri, err)) from None
     found = sorted(local.rglob(BACKBONE_ARTIFACT))
     if not found:
         raise WeightsError(f"{uri}: the model has no {BACKBONE_ARTIFACT} artifact")
     return str(found[0])
+
+
+def download_problem(uri: str, err: Exception) -> str:
+    """Why ``uri``'s files could not be downloaded, in one line. A local store's files that are gone
+    (the store moved) surface as MLflow's "No such artifact" or, in MLflow 3.10, as a bare OSError
+    "No such file or directory": both are told as the folder they were stored in. A remote store's
+    OSError (a connection lost) is not looked into: asking the registry again would wait again."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    store = mlflow.get_tracking_uri()
+    local_store = store.startswith(("sqlite:", "file:")) or "://" not in store
+    if not isinstance(err, MlflowException) and not (isinstance(err, OSError) and local_store):
+        return f"{uri}: cannot reach the model registry ({first_line(err, store)})"
+    gone = missing_local_artifacts(uri)
+    reason = (
+        f"its files were stored in {gone}, which no longer exists (a local MLflow store records "
+        "absolute paths: its folder cannot be moved)"
+        if gone
+        else first_line(err, store)
+    )
+    return f"{uri}: {reason} (registry: {without_password(store)}; MLFLOW_TRACKING_URI chooses it)"
 
 
 def registry_version(uri: str):

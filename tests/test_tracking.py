@@ -164,3 +164,17 @@ def test_a_moved_local_store_says_where_its_files_were(tmp_path):
                 load_backbone(model)
             said = str(caught.value)
             assert f"its files were stored in {store}{os.sep}" in said and "which no longer exists" in said, said
+
+
+def test_a_lost_connection_is_not_taken_for_a_moved_store(monkeypatch):
+    """An OSError from a remote registry (requests' ConnectionError is one) is said as it is, without
+    asking the registry where the files were: that would wait out its retries a second time."""
+    from mvssl_dist import tracking
+
+    def must_not_ask(uri):
+        raise AssertionError("the registry was asked again")
+
+    monkeypatch.setattr(tracking, "missing_local_artifacts", must_not_ask)
+    with mlflow_at("http://user:secret@127.0.0.1:9/"):
+        said = tracking.download_problem("models:/m/1", ConnectionError("Connection refused by secret host"))
+    assert said == "models:/m/1: cannot reach the model registry (Connection refused by *** host)"
