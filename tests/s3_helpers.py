@@ -26,3 +26,8 @@ def local_s3(*buckets: str) -> Iterator[str]:
         yield endpoint
     finally:
         server.stop()
+        # Close the stored objects' buffers now: left to interpreter exit, moto's FakeKey.__del__
+        # imports `warnings` and prints "ImportError: sys.meta_path is None" (seen on Python 3.10).
+        from moto.s3.models import s3_backends
+
+        s3_backends.reset()
