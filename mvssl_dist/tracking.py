@@ -218,8 +218,8 @@ def download_problem(uri: str, err: Exception) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    store = mlflow.get_tracking_uri()
-    local_store = store.startswith(("sqlite:", "file:")) or "://" not in store
+    store = mlflow.get_tracking_uri()  # checked by check_tracking_uri: it has a scheme
+    local_store = store.startswith(("sqlite:", "file:"))
     if not isinstance(err, MlflowException) and not (isinstance(err, OSError) and local_store):
         return f"{uri}: cannot reach the model registry ({first_line(err, store)})"
     gone = missing_local_artifacts(uri)
