@@ -117,3 +117,36 @@ def test_a_second_run_reuses_everything_and_says_where_to_look(quickstart):
     assert f"(contrastive, {STEPS} steps, MLflow run " in printed, printed
     assert printed.count("model - control: ") == 2, printed
     assert f"mvssl neighbours --embeddings {work / 'embeddings'} --key " in printed
+
+
+def test_the_probe_benchmark_exports_the_model_and_scores_it_again_beside_the_baselines(
+    quickstart, tmp_path, monkeypatch, capsys
+):
+    """benchmarks/probe_quality.py --export-model, then --model on the file: a device run's model
+    comes back and is scored here, on the same library, as the same row, with a paired margin
+    against every baseline (the fixture's too, where ../shared holds it)."""
+    import importlib.util
+    from pathlib import Path
+
+    work, tracking, _, _, _ = quickstart
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "probe_quality.py"
+    spec = importlib.util.spec_from_file_location("probe_quality", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--workdir", str(work), "--tracks", str(TRACKS), "--unlabelled", str(UNLABELLED), "--probes", "knn"]
+    exported = tmp_path / "pretrained_backbone.pt"
+    bench.main([*argv, "--steps", str(STEPS), "--export-model", str(exported)])
+    first = capsys.readouterr().out
+    saved = torch.load(exported, weights_only=True)
+    assert saved["meta"] == {"source": f"models:/{MODEL_NAME}/1", "steps": STEPS}
+    bench.main([*argv, "--steps", str(STEPS), "--model", str(exported)])
+    second = capsys.readouterr().out
+
+    def row(out: str, prefix: str) -> list[str]:
+        return next(line for line in out.splitlines() if line.startswith(prefix)).split()[-4:]
+
+    assert row(second, "given model (pretrained_backbone.pt)") == row(first, f"pre-trained contrastive ({STEPS} ")
+    for out in (first, second):
+        assert "paired, pre-trained - random init, BatchNorm from the library, ROC-AUC macro: " in out, out
+        assert ("paired, pre-trained - shared fixture weights" in out) == bench.FIXTURE.is_file(), out
