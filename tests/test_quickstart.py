@@ -119,12 +119,13 @@ def test_a_second_run_reuses_everything_and_says_where_to_look(quickstart):
     assert f"mvssl neighbours --embeddings {work / 'embeddings'} --key " in printed
 
 
-def test_the_probe_benchmark_exports_the_model_and_scores_it_again_beside_the_baselines(
+def test_the_probe_benchmark_exports_the_model_and_scores_the_file_beside_the_baselines(
     quickstart, tmp_path, monkeypatch, capsys
 ):
-    """benchmarks/probe_quality.py --export-model, then --model on the file: a device run's model
-    comes back and is scored here, on the same library, as the same row, with a paired margin
-    against every baseline (the fixture's too, where ../shared holds it)."""
+    """benchmarks/probe_quality.py --export-model, and --model on the file (one call: the export
+    comes first): a device run's model comes back bit for bit and is scored here on the same
+    library as the quickstart scored it, with a paired margin against every baseline (the
+    fixture's too, where ../shared holds it)."""
     import importlib.util
     from pathlib import Path
 
@@ -134,19 +135,20 @@ def test_the_probe_benchmark_exports_the_model_and_scores_it_again_beside_the_ba
     spec = importlib.util.spec_from_file_location("probe_quality", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    argv = ["--workdir", str(work), "--tracks", str(TRACKS), "--unlabelled", str(UNLABELLED), "--probes", "knn"]
     exported = tmp_path / "pretrained_backbone.pt"
-    bench.main([*argv, "--steps", str(STEPS), "--export-model", str(exported)])
-    first = capsys.readouterr().out
+    argv = ["--workdir", str(work), "--tracks", str(TRACKS), "--unlabelled", str(UNLABELLED), "--steps", str(STEPS)]
+    bench.main([*argv, "--probes", "knn", "--export-model", str(exported), "--model", str(exported)])
+    out = capsys.readouterr().out
     saved = torch.load(exported, weights_only=True)
-    assert saved["meta"] == {"source": f"models:/{MODEL_NAME}/1", "steps": STEPS}
-    bench.main([*argv, "--steps", str(STEPS), "--model", str(exported)])
-    second = capsys.readouterr().out
-
-    def row(out: str, prefix: str) -> list[str]:
-        return next(line for line in out.splitlines() if line.startswith(prefix)).split()[-4:]
-
-    assert row(second, "given model (pretrained_backbone.pt)") == row(first, f"pre-trained contrastive ({STEPS} ")
-    for out in (first, second):
-        assert "paired, pre-trained - random init, BatchNorm from the library, ROC-AUC macro: " in out, out
-        assert ("paired, pre-trained - shared fixture weights" in out) == bench.FIXTURE.is_file(), out
+    uri = f"models:/{MODEL_NAME}/1"
+    assert saved["meta"] == {"source": uri, "steps": STEPS}
+    registered = load_backbone(uri).state_dict()
+    assert saved["backbone"].keys() == registered.keys()
+    for key, value in registered.items():
+        assert torch.equal(saved["backbone"][key], value), key
+    row = next(line for line in out.splitlines() if line.startswith("given model (pretrained_backbone.pt)"))
+    state = json.loads((work / "quickstart.json").read_text())
+    knn = state["evaluate"]["knn"]["model"]["roc_auc_macro"]  # the quickstart's, from its embed stage
+    assert float(row.split()[-6]) == pytest.approx(knn, abs=1e-3), (row, knn)
+    assert "paired, pre-trained - random init, BatchNorm from the library, ROC-AUC macro: " in out, out
+    assert ("paired, pre-trained - shared fixture weights" in out) == bench.FIXTURE.is_file(), out
