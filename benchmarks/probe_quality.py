@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--export-model", metavar="PATH", help="save the pre-trained backbone's weights here")
     parser.add_argument("--model", metavar="SOURCE", help="score this backbone in place of the pre-trained one")
     args = parser.parse_args(argv)
+    if args.model and ":" not in args.model and not Path(args.model).is_file():  # before minutes of quickstart
+        parser.error(f"--model {args.model}: no such file")
     work = Path(args.workdir).resolve()
     options = QuickstartOptions(
         str(work),
