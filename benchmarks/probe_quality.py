@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--export-model", metavar="PATH", help="save the pre-trained backbone's weights here")
     parser.add_argument("--model", metavar="SOURCE", help="score this backbone in place of the pre-trained one")
     args = parser.parse_args(argv)
-    if args.model and ":" not in args.model and not Path(args.model).is_file():  # before minutes of quickstart
-        parser.error(f"--model {args.model}: no such file")
+    if args.model and ":" not in args.model and not Path(args.model).is_file() and not exported_first(args):
+        parser.error(f"--model {args.model}: no such file")  # before minutes of quickstart, not after
     work = Path(args.workdir).resolve()
     options = QuickstartOptions(
         str(work),
@@ -136,6 +136,11 @@ def main(argv: list[str] | None = None) -> None:
     for kind in args.probes.split(","):
         rows = {name: scores(model, work, args.seeds, kind) for name, model in candidates}
         print_probe(kind, rows, work, args.seeds)
+
+
+def exported_first(args) -> bool:
+    """``--model`` names the file ``--export-model`` writes before the probes run."""
+    return bool(args.export_model) and Path(args.export_model).resolve() == Path(args.model).resolve()
 
 
 CALIBRATED = "random init, BatchNorm from the library"
