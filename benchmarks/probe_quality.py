@@ -125,11 +125,12 @@ def main(argv: list[str] | None = None) -> None:
 
         uri = state["pretrain"]["model_uri"]
         save_backbone(load_backbone(uri), args.export_model, source=uri, steps=state["pretrain"]["steps"])
-    trained = f"pre-trained {options.method} ({state['pretrain']['steps']} steps)"
-    candidates = [(trained, state["pretrain"]["model_uri"])]
     if args.model:
         candidates = [(f"given model ({Path(args.model).name[:26]})", args.model)]
-    candidates.append(("random initialisation", "random:0"))
+    else:
+        trained = f"pre-trained {options.method} ({state['pretrain']['steps']} steps)"
+        candidates = [(trained, state["pretrain"]["model_uri"])]
+    candidates.append((RANDOM, "random:0"))
     candidates.append((CALIBRATED, str(normalised_control(work))))  # the quickstart's control
     if FIXTURE.is_file():
         candidates.append(("shared fixture weights (untrained)", str(FIXTURE)))
@@ -143,6 +144,7 @@ def exported_first(args) -> bool:
     return bool(args.export_model) and Path(args.export_model).resolve() == Path(args.model).resolve()
 
 
+RANDOM = "random initialisation"
 CALIBRATED = "random init, BatchNorm from the library"
 
 
@@ -166,7 +168,7 @@ def print_probe(kind: str, rows: dict, work: Path, seeds: int) -> None:
     for tag in sorted(next(iter(rows.values()))[2]):
         cells = [[v for v in per[2][tag] if v is not None] for per in rows.values()]
         print(f"{tag:16}" + "".join(f"{statistics.mean(c):>24.3f}" if c else f"{'n/a':>24}" for c in cells))
-    trained, random_ = next(iter(rows.values())), rows["random initialisation"]
+    trained, random_ = next(iter(rows.values())), rows[RANDOM]
     print(
         f"margin (pre-trained - random), ROC-AUC macro: {statistics.mean(trained[0]) - statistics.mean(random_[0]):+.4f}"
     )
@@ -183,7 +185,7 @@ def print_probe(kind: str, rows: dict, work: Path, seeds: int) -> None:
         audible = [t for family, tags in families.items() if family != "mode" for t in tags]
         print(f"  all but mode (the tags a backbone can hear): {compare(a, b, tags=audible).describe()}")
     for name, row in list(rows.items())[1:]:  # the control (random weights, normalised), the fixture
-        if name != "random initialisation":
+        if name != RANDOM:
             print(f"paired, pre-trained - {name}, ROC-AUC macro: {compare(a, seed_mean(row[3])).describe()}")
 
 
