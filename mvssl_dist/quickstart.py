@@ -136,6 +136,8 @@ def ingest_library(opts: QuickstartOptions, work: Path, say) -> dict:
 
 
 MAX_STEPS = 400  # what the quickstart plans; the time box fits it to this machine's pace
+MIN_BOX_S = 60.0  # the shortest training loop the quickstart runs, whatever --minutes says
+LATER_STAGES_S = 150 + 45  # embedding and evaluation, and Ray Train's start-up
 
 
 def pretrain_budget(opts: QuickstartOptions, elapsed_s: float) -> tuple[int, float]:
@@ -146,8 +148,19 @@ def pretrain_budget(opts: QuickstartOptions, elapsed_s: float) -> tuple[int, flo
     fast one stops at the cap. ``--steps``: exactly those steps, no time limit."""
     if opts.steps > 0:
         return opts.steps, 0.0
-    left_s = max(60.0, opts.minutes * 60 - elapsed_s - 150 - 45)
+    left_s = max(MIN_BOX_S, opts.minutes * 60 - elapsed_s - LATER_STAGES_S)
     return MAX_STEPS, round(left_s / 60, 2)
+
+
+def budget_note(opts: QuickstartOptions, elapsed_s: float) -> str | None:
+    """A line when ``--minutes`` is too short for the stages: the minimum box overruns it."""
+    if opts.steps > 0 or opts.minutes * 60 - elapsed_s - LATER_STAGES_S >= MIN_BOX_S:
+        return None
+    return (
+        f"  --minutes {opts.minutes:g} is less than this run needs: the first two stages took {elapsed_s:.0f} s, "
+        f"pre-training keeps its minimum of {MIN_BOX_S / 60:g} minute of loop, and Ray Train's start-up, "
+        "embedding and evaluation take a few minutes more; the run will end later than asked"
+    )
 
 
 def pretrain_config(opts: QuickstartOptions, work: Path, tracking_uri: str, budget: tuple[int, float]) -> dict:
@@ -402,7 +415,12 @@ def run_stages(opts: QuickstartOptions, work: Path, say: Callable[[str], None]) 
     stages = Stages(state, result, say)
     stages.run(1, "library", "generating a labelled synthetic music library", lambda: make_library(opts, work, say))
     stages.run(2, "ingest", "ingesting it into WebDataset shards (Ray Data)", lambda: ingest_library(opts, work, say))
-    budget = state.get("pretrain_budget") or pretrain_budget(opts, time.perf_counter() - start)
+    budget = state.get("pretrain_budget")
+    if not budget:
+        elapsed = time.perf_counter() - start
+        budget = pretrain_budget(opts, elapsed)
+        if note := budget_note(opts, elapsed):
+            say(note)
     state.set("pretrain_budget", list(budget))  # a resumed run keeps the length it started with
     state.set("pretrain_method", opts.method)
     cfg = pretrain_config(opts, work, tracking_uri, budget)

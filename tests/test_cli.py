@@ -278,12 +278,20 @@ def test_quickstart_method_is_checked_in_one_line_before_anything_runs(tmp_path,
 def test_quickstart_gives_pretraining_the_minutes_left_and_lets_the_run_fit_its_steps(tmp_path):
     """--minutes leaves the loop what the other stages do not need; the run plans 400 steps and
     fits them to that box at the pace it keeps (tests/test_timebox.py, tests/test_pretrain.py)."""
-    from mvssl_dist.quickstart import MAX_STEPS, QuickstartOptions, pretrain_budget, pretrain_config
+    from mvssl_dist.quickstart import MAX_STEPS, QuickstartOptions, budget_note, pretrain_budget, pretrain_config
 
     eight = QuickstartOptions(minutes=8.0)
     assert pretrain_budget(eight, 20.0) == (MAX_STEPS, 4.42)  # 480 - 20 - 195 s left for the loop
-    assert pretrain_budget(eight, 400.0) == (MAX_STEPS, 1.0)  # at least a minute
+    assert budget_note(eight, 20.0) is None
+    assert pretrain_budget(eight, 400.0) == (MAX_STEPS, 1.0)  # at least a minute: more than asked, and said
+    note = budget_note(eight, 400.0)
+    assert (
+        note.startswith("  --minutes 8 is less than this run needs: the first two stages took 400 s")
+        and "\n" not in note
+    )
+    assert "the run will end later than asked" in budget_note(QuickstartOptions(minutes=1.0), 20.0)
     assert pretrain_budget(QuickstartOptions(steps=7), 20.0) == (7, 0.0)  # --steps: no box
+    assert budget_note(QuickstartOptions(minutes=1.0, steps=7), 20.0) is None  # --steps: --minutes unused
     cfg = pretrain_config(eight, tmp_path, "sqlite:///x.db", pretrain_budget(eight, 20.0))
     assert cfg["train"]["max_steps"] == MAX_STEPS and cfg["train"]["max_minutes"] == 4.42
     assert cfg["train"]["fit_to_max_minutes"]
