@@ -148,13 +148,17 @@ def pretrain_budget(opts: QuickstartOptions, elapsed_s: float) -> tuple[int, flo
     fast one stops at the cap. ``--steps``: exactly those steps, no time limit."""
     if opts.steps > 0:
         return opts.steps, 0.0
-    left_s = max(MIN_BOX_S, opts.minutes * 60 - elapsed_s - LATER_STAGES_S)
-    return MAX_STEPS, round(left_s / 60, 2)
+    return MAX_STEPS, round(max(MIN_BOX_S, loop_seconds_left(opts, elapsed_s)) / 60, 2)
+
+
+def loop_seconds_left(opts: QuickstartOptions, elapsed_s: float) -> float:
+    """What ``--minutes`` leaves the training loop after the stages before and after it."""
+    return opts.minutes * 60 - elapsed_s - LATER_STAGES_S
 
 
 def budget_note(opts: QuickstartOptions, elapsed_s: float) -> str | None:
     """A line when ``--minutes`` is too short for the stages: the minimum box overruns it."""
-    if opts.steps > 0 or opts.minutes * 60 - elapsed_s - LATER_STAGES_S >= MIN_BOX_S:
+    if opts.steps > 0 or loop_seconds_left(opts, elapsed_s) >= MIN_BOX_S:
         return None
     return (
         f"  --minutes {opts.minutes:g} is less than this run needs: the first two stages took {elapsed_s:.0f} s, "
